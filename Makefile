@@ -1,0 +1,44 @@
+# Two commands on a fresh machine:
+#   make demo   set everything up and run the whole pipeline on the Open Clip Art Library
+#   make test   set everything up and run the test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# CPU build of torch lies on disk for these machines; pinning it avoids a multi-GB CUDA download.
+TORCH  ?= torch==2.13.0
+CLIPART := /usr/share/openclipart/svg
+
+.PHONY: demo test setup clipart venv bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[test,ray]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The Open Clip Art Library (public domain, ~8,000 images) from Debian's packages.
+clipart:
+	@if [ -d $(CLIPART) ]; then echo "Open Clip Art Library: present"; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openclipart-png openclipart-svg; \
+	else echo "warning: no apt-get; install openclipart-png and openclipart-svg by hand (tests on it are skipped)"; fi
+
+setup: venv clipart
+
+demo: setup
+	$(VENV)/bin/opencanvas demo --workspace demo-workspace
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(PY) benchmarks/ingest_yfcc.py
+
+clean:
+	rm -rf $(VENV) demo-workspace .pytest_cache

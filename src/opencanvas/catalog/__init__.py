@@ -1,0 +1,1 @@
+"""The license-aware catalog (CommonCatalog builder): ingest, subsets, stats."""

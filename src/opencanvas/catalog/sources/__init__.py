@@ -1,0 +1,1 @@
+"""Source adapters: each turns one real source format into catalog rows."""

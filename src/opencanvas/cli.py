@@ -1,0 +1,66 @@
+"""The `opencanvas` command line: one verb per stage (see docs/architecture.md).
+
+Each stage package registers its own verbs (`register(app)`), and imports its
+heavy dependencies (torch, transformers) inside the command, so `--help` and
+catalog work stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from opencanvas import __version__
+
+app = typer.Typer(
+    name="opencanvas",
+    help="Build text-to-image diffusion models from openly licensed images, with provenance "
+    "for every pixel (CommonCanvas recipe). Run `opencanvas demo` for the whole pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    workspace: Annotated[
+        Optional[Path],
+        typer.Option("-w", "--workspace", help="Workspace directory for every verb (default: current directory).",
+                     file_okay=False),
+    ] = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"opencanvas {__version__}")
+        raise typer.Exit()
+    if workspace is not None:
+        # Verbs read it through their own -w option's envvar, so both spellings work:
+        # `opencanvas -w DIR catalog stats` and `opencanvas catalog stats -w DIR`.
+        os.environ["OPENCANVAS_WORKSPACE"] = str(workspace)
+
+
+def _register_stages() -> None:
+    from opencanvas.catalog import cli as catalog_cli
+    from opencanvas.fetch import cli as fetch_cli
+    from opencanvas.caption import cli as caption_cli
+    from opencanvas.components import cli as components_cli
+    from opencanvas.encode import cli as encode_cli
+    from opencanvas.train import cli as train_cli
+    from opencanvas.sample import cli as sample_cli
+    from opencanvas.cards import cli as cards_cli
+    from opencanvas.demo import cli as demo_cli
+
+    for module in (catalog_cli, fetch_cli, caption_cli, components_cli, encode_cli,
+                   train_cli, sample_cli, cards_cli, demo_cli):
+        module.register(app)
+
+
+_register_stages()
+
+
+def main() -> None:
+    app()

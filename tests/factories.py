@@ -1,0 +1,109 @@
+"""Small synthetic workspaces for tests of downstream stages.
+
+`make_image_subset` writes what the catalog, subset and fetch stages would
+(catalog part, subset file, image shards with indexes), with images whose
+content matches their title ("a red circle", "a blue square", ...), so tests
+of captioning, CLIP and diffusion have a signal to learn.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageDraw
+
+from opencanvas.captions_schema import CAPTION_SCHEMA
+from opencanvas.catalog.schema import CATALOG_SCHEMA, SUBSET_SCHEMA
+from opencanvas.shards import INDEX_SCHEMA, ShardWriter, shard_name
+from opencanvas.storage import atomic_write_parquet, sha256_bytes
+from opencanvas.workspace import Workspace
+
+COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220), "yellow": (240, 210, 20)}
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw_shape(color: str, shape: str, size: int, rng: np.random.Generator) -> Image.Image:
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    r = size * rng.uniform(0.25, 0.4)
+    cx, cy = size / 2 + rng.uniform(-0.1, 0.1) * size, size / 2 + rng.uniform(-0.1, 0.1) * size
+    fill = COLORS[color]
+    if shape == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return img
+
+
+def catalog_row(key_id: str, title: str, license_id: str = "cc0") -> dict:
+    return {
+        "key": f"synthetic:{key_id}", "source": "synthetic", "source_id": key_id,
+        "title": title, "description": "", "tags": title.split()[1:], "category": "shapes",
+        "creator": "Test Author", "creator_url": "https://example.org/author",
+        "landing_url": f"https://example.org/{key_id}", "download_url": None, "local_path": None,
+        "license_id": license_id, "license_version": "1.0",
+        "license_url": "https://creativecommons.org/publicdomain/zero/1.0/",
+        "license_origin": "item", "commercial_ok": True, "derivatives_ok": True,
+        "share_alike": False, "attribution_required": license_id not in ("cc0", "pdm"),
+        "width": None, "height": None, "extra": "{}",
+    }
+
+
+def make_image_subset(ws: Workspace, name: str = "shapes", n: int = 48, size: int = 64,
+                      shard_size: int = 16, seed: int = 0) -> list[str]:
+    """Write catalog + subset + fetched shards for `n` shape images; returns the keys."""
+    rng = np.random.default_rng(seed)
+    rows, keys = [], []
+    for i in range(n):
+        color = list(COLORS)[i % len(COLORS)]
+        shape = SHAPES[(i // len(COLORS)) % len(SHAPES)]
+        row = catalog_row(f"{i:05d}", f"a {color} {shape}")
+        rows.append(row)
+        keys.append(row["key"])
+    atomic_write_parquet(ws.source_dir("synthetic") / "part-00000.parquet",
+                         pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA))
+    subset = pa.Table.from_pylist([{"key": r["key"], "source": "synthetic", "license_id": "cc0"} for r in rows],
+                                  schema=SUBSET_SCHEMA)
+    atomic_write_parquet(ws.subset_path(name), subset,
+                         metadata={"policy": "commercial", "catalog_hash": "test", "policy_text": "test"})
+    now = datetime.now(timezone.utc)
+    for s in range(0, n, shard_size):
+        tar = ws.images_dir(name) / f"{shard_name(s // shard_size)}.tar"
+        writer = ShardWriter(tar)
+        index = []
+        for row in rows[s:s + shard_size]:
+            color, shape = row["title"].split()[1:]
+            img = draw_shape(color, shape, size, rng)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            data = buf.getvalue()
+            writer.add(row["key"], data, "png", {**row, "width": size, "height": size})
+            index.append({"key": row["key"], "status": "ok", "reason": "", "sha256": sha256_bytes(data),
+                          "phash": "0" * 16, "width": size, "height": size, "original_width": size,
+                          "original_height": size, "bytes": len(data), "fetched_at": now})
+        writer.close()
+        atomic_write_parquet(tar.with_suffix(".parquet"), pa.Table.from_pylist(index, schema=INDEX_SCHEMA))
+    return keys
+
+
+def make_captions(ws: Workspace, subset: str = "shapes", captioner: str = "metadata") -> None:
+    """One caption per ok image (its title), one part per image shard."""
+    from opencanvas.shards import index_paths
+    import pyarrow.parquet as pq
+
+    now = datetime.now(timezone.utc)
+    catalog = {r["key"]: r for r in pq.read_table(ws.source_dir("synthetic") / "part-00000.parquet").to_pylist()}
+    for idx in index_paths(ws.images_dir(subset)):
+        rows = [{"key": k, "caption": catalog[k]["title"], "captioner": captioner, "model_id": "",
+                 "model_revision": "", "prompt": "", "generation": json.dumps({}), "preprocessing": "",
+                 "flagged": "", "created_at": now}
+                for k in pq.read_table(idx, columns=["key"]).column("key").to_pylist()]
+        atomic_write_parquet(ws.captions_dir(captioner) / f"part-{idx.stem.split('-')[1]}.parquet",
+                             pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA))

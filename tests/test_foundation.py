@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+
+from opencanvas.engines import map_shards, shard_share
+from opencanvas.shards import iter_shard, key_from_stem, member_stem, read_index
+from opencanvas.storage import atomic_write_parquet, parquet_metadata, read_parquet_files
+from tests.factories import make_image_subset
+
+
+def test_member_stem_round_trips_keys_with_separators() -> None:
+    key = "openclipart:animals/cat.v2_01"
+    stem = member_stem(key)
+    assert "/" not in stem and "." not in stem and ":" not in stem
+    assert key_from_stem(stem) == key
+
+
+def test_shards_written_by_factory_read_back(ws) -> None:
+    keys = make_image_subset(ws, n=20, shard_size=8)
+    index = read_index(ws.images_dir("shapes"))
+    assert sorted(index.column("key").to_pylist()) == sorted(keys)
+    assert index.column("shard").to_pylist().count("shard-00002") == 4
+    images = list(iter_shard(ws.images_dir("shapes") / "shard-00000.tar"))
+    assert [im.key for im in images] == keys[:8]
+    assert images[0].ext == "png" and images[0].meta["key"] == keys[0]
+
+
+def test_atomic_parquet_keeps_metadata_and_leaves_no_temp(tmp_path) -> None:
+    path = tmp_path / "a" / "t.parquet"
+    atomic_write_parquet(path, pa.table({"x": [1, 2]}), metadata={"policy": "commercial"})
+    assert parquet_metadata(path) == {"policy": "commercial"}
+    assert [p.name for p in path.parent.iterdir()] == ["t.parquet"]
+    assert read_parquet_files([path]).num_rows == 2
+
+
+def test_shard_share_partitions_every_task_once() -> None:
+    tasks = list(range(11))
+    shares = [shard_share(tasks, r, 3) for r in range(3)]
+    assert sorted(sum(shares, [])) == tasks
+    with pytest.raises(ValueError):
+        shard_share(tasks, 3, 3)
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_map_shards_process_pool_matches_serial() -> None:
+    assert sorted(map_shards(_square, [1, 2, 3], workers=2)) == [1, 4, 9]
+
+
+def test_cli_help_lists_stage_verbs() -> None:
+    out = subprocess.run([sys.executable, "-m", "opencanvas", "--help"], capture_output=True, text=True, check=True)
+    assert "Usage" in out.stdout
