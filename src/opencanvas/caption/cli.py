@@ -1,9 +1,140 @@
-"""CLI verbs of this stage (registered by opencanvas.cli)."""
+"""`opencanvas caption`: synthetic captions ("telephoning"), and `opencanvas caption stats`."""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+
+CAPTION_HELP = """Caption every ok image of a subset into captions/<name>/part-NNNNN.parquet.
+
+Captioners: blip2 (the paper's BLIP-2, default Salesforce/blip2-opt-2.7b), blip, hf (any transformers image-text-to-text model, with --prompt), metadata (title + description + tags, offline), commoncatalog (the BLIP-2 caption shipped in CommonCatalog).
+
+Re-run the same command after a crash: finished shards are skipped. Report with `opencanvas caption stats --subset NAME`.
+
+Example: opencanvas caption --subset shapes --captioner blip2 --model models/blip2-opt-2.7b --device cuda
+"""
+
+
+class CaptionerName(str, Enum):
+    blip2 = "blip2"
+    blip = "blip"
+    hf = "hf"
+    metadata = "metadata"
+    commoncatalog = "commoncatalog"
+
+
+class EngineName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+caption_app = typer.Typer(help=CAPTION_HELP, invoke_without_command=True, no_args_is_help=False)
+
+
+@caption_app.callback()
+def caption_command(
+    ctx: typer.Context,
+    subset: Annotated[Optional[str], typer.Option(help="Subset whose fetched images to caption.")] = None,
+    captioner: Annotated[Optional[CaptionerName], typer.Option(help="Which captioner to run.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="Local model directory (works offline) or hub id. Default for blip2: Salesforce/blip2-opt-2.7b; "
+             "get it with `huggingface-cli download Salesforce/blip2-opt-2.7b --local-dir DIR`.")] = None,
+    name: Annotated[Optional[str], typer.Option(
+        help="Output table captions/<name>/ (default: the captioner). Use one name per model or setting.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per generate() call.", min=1)] = 16,
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[DType, typer.Option(help="Model dtype; auto = bf16 on cuda, fp32 on cpu.")] = DType.auto,
+    prompt: Annotated[str, typer.Option(help="Text prompt the caption continues (e.g. 'a picture of'; "
+                                             "for chat models the instruction).")] = "",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest caption, in tokens.", min=1)] = 30,
+    num_beams: Annotated[int, typer.Option(help="Beam search width (1 = greedy or sampling).", min=1)] = 1,
+    sample: Annotated[bool, typer.Option("--sample/--greedy", help="Sample tokens instead of greedy/beam.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --sample).")] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(help="Penalty > 1 discourages repeated tokens.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed; each (shard, batch) derives its own, so reruns agree.")] = 0,
+    crop_size: Annotated[int, typer.Option(
+        help="Center-crop to a square and resize to this many px before the model's processor (paper: 512; "
+             "0 = no crop).", min=0)] = 512,
+    loader_workers: Annotated[int, typer.Option(
+        help="Background processes decoding and resizing images (0 = in the main process).", min=0)] = 2,
+    engine: Annotated[EngineName, typer.Option(
+        help="local, or ray (one model per GPU worker; set RAY_ADDRESS for a cluster).")] = EngineName.local,
+    rank: Annotated[int, typer.Option(help="This process's rank for SLURM-style launches.", min=0)] = 0,
+    world: Annotated[int, typer.Option(help="Number of processes sharing the shards.", min=1)] = 1,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    if subset is None or captioner is None:
+        raise fail("give --subset NAME and --captioner NAME (see `opencanvas caption --help`)")
+    from opencanvas.caption.captioners import GenerationSettings
+    from opencanvas.caption.stage import caption
+    from opencanvas.caption.vision import CaptionModelError
+
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise fail(f"--device {device} but torch sees no CUDA GPU: use --device cpu or a CUDA build of torch")
+    ws = open_workspace(workspace)
+    generation = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=sample,
+                                    temperature=temperature, top_p=top_p,
+                                    repetition_penalty=repetition_penalty, seed=seed)
+    print_settings("caption", {"workspace": str(ws.root), "subset": subset, "captioner": captioner.value,
+                               "model": model or "(default)", "name": name or captioner.value,
+                               "batch_size": batch_size, "device": device, "dtype": dtype.value,
+                               "prompt": prompt, "generation": generation.to_json(), "crop_size": crop_size,
+                               "loader_workers": loader_workers, "engine": engine.value,
+                               "rank/world": f"{rank}/{world}"})
+    try:
+        stats = caption(ws, subset, captioner.value, model=model, batch_size=batch_size, device=device,
+                        dtype=dtype.value, name=name, prompt=prompt, generation=generation, crop_size=crop_size,
+                        loader_workers=loader_workers, engine=engine.value, rank=rank, world=world)
+    except (CaptionModelError, FileNotFoundError, ValueError) as e:
+        raise fail(str(e)) from e
+    console.print(f"captioned {stats.images} images in {stats.shards_done} shards "
+                  f"({stats.shards_skipped} already done) at {stats.images_per_s:.1f} img/s; "
+                  f"flagged: {stats.flagged or 'none'} -> {ws.relative(ws.captions_dir(stats.name))}/")
+
+
+@caption_app.command("stats")
+def stats_command(
+    subset: Annotated[str, typer.Option(help="Subset to report on.")],
+    sample: Annotated[int, typer.Option(help="Images in the metadata-vs-synthetic table.", min=1)] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for choosing the sampled images.")] = 0,
+    tokenizer: Annotated[Optional[str], typer.Option(
+        help="Tokenizer dir to count tokens with (e.g. your text encoder's); default: regex word pieces.")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Per captioner: count, flags, length histogram (PNG), vocabulary, duplicates, sample table (Markdown)."""
+    from opencanvas.caption.stats import caption_stats
+
+    ws = open_workspace(workspace)
+    try:
+        report = caption_stats(ws, subset, sample=sample, seed=seed, tokenizer=tokenizer)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from e
+    for name, s in report["captioners"].items():
+        console.print(f"[bold]{name}[/]: {s['count']} captions, coverage {s['coverage']:.0%}, flagged "
+                      f"{s['flagged'] or 'none'}, words median {s['words']['median']:.0f}, vocabulary "
+                      f"{s['vocabulary']}, duplicates {s['duplicate_share']:.1%}")
+    for kind, path in report["paths"].items():
+        console.print(f"{kind}: {ws.root / path}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's verbs to the root app."""
+    """Add `caption` (and `caption stats`) to the root app."""
+    app.add_typer(caption_app, name="caption")

@@ -1,9 +1,104 @@
-"""CLI verbs of this stage (registered by opencanvas.cli)."""
+"""`opencanvas fetch --subset NAME` fetches; `opencanvas fetch stats --subset NAME` reports."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+
+SubsetOption = Annotated[Optional[str], typer.Option("--subset", "-s", help="Subset name (subsets/<NAME>.parquet).")]
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's verbs to the root app."""
+    """Add `fetch` (a group: running it fetches; `fetch stats` reports) to the root app."""
+    group = typer.Typer(
+        help="Fetch a subset's images into WebDataset shards under images/<subset>/ (resumable: "
+        "re-run the same command after an interruption). `opencanvas fetch stats --subset NAME` reports.",
+        invoke_without_command=True, no_args_is_help=False)
+    group.callback()(run_fetch)
+    group.command("stats", help="Counts by status and reason, bytes, and a resolution histogram "
+                  "(images/<subset>/stats/).")(run_stats)
+    app.add_typer(group, name="fetch")
+
+
+def run_fetch(
+    ctx: typer.Context,
+    subset: SubsetOption = None,
+    workspace: WorkspaceOption = Path("."),
+    shard_size: Annotated[int, typer.Option(help="Images per shard (the unit of work and of resume).")] = 1000,
+    workers: Annotated[int, typer.Option(help="Shards fetched in parallel (processes on this machine).")] = 1,
+    threads: Annotated[int, typer.Option(help="Concurrent downloads/decodes inside one shard.")] = 16,
+    max_side: Annotated[int, typer.Option(help="Resize so the long side is at most this (never upscale); "
+                                          "0 keeps the native resolution.")] = 1024,
+    min_side: Annotated[int, typer.Option(help="Skip images whose short side is below this.")] = 256,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this before decoding "
+                                            "(decompression-bomb cap).")] = 64_000_000,
+    near_dup_distance: Annotated[int, typer.Option(help="Perceptual-hash Hamming distance (of 64 bits) for "
+                                                   "near duplicates; -1: exact duplicates only.")] = 4,
+    contact: Annotated[Optional[str], typer.Option(
+        help="Contact URL in the User-Agent, so site owners can reach you (default: [fetch] contact in "
+        "opencanvas.toml, else the project page).", envvar="OPENCANVAS_CONTACT")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per connect/read before a retry.")] = 20.0,
+    retries: Annotated[int, typer.Option(help="Retries after timeouts, 429 and 5xx (exponential backoff).")] = 3,
+    backoff: Annotated[float, typer.Option(help="First retry wait in seconds (doubles, with jitter).")] = 1.0,
+    max_backoff: Annotated[float, typer.Option(help="Longest wait (also the longest Retry-After honoured).")] = 60.0,
+    max_redirects: Annotated[int, typer.Option(help="Redirects followed per URL.")] = 5,
+    max_bytes: Annotated[int, typer.Option(help="Largest response or file accepted, in bytes.")] = 50 * 1024 * 1024,
+    domain_concurrency: Annotated[int, typer.Option(help="Simultaneous requests per domain (per worker).")] = 4,
+    domain_rps: Annotated[float, typer.Option(help="Requests per second per domain (per worker); 0: no limit.")] = 10.0,
+    ignore_robots: Annotated[bool, typer.Option("--ignore-robots", help="Do not honour robots.txt "
+                                                "(X-Robots-Tag opt-outs are still honoured). For your own mirrors only.")] = False,
+    allow_private_addresses: Annotated[bool, typer.Option(
+        "--allow-private-addresses", help="Allow URLs resolving to private/loopback/link-local addresses "
+        "(tests and local mirrors only).")] = False,
+    rank: Annotated[int, typer.Option(help="This process's rank (SLURM-style: each rank takes its share).")] = 0,
+    world: Annotated[int, typer.Option(help="Number of ranks.")] = 1,
+    engine: Annotated[str, typer.Option(help="'local' (process pool) or 'ray' (Ray cluster).")] = "local",
+) -> None:
+    """Fetch the subset's images (runs when no subcommand is given)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if subset is None:
+        console.print(ctx.get_help())
+        raise fail("--subset is required, e.g. `opencanvas fetch --subset commercial`")
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine must be 'local' or 'ray', got {engine!r}")
+    from opencanvas.fetch.http import DEFAULT_CONTACT, HttpConfig
+    from opencanvas.fetch.stage import FetchOptions, fetch
+
+    ws = open_workspace(workspace)
+    contact = contact or ws.settings().get("fetch", {}).get("contact") or DEFAULT_CONTACT
+    http = HttpConfig(contact=contact, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff,
+                      max_redirects=max_redirects, max_bytes=max_bytes, domain_concurrency=domain_concurrency,
+                      domain_rps=domain_rps, respect_robots=not ignore_robots,
+                      allow_private_addresses=allow_private_addresses)
+    options = FetchOptions(max_side=max_side, min_side=min_side, max_pixels=max_pixels,
+                           near_dup_distance=near_dup_distance, threads=threads, http=http)
+    print_settings("fetch", {"workspace": str(ws.root), "subset": subset, "shard_size": shard_size,
+                             "workers": workers, "rank/world": f"{rank}/{world}", "engine": engine,
+                             **{k: v for k, v in vars(options).items() if k != "http"}, **vars(http)})
+    try:
+        stats = fetch(ws, subset, shard_size=shard_size, workers=workers, max_side=max_side, min_side=min_side,
+                      options=options, rank=rank, world=world, engine=engine)  # type: ignore[arg-type]
+    except (FileNotFoundError, ValueError) as e:
+        raise fail(str(e)) from None
+    print_settings("fetched", stats.to_dict())
+    if not stats.complete:
+        console.print("[yellow]not every shard is finished yet (other ranks?): re-run to finish and "
+                      "deduplicate across shards[/]")
+
+
+def run_stats(subset: SubsetOption = None, workspace: WorkspaceOption = Path(".")) -> None:
+    """Report on a fetched subset."""
+    if subset is None:
+        raise fail("--subset is required, e.g. `opencanvas fetch stats --subset commercial`")
+    from opencanvas.fetch.stats import fetch_stats
+
+    try:
+        report = fetch_stats(open_workspace(workspace), subset)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    print_settings(f"fetch stats: {subset}", report)

@@ -1,0 +1,296 @@
+"""The caption stage ("telephoning"): one caption per ok image per captioner, shard by shard.
+
+    images/<subset>/shard-NNNNN.tar|parquet  ->  captions/<name>/part-NNNNN.parquet
+
+A part is written atomically once its shard is fully captioned, so it is the
+shard's done-marker: a killed run re-run with the same command skips finished
+shards and redoes only the unfinished one. Every ok image gets exactly one row;
+empty, repetitive or undecodable results are kept with `flagged` set.
+
+`caption_shard` is the pure per-shard function; the same function runs
+in-process, on Ray (`engine="ray"`, one model per GPU worker) or as one share of
+a SLURM-style job (`rank`, `world`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from opencanvas.caption.captioners import (
+    CAPTIONERS, DEFAULT_MODELS, MODEL_CAPTIONERS, RESERVED_NAMES, CaptionInput, Captioner,
+    CommonCatalogCaptioner, GenerationSettings, MetadataCaptioner,
+)
+from opencanvas.caption.loader import decoded_batches, describe_preprocessing
+from opencanvas.captions_schema import CAPTION_SCHEMA
+from opencanvas.engines import Engine, map_shards, shard_share
+from opencanvas.progress import progress_bar
+from opencanvas.shards import index_paths, iter_shard
+from opencanvas.storage import atomic_write_parquet, parquet_metadata, read_parquet_files
+from opencanvas.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class CaptionJob:
+    """Everything a process needs to build the captioner and caption a shard (picklable)."""
+
+    captioner: str                  # kind: blip2 | blip | hf | metadata | commoncatalog
+    name: str                       # output table: captions/<name>/
+    model: str = ""                 # local dir or hub id ("" for text captioners)
+    device: str = "cpu"
+    dtype: str = "auto"
+    prompt: str = ""
+    generation: GenerationSettings = GenerationSettings()
+    crop_size: int = 512
+    batch_size: int = 16
+    loader_workers: int = 2
+    model_revision: str | None = None  # computed once by the driver for local dirs
+
+    def settings(self, subset: str) -> dict[str, Any]:
+        """What must be equal for parts to belong to the same caption table."""
+        return {"subset": subset, "captioner": self.captioner, "model": self.model, "prompt": self.prompt,
+                "generation": asdict(self.generation), "crop_size": self.crop_size}
+
+
+@functools.lru_cache(maxsize=1)  # one model per process, reused across its shards (and Ray tasks)
+def build_captioner(job: CaptionJob) -> Captioner:
+    if job.captioner == "metadata":
+        return MetadataCaptioner()
+    if job.captioner == "commoncatalog":
+        return CommonCatalogCaptioner()
+    from opencanvas.caption.vision import load_model_captioner
+
+    return load_model_captioner(job.captioner, job.model, name=job.name, device=job.device, dtype=job.dtype,
+                                prompt=job.prompt, generation=job.generation,
+                                preprocessing=describe_preprocessing(job.crop_size),
+                                revision=job.model_revision)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    job: CaptionJob
+    subset: str
+    tar: str      # images/<subset>/shard-NNNNN.tar
+    out: str      # captions/<name>/part-NNNNN.parquet
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: str
+    images: int
+    flagged: dict[str, int]
+    seconds: float
+
+
+def part_path(captions_dir: Path, tar: Path) -> Path:
+    """captions/<name>/part-NNNNN.parquet for images/<subset>/shard-NNNNN.tar."""
+    return captions_dir / f"part-{tar.stem.split('-', 1)[1]}.parquet"
+
+
+def batch_seed(seed: int, shard: int, batch: int) -> int:
+    """A seed per (shard, batch): captions do not depend on which shards ran before."""
+    return (seed * 1_000_003 + shard * 10_007 + batch) % (2**63)
+
+
+def _ok_images(tar: Path) -> tuple[list[str], dict[str, tuple[bytes, dict[str, Any]]]]:
+    """Keys with status ok (index order) and their stored bytes + metadata from the tar."""
+    index = pq.read_table(tar.with_suffix(".parquet"), columns=["key", "status"])
+    ok = [k for k, s in zip(index.column("key").to_pylist(), index.column("status").to_pylist()) if s == "ok"]
+    wanted = set(ok)
+    stored = {img.key: (img.data, img.meta) for img in iter_shard(tar) if img.key in wanted}
+    return ok, stored
+
+
+def _ok_count(tar: Path) -> int:
+    status = pq.read_table(tar.with_suffix(".parquet"), columns=["status"]).column("status")
+    return pc.sum(pc.equal(status, "ok")).as_py() or 0
+
+
+def caption_shard(task: ShardTask, on_images: Callable[[int], None] | None = None) -> ShardResult:
+    """Caption every ok image of one shard and write its part (the done-marker) last."""
+    start = time.perf_counter()
+    tar = Path(task.tar)
+    captioner = build_captioner(task.job)
+    keys, stored = _ok_images(tar)
+    results: dict[str, tuple[str, str]] = {k: ("", "missing-image") for k in keys if k not in stored}
+    present = [k for k in keys if k in stored]
+    items = [CaptionInput(k, stored[k][1]) for k in present]
+    batch = task.job.batch_size
+    if captioner.needs_pixels:
+        import torch
+
+        shard_no = int(tar.stem.split("-", 1)[1])
+        image_processor = getattr(captioner, "image_processor", None)
+        batches = decoded_batches([stored[k][0] for k in present], batch_size=batch,
+                                  crop_size=task.job.crop_size, workers=task.job.loader_workers,
+                                  image_processor=image_processor)
+        for b, decoded in enumerate(batches):
+            for i, reason in decoded.failed:
+                results[present[i]] = ("", reason)
+            if decoded.indices:
+                torch.manual_seed(batch_seed(task.job.generation.seed, shard_no, b))
+                out = captioner.caption([items[i] for i in decoded.indices], decoded.pixels)
+                results.update({present[i]: r for i, r in zip(decoded.indices, out)})
+            if on_images:
+                on_images(len(decoded.indices) + len(decoded.failed))
+    else:
+        for s in range(0, len(items), batch):
+            chunk = items[s:s + batch]
+            results.update({it.key: r for it, r in zip(chunk, captioner.caption(chunk))})
+            if on_images:
+                on_images(len(chunk))
+    now = datetime.now(timezone.utc)
+    prov = captioner.provenance
+    rows = [{"key": k, "caption": results[k][0], "captioner": task.job.name, "model_id": prov.model_id,
+             "model_revision": prov.model_revision, "prompt": prov.prompt, "generation": prov.generation,
+             "preprocessing": prov.preprocessing, "flagged": results[k][1], "created_at": now} for k in keys]
+    atomic_write_parquet(Path(task.out), pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA), metadata={
+        "subset": task.subset, "shard": tar.stem, "settings": json.dumps(task.job.settings(task.subset),
+                                                                         sort_keys=True)})
+    flagged = Counter(r[1] for r in results.values() if r[1])
+    return ShardResult(tar.stem, len(keys), dict(flagged), time.perf_counter() - start)
+
+
+def _ray_shard(task: ShardTask) -> ShardResult:
+    """Module-level entry for Ray workers (they import it by name)."""
+    return caption_shard(task)
+
+
+@dataclass
+class CaptionStats:
+    name: str
+    captioner: str
+    subset: str
+    shards_total: int = 0           # this rank's share
+    shards_skipped: int = 0         # already done (resume)
+    shards_done: int = 0
+    images: int = 0
+    flagged: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, result: ShardResult) -> None:
+        self.shards_done += 1
+        self.images += result.images
+        for reason, n in result.flagged.items():
+            self.flagged[reason] = self.flagged.get(reason, 0) + n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "images_per_s": round(self.images_per_s, 3)}
+
+
+def _check_existing(captions_dir: Path, job: CaptionJob, subset: str) -> None:
+    """Refuse to mix parts from another subset or other settings into one caption table."""
+    want = job.settings(subset)
+    for part in sorted(captions_dir.glob("part-*.parquet")):
+        meta = parquet_metadata(part)
+        if "settings" not in meta:  # written by another tool: nothing to compare
+            continue
+        have = json.loads(meta["settings"])
+        if have.get("subset") != subset:
+            raise ValueError(f"{captions_dir} holds captions of subset {have.get('subset')!r}, not {subset!r}: "
+                             f"caption this subset under another table with --name NAME")
+        if have != want:
+            diff = sorted(k for k in want if have.get(k) != want[k])
+            raise ValueError(f"{captions_dir} was captioned with other settings ({', '.join(diff)} differ: "
+                             f"{ {k: have.get(k) for k in diff} }). Re-run with the same settings to resume, or "
+                             f"write a new table with --name NAME")
+
+
+def make_job(captioner: str, *, name: str | None = None, model: str | None = None, device: str = "cpu",
+             dtype: str = "auto", prompt: str = "", generation: GenerationSettings | None = None,
+             crop_size: int = 512, batch_size: int = 16, loader_workers: int = 2) -> CaptionJob:
+    """Validate settings and resolve the model (and, for a local dir, its weights hash) once."""
+    if captioner not in CAPTIONERS:
+        raise ValueError(f"unknown captioner {captioner!r}: use one of {', '.join(CAPTIONERS)}")
+    name = name or captioner
+    if name in RESERVED_NAMES or "/" in name:
+        raise ValueError(f"--name {name!r} is not allowed (reserved or has '/'): pick another table name")
+    if batch_size < 1 or crop_size < 0 or loader_workers < 0:
+        raise ValueError("need batch_size >= 1, crop_size >= 0 and loader_workers >= 0")
+    revision = None
+    if captioner in MODEL_CAPTIONERS:
+        from opencanvas.caption.vision import resolve_model, weights_revision
+
+        model = model or DEFAULT_MODELS.get(captioner)
+        if not model:
+            raise ValueError(f"captioner {captioner!r} needs --model (a local model dir or a hub id)")
+        source, is_local = resolve_model(model)
+        model, revision = (source, weights_revision(Path(source))) if is_local else (model, None)
+    elif model:
+        raise ValueError(f"captioner {captioner!r} uses no model; drop --model")
+    return CaptionJob(captioner=captioner, name=name, model=model or "", device=device, dtype=dtype,
+                      prompt=prompt if captioner in MODEL_CAPTIONERS else "",
+                      generation=generation or GenerationSettings(), crop_size=crop_size,
+                      batch_size=batch_size, loader_workers=loader_workers, model_revision=revision)
+
+
+def shard_tasks(ws: Workspace, subset: str, job: CaptionJob) -> list[ShardTask]:
+    """One task per finished image shard of the subset, in shard order."""
+    images_dir = ws.images_dir(subset)
+    indexes = index_paths(images_dir)
+    if not indexes:
+        raise FileNotFoundError(f"no finished image shards in {images_dir}: run `opencanvas fetch --subset "
+                                f"{subset}` first")
+    out_dir = ws.captions_dir(job.name)
+    return [ShardTask(job, subset, str(idx.with_suffix(".tar")), str(part_path(out_dir, idx.with_suffix(".tar"))))
+            for idx in indexes]
+
+
+def caption(ws: Workspace, subset: str, captioner: str, model: str | None = None, batch_size: int = 16,
+            device: str = "cpu", dtype: str = "auto", *, name: str | None = None, prompt: str = "",
+            generation: GenerationSettings | None = None, crop_size: int = 512, loader_workers: int = 2,
+            engine: Engine = "local", rank: int = 0, world: int = 1,
+            on_shard: Callable[[ShardResult], None] | None = None) -> CaptionStats:
+    """Caption every ok image of `subset` with `captioner` into captions/<name or captioner>/."""
+    job = make_job(captioner, name=name, model=model, device=device, dtype=dtype, prompt=prompt,
+                   generation=generation, crop_size=crop_size, batch_size=batch_size,
+                   loader_workers=loader_workers)
+    tasks = shard_tasks(ws, subset, job)
+    _check_existing(ws.captions_dir(job.name), job, subset)
+    mine = shard_share(tasks, rank, world)
+    pending = [t for t in mine if not Path(t.out).exists()]
+    stats = CaptionStats(job.name, captioner, subset, shards_total=len(mine),
+                         shards_skipped=len(mine) - len(pending))
+    total = sum(_ok_count(Path(t.tar)) for t in pending)
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        task_id = bar.add_task(f"caption {job.name}", total=total, unit="img")
+        if engine == "ray":
+            options = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
+            results = map_shards(_ray_shard, pending, engine="ray", ray_options=options)
+            for result in results:
+                bar.advance(task_id, result.images)
+                stats.add(result)
+                if on_shard:
+                    on_shard(result)
+        else:
+            for task in pending:
+                result = caption_shard(task, on_images=lambda n: bar.advance(task_id, n))
+                stats.add(result)
+                if on_shard:
+                    on_shard(result)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def read_captions(ws: Workspace, captioner: str, keys: list[str] | None = None) -> pa.Table:
+    """All rows of captions/<captioner>/ (CAPTION_SCHEMA), optionally only `keys`."""
+    table = read_parquet_files(ws.captions_dir(captioner).glob("part-*.parquet"), CAPTION_SCHEMA)
+    if keys is not None:
+        table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(list(keys), pa.string())))
+    return table

@@ -1,0 +1,142 @@
+"""Facts for the cards, each read from a workspace record (and naming it).
+
+A number in a card that cannot be traced to a record is a bug, so every
+figure here is computed from a file in the workspace, and `Fact.source` names
+that file (relative to the workspace) for the card's footnotes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from opencanvas.shards import index_paths
+from opencanvas.storage import parquet_metadata
+from opencanvas.workspace import QUARANTINE, Workspace
+
+
+@dataclass
+class Sources:
+    """Workspace files a card was generated from (relative paths)."""
+
+    paths: set[str] = field(default_factory=set)
+
+    def add(self, ws: Workspace, path: Path) -> Path:
+        self.paths.add(ws.relative(path))
+        return path
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text()) if Path(path).exists() else {}
+
+
+def catalog_part_glob(ws: Workspace) -> list[str]:
+    return sorted(str(p) for p in ws.catalog_dir.glob("*/part-*.parquet") if p.parent.name != QUARANTINE)
+
+
+def catalog_counts(ws: Workspace, src: Sources) -> dict[str, Any]:
+    """Rows by source and license, quarantine by source and reason."""
+    parts = catalog_part_glob(ws)
+    out: dict[str, Any] = {"by_source": {}, "by_license": {}, "quarantine": {}}
+    con = duckdb.connect()
+    if parts:
+        for p in parts:
+            src.add(ws, Path(p))
+        rel = con.read_parquet(parts, union_by_name=True)
+        for source, n in con.sql("select source, count(*) from rel group by 1 order by 1").fetchall():
+            out["by_source"][source] = n
+        for lic, n in con.sql("select license_id, count(*) from rel group by 1 order by 2 desc").fetchall():
+            out["by_license"][lic] = n
+    qparts = sorted(str(p) for p in ws.quarantine_dir.glob("*.parquet"))
+    if qparts:
+        for p in qparts:
+            src.add(ws, Path(p))
+        q = con.read_parquet(qparts, union_by_name=True)
+        for source, reason, n in con.sql(
+            "select source, reason, count(*) from q group by 1, 2 order by 1, 3 desc"
+        ).fetchall():
+            out["quarantine"].setdefault(source, {})[reason] = n
+    return out
+
+
+def subset_facts(ws: Workspace, subset: str, src: Sources) -> dict[str, Any]:
+    path = ws.subset_path(subset)
+    if not path.exists():
+        raise FileNotFoundError(f"subset {subset!r} not found at {path}: run `opencanvas catalog subset` first")
+    src.add(ws, path)
+    table = pq.read_table(path)
+    meta = parquet_metadata(path)
+    by_license: dict[str, int] = {}
+    for lic in table.column("license_id").to_pylist():
+        by_license[lic] = by_license.get(lic, 0) + 1
+    return {"name": subset, "count": table.num_rows, "by_license": by_license,
+            "policy": meta.get("policy", ""), "policy_text": meta.get("policy_text", ""),
+            "catalog_hash": meta.get("catalog_hash", "")}
+
+
+def fetch_facts(ws: Workspace, subset: str, src: Sources) -> dict[str, Any]:
+    """Fetch outcome by status and reason family (duplicate-of, opted out, ...)."""
+    paths = index_paths(ws.images_dir(subset))
+    for p in paths:
+        src.add(ws, p)
+    if not paths:
+        return {"shards": 0, "by_status": {}, "by_reason": {}}
+    con = duckdb.connect()
+    rel = con.read_parquet([str(p) for p in paths])
+    by_status = dict(con.sql("select status, count(*) from rel group by 1").fetchall())
+    # Reasons carry details after ':' (sizes, keys): group by the family before it.
+    by_reason = {f"{s}: {r}": n for s, r, n in con.sql(
+        "select status, split_part(reason, ':', 1), count(*) from rel where status <> 'ok' "
+        "group by 1, 2 order by 3 desc").fetchall()}
+    total_bytes = con.sql("select coalesce(sum(bytes), 0) from rel where status = 'ok'").fetchone()[0]
+    return {"shards": len(paths), "by_status": by_status, "by_reason": by_reason, "bytes": int(total_bytes)}
+
+
+def ok_keys(ws: Workspace, subset: str) -> list[str]:
+    paths = index_paths(ws.images_dir(subset))
+    if not paths:
+        return []
+    con = duckdb.connect()
+    rel = con.read_parquet([str(p) for p in paths])
+    return [k for (k,) in con.sql("select key from rel where status = 'ok' order by key").fetchall()]
+
+
+def caption_facts(ws: Workspace, captioner: str, keys: list[str] | None, src: Sources) -> dict[str, Any]:
+    parts = sorted(ws.captions_dir(captioner).glob("part-*.parquet"))
+    for p in parts:
+        src.add(ws, p)
+    if not parts:
+        return {"captioner": captioner, "count": 0}
+    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    if keys is not None:
+        wanted = set(keys)
+        rows = [r for r in table.to_pylist() if r["key"] in wanted]
+    else:
+        rows = table.to_pylist()
+    words = [len((r["caption"] or "").split()) for r in rows]
+    return {
+        "captioner": captioner,
+        "count": len(rows),
+        "flagged": sum(1 for r in rows if r.get("flagged")),
+        "model_id": sorted({r["model_id"] or "" for r in rows}),
+        "model_revision": sorted({r["model_revision"] or "" for r in rows}),
+        "mean_words": round(sum(words) / len(words), 2) if words else 0.0,
+        "distinct_captions": len({r["caption"] for r in rows}),
+    }
+
+
+def catalog_rows_for(ws: Workspace, keys: list[str]) -> list[dict[str, Any]]:
+    """Catalog rows of the given keys (DuckDB join over all sources' parts)."""
+    parts = catalog_part_glob(ws)
+    if not parts or not keys:
+        return []
+    con = duckdb.connect()
+    cat = con.read_parquet(parts, union_by_name=True)
+    wanted = pa.table({"key": pa.array(keys, pa.string())})  # noqa: F841 (DuckDB scans locals)
+    return con.sql("select cat.* from cat join wanted using (key) order by cat.key").to_arrow_table().to_pylist()

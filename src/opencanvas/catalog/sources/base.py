@@ -1,0 +1,121 @@
+"""What every source adapter provides, and the JSON-lines reading two of them share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opencanvas.catalog.records import BatchBuilder, SourceBatch
+from opencanvas.licenses import License, normalize
+
+
+class InputFormatError(ValueError):
+    """An input file is not in the format its source adapter reads."""
+
+
+class Rejected(Exception):
+    """A record goes to quarantine: `reason` is short and machine-readable, `detail` explains."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class InputUnit:
+    """One unit of resumable work: an input file, or a folder for folder-shaped sources."""
+
+    source: str
+    path: str      # absolute path
+    root: str = "" # for tree sources: the library root that keys are relative to
+
+
+@dataclass(frozen=True)
+class SourceAdapter:
+    name: str
+    summary: str
+    plan: Callable[[Sequence[Path]], list[InputUnit]]        # expands and checks the inputs
+    read: Callable[[InputUnit], Iterator[SourceBatch]]       # reads one unit, batch by batch
+
+
+def open_license(text: str | None, what: str = "license") -> License:
+    """The normalised license, or `Rejected` when it is missing or not a known open license."""
+    if not text or not str(text).strip():
+        raise Rejected("license:missing", f"no {what} in the record")
+    lic = normalize(str(text))
+    if not lic.is_open:
+        raise Rejected("license:other", f"{what} {str(text)[:200]!r} is not a known open license")
+    return lic
+
+
+def require(record: dict[str, Any], *fields: str) -> None:
+    missing = [f for f in fields if record.get(f) in (None, "")]
+    if missing:
+        raise Rejected("missing:" + ",".join(missing), f"required field(s) {', '.join(missing)} missing or empty")
+
+
+def check_jsonl(path: Path, expected: str, required: Sequence[str]) -> None:
+    """Fail early, naming the file, when `path` does not start with a JSON object line."""
+    if not path.is_file():
+        raise InputFormatError(f"{path}: not a file; expected {expected}")
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                first = json.loads(line)
+            except (UnicodeDecodeError, ValueError):
+                raise InputFormatError(f"{path}: first line is not JSON; expected {expected}") from None
+            if not isinstance(first, dict) or not any(k in first for k in required):
+                raise InputFormatError(
+                    f"{path}: first record has none of the fields {list(required)}; expected {expected}")
+            return
+    raise InputFormatError(f"{path}: empty file; expected {expected}")
+
+
+def plan_files(paths: Sequence[Path], check: Callable[[Path], None]) -> list[Path]:
+    """Input files, checked; a folder stands for the files directly in it (sorted)."""
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p).resolve()
+        if p.is_dir():
+            files += sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise InputFormatError(f"{p}: no such file or folder")
+    for f in files:
+        check(f)
+    return files
+
+
+def read_jsonl(
+    unit: InputUnit, to_row: Callable[[dict[str, Any]], tuple[str, dict[str, Any], License]],
+) -> Iterator[SourceBatch]:
+    """JSON lines -> batches; a record `to_row` rejects, or a bad line, goes to quarantine."""
+    builder = BatchBuilder(unit.source, unit.path)
+    with open(unit.path, "rb") as f:
+        for record_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                builder.reject(record_no, raw.decode("utf-8", "replace"), "encoding", f"not UTF-8: {e}")
+                continue
+            try:
+                record = json.loads(text)
+                if not isinstance(record, dict):
+                    raise Rejected("malformed", "line is JSON but not an object")
+                source_id, row, lic = to_row(record)
+                builder.add(source_id, row, lic)
+            except json.JSONDecodeError as e:
+                builder.reject(record_no, text.rstrip("\n"), "malformed", f"invalid JSON: {e}")
+            except Rejected as e:
+                builder.reject(record_no, text.rstrip("\n"), e.reason, e.detail)
+            if builder.full:
+                yield builder.flush()
+    yield builder.flush()

@@ -1,0 +1,238 @@
+"""Train a transformers CLIPModel on a subset's images and captions (`opencanvas clip train`).
+
+Contrastive pre-training (Radford et al. 2021): symmetric cross-entropy over the
+(B, B) image-caption cosine similarities, with a learned temperature clamped at
+100. The text tower then serves as the diffusion text encoder (its hidden
+states condition the UNet) and the pair as a CLIP-score evaluator, with no
+downloaded weights: the tokenizer too is trained on the captions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from opencanvas.components.images import holdout_split, load_subset_images
+from opencanvas.components.loading import CLIP_MEAN, CLIP_STD, ClipEvaluator, from_source, resolve
+from opencanvas.components.metrics import chance_recall_at_k, recall_at_k
+from opencanvas.components.presets import CLIP_PRESETS, ClipPreset, get_preset, preset_dict
+from opencanvas.components.records import finished_record, publish, subset_metadata, write_record
+from opencanvas.components.reports import markdown_table, similarity_png, write_report
+from opencanvas.components.tokenizer import train_caption_tokenizer
+from opencanvas.components.training import CHECKPOINT_DIR, budget_met, loss_summary, run_training
+from opencanvas.storage import atomic_write_json, read_parquet_files
+from opencanvas.workspace import Workspace
+
+KS = (1, 5, 10)
+MATRIX_SAMPLE = 16
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def read_caption_lists(ws: Workspace, captioner: str, subset: str) -> dict[str, list[str]]:
+    """key -> usable captions (non-empty, not flagged) of one captioner."""
+    paths = sorted(ws.captions_dir(captioner).glob("part-*.parquet"))
+    if not paths:
+        raise FileNotFoundError(
+            f"no captions from captioner {captioner!r} in {ws.captions_dir(captioner)}: run "
+            f"`opencanvas caption --subset {subset} --captioner {captioner}` first (the `metadata` captioner "
+            f"needs no model)")
+    table = read_parquet_files(paths).select(["key", "caption", "flagged"]).to_pydict()
+    captions: dict[str, list[str]] = {}
+    for key, text, flagged in zip(table["key"], table["caption"], table["flagged"]):
+        if text and text.strip() and not flagged:
+            captions.setdefault(key, []).append(" ".join(text.split()))
+    return captions
+
+
+def clip_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> CLIP-normalised float (B, 3, S, S)."""
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def random_shift(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Augmentation: translate the batch by up to 1/8 of its side, filling with white (clip art)."""
+    side = pixels.shape[-1]
+    pad = side // 8
+    padded = F.pad(pixels, (pad, pad, pad, pad), value=255)
+    top, left = torch.randint(2 * pad + 1, (2,), generator=generator).tolist()
+    return padded[:, :, top:top + side, left:left + side]
+
+
+def contrastive_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     pixel_values: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch (CLIP's loss)."""
+    # Causal text tower pooled at the first eos: tokens after the longest caption change nothing.
+    length = int(attention_mask.sum(1).max())
+    out = model(input_ids=input_ids[:, :length], attention_mask=attention_mask[:, :length],
+                pixel_values=pixel_values, return_loss=True)
+    return out.loss
+
+
+def build_clip(spec: ClipPreset, tokenizer: Any, seed: int) -> Any:
+    from transformers import CLIPConfig, CLIPModel
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = CLIPConfig(**spec.transformers_config(len(tokenizer), pad, tokenizer.bos_token_id,
+                                                   tokenizer.eos_token_id))
+    torch.manual_seed(seed)
+    return CLIPModel(config)
+
+
+def _tokenizer_for(ws: Workspace, out_dir: Path, pretrained: str | None, captions: list[str],
+                   spec: ClipPreset) -> Any:
+    """A pretrained tokenizer (name/dir/hub id), the one an interrupted run trained, or a new one."""
+    from transformers import AutoTokenizer
+
+    saved = out_dir / CHECKPOINT_DIR / "tokenizer"
+    if pretrained:
+        return from_source(AutoTokenizer, resolve(ws, pretrained, ws.clip_dir(pretrained), "tokenizer",
+                                                  "tokenizer"), "tokenizer")
+    if (saved / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(saved)
+    tokenizer = train_caption_tokenizer(captions, vocab_size=spec.vocab_size, max_length=spec.max_length)
+    publish(saved, tokenizer.save_pretrained)
+    return tokenizer
+
+
+@torch.no_grad()
+def heldout_evaluation(evaluator: ClipEvaluator, pixels: torch.Tensor,
+                       texts: list[str]) -> tuple[dict[str, Any], np.ndarray]:
+    """Retrieval both ways on held-out pairs (same caption = a match) and CLIP-score separation."""
+    model = evaluator.model
+    image = torch.cat([model.get_image_features(pixel_values=clip_pixels(pixels[i:i + 64])).pooler_output
+                       for i in range(0, len(pixels), 64)])
+    image = F.normalize(image.float(), dim=-1).numpy()
+    text = evaluator.text_features(texts)
+    similarity = image @ text.T                                            # (N images, N captions)
+    relevant = np.array([[a == b for b in texts] for a in texts])
+    i2t, t2i = recall_at_k(similarity, KS, relevant), recall_at_k(similarity.T, KS, relevant)
+    chance = chance_recall_at_k(relevant, KS)
+    scores = 100.0 * np.clip(similarity, 0.0, None)
+    metrics: dict[str, Any] = {
+        **{f"image_to_text_recall@{k}": v for k, v in i2t.items()},
+        **{f"text_to_image_recall@{k}": v for k, v in t2i.items()},
+        **{f"chance_recall@{k}": v for k, v in chance.items()},
+        "clip_score_matching": float(scores[relevant].mean()),
+        "clip_score_non_matching": float(scores[~relevant].mean()) if (~relevant).any() else None,
+    }
+    return metrics, similarity
+
+
+def train_clip(ws: Workspace, subset: str, captioner: str, name: str, preset: str = "tiny",
+               max_images: int | None = None, *, minutes: float | None = None, steps: int | None = None,
+               batch_size: int | None = None, learning_rate: float | None = None, holdout: float = 0.1,
+               seed: int = 0, tokenizer: str | None = None, text_layer: str = "last",
+               checkpoint_seconds: float = 60.0) -> dict[str, Any]:
+    """Train (or resume, or return the finished) CLIP `name`; returns the report."""
+    spec = get_preset(CLIP_PRESETS, preset, "CLIP")
+    if text_layer not in ("last", "penultimate"):
+        raise ValueError(f"text layer must be 'last' or 'penultimate', got {text_layer!r}")
+    out_dir = ws.clip_dir(name)
+    identity = {"subset": subset, "captioner": captioner, "preset": preset, "max_images": max_images,
+                "batch_size": batch_size or spec.batch_size, "learning_rate": learning_rate or spec.learning_rate,
+                "holdout": holdout, "seed": seed, "tokenizer": tokenizer or "trained on the captions",
+                "text_layer": text_layer}
+    record = finished_record(out_dir)
+    if record is not None:
+        if record.get("training") != identity:
+            raise ValueError(f"{out_dir} holds a CLIP trained with other settings: choose another --name, "
+                             f"or delete the directory to retrain")
+        if budget_met(record["steps"], record["train_seconds"], steps, minutes):
+            return json.loads((out_dir / "report.json").read_text())
+
+    meta = subset_metadata(ws, subset)
+    captions = read_caption_lists(ws, captioner, subset)
+    images = load_subset_images(ws, subset, spec.image_size, max_images, keys=list(captions))
+    if not images.keys:
+        raise ValueError(f"none of subset {subset!r}'s fetched images has a caption from {captioner!r}: "
+                         f"caption this subset first (`opencanvas caption --subset {subset} --captioner {captioner}`)")
+    train_idx, held_idx = holdout_split(images.keys, holdout)
+    train_keys = [images.keys[i] for i in train_idx]
+    tok = _tokenizer_for(ws, out_dir, tokenizer, [c for k in train_keys for c in captions[k]], spec)
+
+    # Every training caption tokenized once: (M, L) ids and mask, and each image's caption rows.
+    texts = [c for k in train_keys for c in captions[k]]
+    owner = [i for i, k in enumerate(train_keys) for _ in captions[k]]
+    encoded = tok(texts, padding="max_length", truncation=True, max_length=spec.max_length, return_tensors="pt")
+    rows_of = [[] for _ in train_keys]
+    for row, i in enumerate(owner):
+        rows_of[i].append(row)
+    train_pixels = images.pixels[train_idx]                                # uint8 (N, 3, S, S)
+    model = build_clip(spec, tok, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=identity["learning_rate"], betas=(0.9, 0.98),
+                                  eps=1e-6, weight_decay=spec.weight_decay)
+    bs = min(identity["batch_size"], len(train_keys))
+
+    def step(index: int, generator: torch.Generator) -> float:
+        chosen = torch.randperm(len(train_keys), generator=generator)[:bs].tolist()
+        picks = torch.randint(1 << 30, (bs,), generator=generator).tolist()  # one caption per image
+        rows = [rows_of[i][p % len(rows_of[i])] for i, p in zip(chosen, picks)]
+        pixel_values = clip_pixels(random_shift(train_pixels[chosen], generator))
+        loss = contrastive_loss(model, encoded["input_ids"][rows], encoded["attention_mask"][rows], pixel_values)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+        return loss.item()
+
+    state = run_training(step, model, optimizer, out_dir, identity, steps=steps, minutes=minutes, batch_size=bs,
+                         seed=seed, learning_rate=identity["learning_rate"], warmup_steps=50,
+                         checkpoint_seconds=checkpoint_seconds, description=f"clip {name}")
+
+    def save(directory: Path) -> None:
+        model.save_pretrained(directory)
+        tok.save_pretrained(directory)
+        atomic_write_json(directory / "preprocessor_config.json", preprocessor_config(spec.image_size))
+
+    publish(out_dir, save)
+    evaluator = ClipEvaluator(model.eval(), tok, name, {})
+    held_keys = [images.keys[i] for i in held_idx]
+    held_texts = [captions[k][0] for k in held_keys]
+    metrics, similarity = heldout_evaluation(evaluator, images.pixels[held_idx], held_texts)
+    losses = loss_summary(state.losses)
+    n = min(MATRIX_SAMPLE, len(held_keys))
+    report = {"name": name, **meta, "captioner": captioner, "preset": preset, "image_size": spec.image_size,
+              "images_train": len(train_idx), "images_heldout": len(held_idx), "captions_train": len(texts),
+              "vocab_size": len(tok), "steps": state.step, "images_seen": state.images_seen,
+              "train_seconds": round(state.seconds, 1), "loss_first": losses["first"], "loss_last": losses["last"],
+              **metrics}
+    rows = [(f"image→text recall@{k}", metrics[f"image_to_text_recall@{k}"]) for k in KS]
+    rows += [(f"text→image recall@{k}", metrics[f"text_to_image_recall@{k}"]) for k in KS]
+    rows += [(f"chance recall@{k}", metrics[f"chance_recall@{k}"]) for k in KS]
+    rows += [("CLIP score, matching pairs", metrics["clip_score_matching"]),
+             ("CLIP score, non-matching pairs", metrics["clip_score_non_matching"]),
+             ("train / held-out images", f"{len(train_idx)} / {len(held_idx)}"), ("steps", state.step),
+             ("train seconds", round(state.seconds, 1)),
+             ("loss first / last", f"{losses['first']:.4f} / {losses['last']:.4f}")]
+    markdown = (f"# CLIP `{name}`\n\nTrained contrastively on subset `{subset}` (policy `{meta['policy']}`, catalog "
+                f"`{meta['catalog_hash']}`) with captions from `{captioner}`, preset `{preset}`. Held-out "
+                f"retrieval counts an item with the same caption as a match; chance is a random ranking.\n\n"
+                + markdown_table(rows) + "\n\n![held-out similarity](similarity.png)\n")
+    figure = similarity_png(similarity[:n, :n], held_texts[:n], f"CLIP {name}: held-out cosine similarity")
+    write_report(out_dir, report, markdown, {"similarity.png": figure})
+    write_record(out_dir, {
+        "component": "clip", "name": name, **meta, "captioner": captioner, "preset": preset_dict(spec),
+        "training": identity, "steps": state.step, "images_seen": state.images_seen,
+        "train_seconds": state.seconds, "losses": losses, "text_layer": text_layer,
+        "max_length": spec.max_length, "heldout_keys": held_keys, "checkpoint": CHECKPOINT_DIR,
+        "report": {k: v for k, v in metrics.items() if "@5" in k or k.startswith("clip_score")},
+    })
+    return report
+
+
+def preprocessor_config(size: int) -> dict[str, Any]:
+    """A CLIPImageProcessor config matching the training preprocessing (center crop, bicubic, CLIP mean/std)."""
+    return {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
+            "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(CLIP_MEAN),
+            "image_std": list(CLIP_STD), "do_convert_rgb": True, "resample": 3}

@@ -1,0 +1,174 @@
+"""LatentLoader: deterministic, rank-partitioned, exactly resumable batches of latents.
+
+An epoch is a pure function of (seed, epoch) and the latent set:
+
+1. each bucket's record indices are permuted and cut into full batches (the
+   remainder of each bucket, a different random tail every epoch, is dropped:
+   a batch never mixes buckets, so its tensors have one shape);
+2. the batches of all buckets are permuted together;
+3. the batch list is cut to a multiple of `world`; global step s is batches
+   [s*world, (s+1)*world), and rank r takes batch s*world + r, i.e. the strided
+   share batches[r::world]. Ranks are disjoint and have equal step counts.
+
+Without --buckets there is one bucket and this is a plain shuffled epoch.
+Progress is counted in samples seen by all ranks together
+(`position = (epoch, samples_seen)`, samples_seen = steps * world * batch_size),
+which is what training counts as images seen, so a checkpoint's position
+resumes the exact remaining batches: `LatentLoader(..., epoch=e, start=s)`.
+
+The caption of record i in epoch e is drawn among the captioners that gave it
+one by a hash of (seed, e, i), so it is the same on every rank, worker and resume.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from opencanvas.encode.store import LatentSet
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser (Steele et al. 2014): a well-mixed uint64 per input (wraps on purpose)."""
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def caption_slots(available: np.ndarray, seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
+    """(B,) captioner slot per record, uniform among its available ones; -1 if it has none.
+
+    available: (B, K) bool for the records `indices` (B,).
+    """
+    with np.errstate(over="ignore"):
+        h = _splitmix64(np.uint64(seed & (2**64 - 1)) * _GOLDEN + np.uint64(epoch))
+        h = _splitmix64(h ^ np.asarray(indices, dtype=np.uint64))
+    count = available.sum(axis=1)
+    choice = (h % np.maximum(count, 1).astype(np.uint64)).astype(np.int64)  # (B,)
+    # Slot of the choice-th available captioner: first column where the running count exceeds it.
+    slots = np.argmax(np.cumsum(available, axis=1) > choice[:, None], axis=1)
+    return np.where(count > 0, slots, -1)
+
+
+def epoch_batches(latent_set: LatentSet, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Every full batch of one epoch in global order (before the cut to a multiple of world)."""
+    rng = np.random.default_rng([seed, epoch])
+    batches: list[np.ndarray] = []
+    for _, indices in sorted(latent_set.bucket_indices().items()):
+        perm = indices[rng.permutation(len(indices))]
+        n = len(perm) // batch_size * batch_size
+        # Ascending within a batch (order inside a batch does not matter to SGD):
+        # the store then reads each shard's rows in one forward sweep.
+        batches.extend(np.sort(perm[:n].reshape(-1, batch_size), axis=1))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+class LatentLoader:
+    """Batches {"mean", "std", "text", "mask", "keys"} of a LatentSet as torch tensors.
+
+    mean/std (B, C, h, w) fp16, text (B, L, D) fp16, mask (B, L) bool, keys list[str].
+    Iterating yields the remaining batches of the current epoch, then moves to the
+    next epoch, so `for batch in loader` may be repeated for as many epochs as needed.
+    `workers` > 0 gathers batches ahead on that many threads (memory-map copies
+    release the GIL, and threads avoid pickling batches between processes).
+    """
+
+    def __init__(self, latent_set: LatentSet, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 epoch: int = 0, start: int = 0, workers: int = 0, prefetch: int = 4) -> None:
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"need 0 <= rank < world, got rank={rank} world={world}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.latent_set = latent_set
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.workers, self.prefetch = workers, max(1, prefetch)
+        self.steps_per_epoch = len(epoch_batches(latent_set, batch_size, seed, 0)) // world
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(latent_set)} records give no full step of {world} rank(s) x batch {batch_size} "
+                "(a batch never mixes buckets): lower --batch or encode more images")
+        self.samples_per_epoch = self.steps_per_epoch * world * batch_size
+        self._epoch, self._seen = 0, 0
+        self.set_position(epoch, start)
+
+    # ---- position -------------------------------------------------------------------
+    @property
+    def position(self) -> tuple[int, int]:
+        """(epoch, samples seen in it by all ranks), counting every batch already yielded."""
+        return self._epoch, self._seen
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        step = self.world * self.batch_size
+        if epoch < 0 or start < 0 or start % step:
+            raise ValueError(f"start={start} must be a non-negative multiple of world x batch_size = {step}")
+        epoch, start = epoch + start // self.samples_per_epoch, start % self.samples_per_epoch
+        self._epoch, self._seen = epoch, start
+
+    def __len__(self) -> int:
+        """Steps left in the current epoch."""
+        return self.steps_per_epoch - self._seen // (self.world * self.batch_size)
+
+    # ---- batches --------------------------------------------------------------------
+    def rank_batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches (record indices, (B,) each) of `epoch`, in order."""
+        batches = epoch_batches(self.latent_set, self.batch_size, self.seed, epoch)
+        return batches[: self.steps_per_epoch * self.world][self.rank :: self.world]
+
+    def _load(self, indices: np.ndarray, epoch: int, out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        import torch
+
+        available = self.latent_set.available_captions()[indices]  # (B, K)
+        slots = caption_slots(available, self.seed, epoch, indices)
+        batch = self.latent_set.gather(indices, slots, out)
+        return {
+            "mean": torch.from_numpy(batch["mean"]), "std": torch.from_numpy(batch["std"]),
+            "text": torch.from_numpy(batch["text"]), "mask": torch.from_numpy(batch["mask"]),
+            "keys": batch["keys"],
+        }
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch = self._epoch
+        first = self._seen // (self.world * self.batch_size)
+        todo = self.rank_batches(epoch)[first:]
+        step_samples = self.world * self.batch_size
+
+        def advance(step: int) -> None:
+            # Counted before the batch is handed over: a checkpoint taken after
+            # training on it resumes with the next one.
+            self.set_position(epoch, (step + 1) * step_samples)
+
+        if self.workers <= 0:
+            for i, indices in enumerate(todo):
+                batch = self._load(indices, epoch)
+                advance(first + i)
+                yield batch
+            return
+        def submit(indices: np.ndarray) -> cf.Future:
+            # Buffers are allocated here, on the consumer's thread, where they are also
+            # freed: glibc then reuses them instead of faulting in fresh pages per batch.
+            return pool.submit(self._load, indices, epoch, self.latent_set.empty_batch(indices))
+
+        with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="latent-loader") as pool:
+            pending: deque[cf.Future] = deque()
+            upcoming = iter(todo)
+            for indices in upcoming:
+                pending.append(submit(indices))
+                if len(pending) >= self.workers * self.prefetch:
+                    break
+            step = first
+            while pending:
+                batch = pending.popleft().result()
+                nxt = next(upcoming, None)
+                if nxt is not None:
+                    pending.append(submit(nxt))
+                advance(step)
+                step += 1
+                yield batch

@@ -1,0 +1,371 @@
+"""The latent store: fixed-record .npy shards read through memory maps.
+
+Layout of `latents/<name>/` (one directory per latent set)::
+
+    meta.json                         settings shared by every resolution (written first)
+    null_text.npy  null_mask.npy      the empty prompt's embedding (L, D) fp16 + (L,) bool
+    text/shard-NNNNN/                 text embeddings of one image shard (all resolutions share them)
+        text.npy   (N, K, L, D) fp16  hidden states, one slot per captioner (K = len(captioners))
+        mask.npy   (N, K, L)    bool  attention mask; all False where a captioner has no caption
+        keys.parquet                  key, captions (K strings, "" where missing)
+        done.json                     done-marker, written last
+    res-256/shard-NNNNN/              latents of one image shard at one resolution
+        <h>x<w>.mean.npy (n, C, h/8, w/8) fp16   one group per bucket (pixel size h x w);
+        <h>x<w>.std.npy  (n, C, h/8, w/8) fp16   without --buckets the only bucket is RxR
+        <h>x<w>.keys.parquet          key, text_row (row in the shard's text part)
+        done.json                     done-marker, written last: {"buckets": {"HxW": n}, ...}
+
+Why this format: a record is a fixed-size row of a C-contiguous array, so a
+batch is one fancy-index gather per file from the page cache, with no decoding
+(benchmarks/loader.py compares it with Parquet). Text embeddings (77x1024 fp16
+is 154 KiB per caption, ~10x a 256 px latent) are stored once per image, not
+once per resolution. Parts without a done.json are invisible to readers and
+are rewritten by a resumed encode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from opencanvas.storage import atomic_write_json, atomic_write_parquet
+from opencanvas.workspace import Workspace
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+DONE_FILE = "done.json"
+
+TEXT_KEYS_SCHEMA = pa.schema([("key", pa.string()), ("captions", pa.list_(pa.string()))])
+LATENT_KEYS_SCHEMA = pa.schema([("key", pa.string()), ("text_row", pa.int64())])
+
+Bucket = tuple[int, int]  # (height, width) in pixels
+
+
+def resolution_dirname(resolution: int) -> str:
+    return f"res-{resolution}"
+
+
+def bucket_name(bucket: Bucket) -> str:
+    return f"{bucket[0]}x{bucket[1]}"
+
+
+def parse_bucket(name: str) -> Bucket:
+    h, w = name.split("x")
+    return int(h), int(w)
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save to a temp file beside `path`, then rename (readers never see half an array)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def is_done(part: Path) -> bool:
+    return (part / DONE_FILE).exists()
+
+
+def clear_stale_temps(part: Path) -> None:
+    """Drop temp files a killed writer left in `part` (each part has a single writer)."""
+    for tmp in Path(part).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+# ---- writers (used by stage.py and by the benchmark's synthetic store) ------------------
+
+def write_text_part(part: Path, keys: list[str], captions: list[list[str]], text: np.ndarray,
+                    mask: np.ndarray, stats: dict[str, Any]) -> None:
+    """One image shard's text embeddings: text (N, K, L, D) fp16, mask (N, K, L) bool."""
+    if not (len(keys) == len(captions) == text.shape[0] == mask.shape[0]):
+        raise ValueError("keys, captions, text and mask must have one row per image")
+    clear_stale_temps(part)
+    save_npy_atomic(part / "text.npy", text.astype(np.float16, copy=False))
+    save_npy_atomic(part / "mask.npy", mask.astype(bool, copy=False))
+    atomic_write_parquet(part / "keys.parquet",
+                         pa.Table.from_pydict({"key": keys, "captions": captions}, schema=TEXT_KEYS_SCHEMA))
+    atomic_write_json(part / DONE_FILE, {**stats, "count": len(keys)})
+
+
+@dataclass
+class BucketLatents:
+    """The latents of one bucket of one shard: mean/std (n, C, h, w) fp16."""
+
+    keys: list[str]
+    text_rows: list[int]
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def write_latent_part(part: Path, buckets: dict[Bucket, BucketLatents], stats: dict[str, Any]) -> None:
+    """One image shard's latents at one resolution, one file group per bucket, done.json last."""
+    clear_stale_temps(part)
+    counts = {}
+    for bucket, b in sorted(buckets.items()):
+        if not b.keys:
+            continue
+        name = bucket_name(bucket)
+        save_npy_atomic(part / f"{name}.mean.npy", b.mean.astype(np.float16, copy=False))
+        save_npy_atomic(part / f"{name}.std.npy", b.std.astype(np.float16, copy=False))
+        atomic_write_parquet(part / f"{name}.keys.parquet", pa.Table.from_pydict(
+            {"key": b.keys, "text_row": b.text_rows}, schema=LATENT_KEYS_SCHEMA))
+        counts[name] = len(b.keys)
+    atomic_write_json(part / DONE_FILE, {**stats, "buckets": counts, "count": sum(counts.values())})
+
+
+def write_null_text(root: Path, text: np.ndarray, mask: np.ndarray) -> None:
+    """The empty prompt's embedding (L, D) and mask (L,), for caption dropout / CFG."""
+    save_npy_atomic(root / "null_text.npy", text.astype(np.float16, copy=False))
+    save_npy_atomic(root / "null_mask.npy", mask.astype(bool, copy=False))
+
+
+# ---- reader ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LatentRecord:
+    key: str
+    mean: np.ndarray       # (C, h, w) fp16: the autoencoder posterior's mean (raw, not shifted/scaled)
+    std: np.ndarray        # (C, h, w) fp16: its standard deviation; z = mean + std * eps at train time
+    text: np.ndarray       # (K, L, D) fp16: one hidden-state sequence per captioner
+    mask: np.ndarray       # (K, L) bool: all False where that captioner gave no caption
+    captions: list[str]    # K strings ("" where missing)
+
+
+@dataclass
+class _Part:
+    """One bucket group of one shard: the unit a batch gathers from."""
+
+    bucket: Bucket
+    mean_path: Path
+    std_path: Path
+    text_dir: Path
+    keys: list[str]
+    text_rows: np.ndarray  # (n,) int64
+    _mean: np.ndarray | None = None
+    _std: np.ndarray | None = None
+    _text: np.ndarray | None = None
+    _mask: np.ndarray | None = None
+    _captions: list[list[str]] | None = None
+
+    def mean(self) -> np.ndarray:
+        if self._mean is None:
+            self._mean = np.load(self.mean_path, mmap_mode="r")
+        return self._mean
+
+    def std(self) -> np.ndarray:
+        if self._std is None:
+            self._std = np.load(self.std_path, mmap_mode="r")
+        return self._std
+
+    def text(self) -> np.ndarray:
+        if self._text is None:
+            self._text = np.load(self.text_dir / "text.npy", mmap_mode="r")
+        return self._text
+
+    def mask(self) -> np.ndarray:
+        if self._mask is None:
+            self._mask = np.load(self.text_dir / "mask.npy", mmap_mode="r")
+        return self._mask
+
+    def captions(self, text_row: int) -> list[str]:
+        if self._captions is None:
+            table = pq.read_table(self.text_dir / "keys.parquet", columns=["captions"])
+            self._captions = table.column("captions").to_pylist()
+        return list(self._captions[text_row])
+
+    def close(self) -> None:
+        self._mean = self._std = self._text = self._mask = None
+
+
+class LatentSet:
+    """All finished records of one latent set at one resolution, with random access.
+
+    Records are ordered by (bucket, image shard, row), so a record's index does
+    not depend on the order in which shards were encoded. Memory maps open
+    lazily and are dropped on pickling, so a LatentSet can go to worker processes.
+    """
+
+    def __init__(self, root: Path, resolution: int, meta: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.resolution = resolution
+        res_dir = self.root / resolution_dirname(resolution)
+        parts: list[_Part] = []
+        counts: dict[str, int] = {}
+        for shard_dir in sorted(p for p in res_dir.glob("shard-*") if is_done(p)):
+            done = json.loads((shard_dir / DONE_FILE).read_text())
+            text_dir = self.root / "text" / shard_dir.name
+            for name, n in done["buckets"].items():
+                if n == 0:
+                    continue
+                keys = pq.read_table(shard_dir / f"{name}.keys.parquet")
+                parts.append(_Part(parse_bucket(name), shard_dir / f"{name}.mean.npy",
+                                   shard_dir / f"{name}.std.npy", text_dir, keys.column("key").to_pylist(),
+                                   keys.column("text_row").to_numpy().astype(np.int64)))
+                counts[name] = counts.get(name, 0) + n
+        parts.sort(key=lambda p: (p.bucket, p.mean_path.parent.name))
+        self.parts = parts
+        sizes = np.array([len(p.keys) for p in parts], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        # Per-record lookups, (N,) each: which part, which row in it.
+        self.part_of = np.repeat(np.arange(len(parts), dtype=np.int32), sizes)
+        self.row_of = np.arange(int(self._offsets[-1]), dtype=np.int64) - self._offsets[self.part_of]
+        self._available: np.ndarray | None = None
+        down = int(meta["downscale"])
+        self.meta: dict[str, Any] = {
+            **meta, "resolution": resolution, "latent_size": resolution // down, "count": len(self),
+            "bucket_sizes": {name: [parse_bucket(name)[0] // down, parse_bucket(name)[1] // down]
+                             for name in sorted(counts)},
+            "bucket_counts": dict(sorted(counts.items())),
+        }
+        self._null: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        for p in self.parts:
+            p.close()
+        return self.__dict__
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        return sorted({p.bucket for p in self.parts})
+
+    def bucket_indices(self) -> dict[Bucket, np.ndarray]:
+        """The record indices of each bucket (contiguous ranges, since parts sort by bucket)."""
+        out: dict[Bucket, list[np.ndarray]] = {}
+        for i, p in enumerate(self.parts):
+            out.setdefault(p.bucket, []).append(np.arange(self._offsets[i], self._offsets[i + 1]))
+        return {b: np.concatenate(v) for b, v in out.items()}
+
+    def available_captions(self) -> np.ndarray:
+        """(N, K) bool: which captioners gave each record a caption (a mask with any token)."""
+        if self._available is None:
+            k = len(self.meta["captioners"])
+            avail = np.zeros((len(self), k), dtype=bool)
+            for i, p in enumerate(self.parts):
+                avail[self._offsets[i]:self._offsets[i + 1]] = p.mask()[p.text_rows].any(axis=-1)
+            self._available = avail
+        return self._available
+
+    def _locate(self, i: int) -> tuple[_Part, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"record {i} out of range for a latent set of {len(self)}")
+        i %= len(self)
+        return self.parts[self.part_of[i]], int(self.row_of[i])
+
+    def get(self, i: int) -> LatentRecord:
+        part, row = self._locate(i)
+        text_row = int(part.text_rows[row])
+        return LatentRecord(
+            key=part.keys[row],
+            mean=np.array(part.mean()[row]), std=np.array(part.std()[row]),
+            text=np.array(part.text()[text_row]), mask=np.array(part.mask()[text_row]),
+            captions=part.captions(text_row),
+        )
+
+    def key(self, i: int) -> str:
+        part, row = self._locate(i)
+        return part.keys[row]
+
+    def keys(self) -> list[str]:
+        return [k for p in self.parts for k in p.keys]
+
+    def null_text(self) -> tuple[np.ndarray, np.ndarray]:
+        """The empty prompt's embedding: (L, D) fp16 and (L,) bool."""
+        if self._null is None:
+            self._null = (np.load(self.root / "null_text.npy"), np.load(self.root / "null_mask.npy"))
+        return self._null
+
+    def empty_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Uninitialised batch arrays for `indices` (all of one bucket): mean, std, text, mask."""
+        first = self.parts[self.part_of[int(indices[0])]]
+        c, h, w = first.mean().shape[1:]
+        l, d = first.text().shape[2:]
+        b = len(indices)
+        return {"mean": np.empty((b, c, h, w), np.float16), "std": np.empty((b, c, h, w), np.float16),
+                "text": np.empty((b, l, d), np.float16), "mask": np.empty((b, l), bool)}
+
+    def gather(self, indices: np.ndarray, caption_slots: np.ndarray,
+               out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """A batch as numpy: mean/std (B, C, h, w), text (B, L, D), mask (B, L), keys.
+
+        `caption_slots[b]` picks the captioner slot of record `indices[b]`; -1 means
+        "no caption", which gets the empty prompt (what caption dropout trains on).
+        All records must share one bucket (the loader batches within buckets).
+        Ascending indices (as the loader sends) are copied once, straight from the
+        memory maps into the batch (np.take with out=, which releases the GIL);
+        `out` (from `empty_batch`) lets the caller choose where the arrays live.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        caption_slots = np.asarray(caption_slots, dtype=np.int64)
+        order = np.argsort(indices, kind="stable")
+        if np.all(order[1:] > order[:-1]):
+            order = None  # already ascending: gather in place
+        else:
+            indices, caption_slots = indices[order], caption_slots[order]
+        parts = self.part_of[indices]
+        first = self.parts[parts[0]]
+        if any(self.parts[p].bucket != first.bucket for p in np.unique(parts)):
+            raise ValueError("a batch must come from one bucket; use LatentLoader, which batches per bucket")
+        b = len(indices)
+        out = out if out is not None and order is None else self.empty_batch(indices)
+        mean, std, text, mask = out["mean"], out["std"], out["text"], out["mask"]
+        k, l, d = first.text().shape[1:]
+        keys: list[str] = []
+        slots = np.maximum(caption_slots, 0)
+        # Sorted indices make each part's records one contiguous slice of the batch.
+        bounds = np.flatnonzero(np.diff(parts)) + 1
+        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), b]):
+            part, rows = self.parts[parts[lo]], self.row_of[indices[lo:hi]]
+            np.take(part.mean(), rows, axis=0, out=mean[lo:hi])
+            np.take(part.std(), rows, axis=0, out=std[lo:hi])
+            # Row-major (N, K, ...) flattened to (N*K, ...): only the chosen caption is read.
+            flat = part.text_rows[rows] * k + slots[lo:hi]
+            np.take(part.text().reshape(-1, l, d), flat, axis=0, out=text[lo:hi])
+            np.take(part.mask().reshape(-1, l), flat, axis=0, out=mask[lo:hi])
+            keys.extend(part.keys[r] for r in rows.tolist())
+        missing = caption_slots < 0
+        if missing.any():
+            null_text, null_mask = self.null_text()
+            text[missing], mask[missing] = null_text, null_mask
+        if order is not None:  # back to the caller's order
+            inverse = np.argsort(order)
+            mean, std, text, mask = mean[inverse], std[inverse], text[inverse], mask[inverse]
+            keys = [keys[i] for i in inverse.tolist()]
+        return {"mean": mean, "std": std, "text": text, "mask": mask, "keys": keys}
+
+
+def read_meta(root: Path) -> dict[str, Any]:
+    path = Path(root) / META_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no latent set at {root}: run `opencanvas encode --name {Path(root).name} ...` first")
+    return json.loads(path.read_text())
+
+
+def open_latents(ws: Workspace, name: str, resolution: int | None = None) -> LatentSet:
+    """The finished records of latent set `name` at `resolution` (the only one if None)."""
+    root = ws.latents_dir(name)
+    meta = read_meta(root)
+    resolutions = [int(r) for r in meta["resolutions"]]
+    if resolution is None:
+        if len(resolutions) != 1:
+            raise ValueError(f"latent set {name!r} has resolutions {resolutions}: pass resolution=")
+        resolution = resolutions[0]
+    if resolution not in resolutions:
+        raise ValueError(f"latent set {name!r} has no resolution {resolution}; it has {resolutions}")
+    return LatentSet(root, resolution, meta)

@@ -1,0 +1,72 @@
+"""Random latent sets in the real store format, for tests and benchmarks of training and loading.
+
+They skip the models (no autoencoder or text encoder runs), so a training test
+or the loader benchmark can have thousands of records in seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from opencanvas.encode.store import (
+    FORMAT_VERSION, META_FILE, Bucket, BucketLatents, resolution_dirname, write_latent_part,
+    write_null_text, write_text_part,
+)
+from opencanvas.storage import atomic_write_json
+from opencanvas.workspace import Workspace
+
+
+def write_random_latents(ws: Workspace, name: str, n: int, *, resolution: int = 256, channels: int = 4,
+                         downscale: int = 8, text_len: int = 77, text_dim: int = 1024,
+                         captioners: tuple[str, ...] = ("metadata",), shard_size: int = 1000,
+                         buckets: tuple[Bucket, ...] | None = None, missing_every: int = 0,
+                         seed: int = 0) -> Path:
+    """Write `n` random records as latents/<name>/ (one resolution); returns the directory.
+
+    buckets: pixel sizes to spread records over round-robin (default: one RxR bucket).
+    missing_every: every that-many-th record lacks its last captioner's caption (0: none missing).
+    """
+    root = ws.latents_dir(name)
+    rng = np.random.default_rng(seed)
+    buckets = buckets or ((resolution, resolution),)
+    k = len(captioners)
+    atomic_write_json(root / META_FILE, {
+        "format_version": FORMAT_VERSION, "autoencoder": "synthetic", "text_encoder": "synthetic",
+        "shift": [0.0] * channels, "scale": [1.0] * channels, "latent_channels": channels,
+        "downscale": downscale, "text_len": text_len, "text_dim": text_dim, "text_layer": "penultimate",
+        "captioners": list(captioners), "subset": "synthetic", "policy": "commercial",
+        "catalog_hash": "synthetic", "resolutions": [resolution], "buckets": len(buckets) > 1,
+        "autoencoder_provenance": {}, "text_encoder_provenance": {},
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    })
+    null = rng.standard_normal((text_len, text_dim)).astype(np.float16)
+    write_null_text(root, null, np.ones(text_len, bool))
+    for shard, lo in enumerate(range(0, n, shard_size)):
+        count = min(shard_size, n - lo)
+        keys = [f"synthetic:{i:08d}" for i in range(lo, lo + count)]
+        captions = [[f"caption {c} of {key}" for c in captioners] for key in keys]
+        mask = np.zeros((count, k, text_len), bool)
+        mask[:, :, : text_len // 2] = True  # half the tokens attended, as a padded prompt
+        if missing_every:
+            for row in range(count):
+                if (lo + row) % missing_every == 0:
+                    mask[row, -1] = False
+                    captions[row][-1] = ""
+        text = rng.standard_normal((count, k, text_len, text_dim), dtype=np.float32).astype(np.float16)
+        part = f"shard-{shard:05d}"
+        write_text_part(root / "text" / part, keys, captions, text, mask, {})
+        groups: dict[Bucket, BucketLatents] = {}
+        for row, key in enumerate(keys):
+            bh, bw = buckets[(lo + row) % len(buckets)]
+            g = groups.setdefault((bh, bw), BucketLatents([], [], [], []))  # type: ignore[arg-type]
+            g.keys.append(key)
+            g.text_rows.append(row)
+            g.mean.append(rng.standard_normal((channels, bh // downscale, bw // downscale), dtype=np.float32))
+            g.std.append(rng.uniform(0.01, 0.1, (channels, bh // downscale, bw // downscale)))
+        for g in groups.values():
+            g.mean, g.std = np.stack(g.mean), np.stack(g.std)
+        write_latent_part(root / resolution_dirname(resolution) / part, groups, {})
+    return root

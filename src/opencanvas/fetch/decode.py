@@ -1,0 +1,168 @@
+"""Defensive image decoding: any bytes either become a clean 8-bit RGB image or a reason.
+
+What arrives from third-party sources is untrusted: truncated and corrupt files,
+decompression bombs, CMYK and palette modes, alpha, 16-bit samples, EXIF
+rotation and animations. `decode_image` normalises all of them and raises
+`DecodeError(reason)` for what cannot be used, so a bad image never stops a stage.
+
+The pixel cap is checked on the header, before any pixel is decoded.
+Default 64 MP: the Open Clip Art PNGs include a dozen legitimate 100-620 MP
+files that need 0.7-2.5 GB each to decode, while nothing the model trains on
+needs more than a few megapixels. PNG cannot be decoded at a reduced scale, so
+these are refused with "too-many-pixels: W x H > cap"; a JPEG is first reduced
+with libjpeg's DCT scaling (`draft`) when a target side is known, and the cap
+applies to what will actually be decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+WHITE = (255, 255, 255)
+# Formats that are stored as JPEG after re-encoding (lossy at the source anyway);
+# everything else (PNG, GIF, BMP, TIFF, ...) is stored as lossless PNG.
+LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+class DecodeError(ValueError):
+    """An image that cannot be used; `reason` is short and machine-groupable ('kind: detail')."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image          # mode "RGB", upright
+    format: str                 # PIL format name of the source, e.g. "PNG", "JPEG"
+    original_size: tuple[int, int]  # (width, height) upright, before any draft reduction
+    pristine: bool              # no mode, ICC or rotation change: the source's bytes show these pixels
+    drafted: bool = False       # decoded at a reduced JPEG DCT scale
+
+
+def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode untrusted bytes to an upright 8-bit RGB image (raises DecodeError)."""
+    return decode_image(data, max_pixels).image
+
+
+DraftTarget = Callable[[int, int], "int | None"]
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 target_long_side: int | DraftTarget | None = None) -> Decoded:
+    """Decode with every defence. With `target_long_side` (a number, or a function of the
+    source's (width, height)), a larger JPEG is decoded at a reduced DCT scale whose long
+    side is still >= the target. The whole bitstream is still read, so damage is still found."""
+    with warnings.catch_warnings():
+        # We enforce our own cap below; PIL's warning would only be noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:
+            raise DecodeError(f"too-many-pixels: {_bomb_pixels(e)} > {max_pixels}") from None
+        except UnidentifiedImageError:
+            raise DecodeError(f"undecodable: not a recognised image ({len(data)} bytes)") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DecodeError(f"undecodable: {e}") from None
+        fmt = img.format or "unknown"
+        width, height = img.size
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated: the first frame is the picture
+        target = target_long_side(width, height) if callable(target_long_side) else target_long_side
+        if target and fmt == "JPEG" and max(width, height) >= 2 * target:
+            s = target / max(width, height)
+            # draft() picks the smallest 1/2, 1/4 or 1/8 scale that is still >= the requested size.
+            img.draft(img.mode, (max(1, round(width * s)), max(1, round(height * s))))
+        if img.size[0] * img.size[1] > max_pixels:
+            raise DecodeError(f"too-many-pixels: {width}x{height} > {max_pixels}")
+        try:
+            img.load()
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            message = str(e)
+            kind = "truncated" if "truncated" in message or isinstance(e, EOFError) else "undecodable"
+            raise DecodeError(f"{kind}: {message}") from None
+        drafted = img.size != (width, height)
+        decoded = _normalise(img, fmt, (width, height))
+        return Decoded(decoded.image, fmt, decoded.original_size, decoded.pristine, drafted)
+
+
+def _normalise(img: Image.Image, fmt: str, size: tuple[int, int]) -> Decoded:
+    """Upright 8-bit RGB: rotate by EXIF, apply the ICC profile, composite alpha on white."""
+    pristine = True
+    orientation = img.getexif().get(0x0112, 1)
+    if orientation not in (1, None):
+        img = ImageOps.exif_transpose(img)
+        pristine = False
+        if orientation in (5, 6, 7, 8):  # quarter turns swap the sides
+            size = (size[1], size[0])
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        img = _to_8bit_grey(img)
+        pristine = False
+    icc = img.info.get("icc_profile")
+    if icc and img.mode in ("RGB", "RGBA", "CMYK"):
+        converted = _to_srgb(img, icc)
+        pristine = pristine and converted is img
+        img = converted
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        pristine = False
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode in ("L", "RGB") and "transparency" in img.info):
+        # Transparent pixels carry arbitrary colours; clip art is drawn for a white page.
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, WHITE)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        img = canvas
+        pristine = False
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # CMYK, L, 1, YCbCr, LAB, HSV
+        pristine = False
+    return Decoded(img, fmt, size, pristine)
+
+
+def _to_8bit_grey(img: Image.Image) -> Image.Image:
+    """16/32-bit greyscale to 8 bits by scaling the range (PIL's convert('L') would clip at 255)."""
+    arr = np.asarray(img).astype(np.float64)  # (H, W)
+    top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def _to_srgb(img: Image.Image, icc: bytes) -> Image.Image:
+    """Convert embedded-profile colours to sRGB (e.g. Adobe RGB photos, print CMYK); keep alpha."""
+    alpha = img.getchannel("A") if img.mode == "RGBA" else None
+    base = img.convert("RGB") if img.mode == "RGBA" else img
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if img.mode != "CMYK" and "srgb" in ImageCms.getProfileDescription(src).lower():
+            return img  # already sRGB: nothing to do
+        out = ImageCms.profileToProfile(base, src, _SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return img  # an unusable profile: the plain numbers are the best guess
+    if alpha is not None:
+        out.putalpha(alpha)
+    return out
+
+
+def _bomb_pixels(error: Exception) -> str:
+    match = re.search(r"\((\d+) pixels\)", str(error))
+    return match.group(1) + " pixels" if match else "too many pixels"
+
+
+def encode_image(img: Image.Image, source_format: str) -> tuple[bytes, str]:
+    """Encode for the shard: JPEG q95 for lossy sources, PNG for lossless ones. Returns (bytes, ext)."""
+    buf = io.BytesIO()
+    if source_format in LOSSY_FORMATS:
+        img.save(buf, format="JPEG", quality=95)
+        return buf.getvalue(), "jpg"
+    # compress_level 3: within a few % of level 6's size at about half the time.
+    img.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue(), "png"

@@ -1,0 +1,273 @@
+"""The fetch stage: a subset's keys become WebDataset image shards with a Parquet index each.
+
+Plan: the subset's keys, sorted, cut into `shard_size` chunks. The plan depends
+only on the subset and the shard size, so a resumed run (or another rank)
+recomputes the same shards. A shard is finished when its index exists (written
+last, atomically); finished shards are skipped and an unfinished one is redone
+from scratch, so every key ends up in exactly one index row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from opencanvas.engines import Engine, map_shards, shard_share
+from opencanvas.fetch.decode import DEFAULT_MAX_PIXELS, DecodeError
+from opencanvas.fetch.dedup import DuplicateIndex, reconcile_duplicates
+from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient
+from opencanvas.fetch.process import Processed, Unusable, process_image
+from opencanvas.fetch.subset_rows import subset_rows
+from opencanvas.progress import progress_bar
+from opencanvas.shards import INDEX_SCHEMA, ShardWriter, shard_name
+from opencanvas.storage import atomic_write_parquet, parquet_metadata, sha256_bytes
+from opencanvas.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    max_side: int = 1024                 # 0 keeps the native resolution (as the paper did)
+    min_side: int = 256
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    near_dup_distance: int = 4           # phash Hamming bits; < 0 = exact duplicates only
+    threads: int = 16                    # concurrent fetches inside one shard
+    http: HttpConfig = field(default_factory=HttpConfig)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    root: str
+    subset: str
+    shard: int
+    rows: tuple[tuple[str, dict[str, Any] | None], ...]  # (key, catalog row or None), key order
+    options: FetchOptions
+
+
+@dataclass
+class FetchStats:
+    subset: str
+    shards: int = 0                 # in the whole plan
+    shards_done_before: int = 0     # finished by an earlier run (skipped now)
+    shards_fetched: int = 0         # by this run (this rank)
+    images: int = 0                 # rows written by this run
+    counts: dict[str, int] = field(default_factory=dict)   # status -> rows written by this run
+    bytes: int = 0
+    seconds: float = 0.0
+    complete: bool = False          # every shard of the plan has its index
+    duplicates_across_shards: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "images_per_s": round(self.images_per_s, 2)}
+
+
+def plan_shards(keys: list[str], shard_size: int) -> list[list[str]]:
+    keys = sorted(set(keys))
+    return [keys[i:i + shard_size] for i in range(0, len(keys), shard_size)]
+
+
+def keys_digest(keys: Iterable[str]) -> str:
+    return sha256_bytes("\n".join(keys).encode())
+
+
+def fetch(ws: Workspace, subset: str, shard_size: int = 1000, workers: int = 1, max_side: int = 1024,
+          min_side: int = 256, *, options: FetchOptions | None = None, rank: int = 0, world: int = 1,
+          engine: Engine = "local", progress: bool | None = None) -> FetchStats:
+    """Fetch a subset into `images/<subset>/`; safe to re-run after any interruption."""
+    opts = options or FetchOptions()
+    opts = FetchOptions(**{**asdict(opts), "http": opts.http, "max_side": max_side, "min_side": min_side})
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    if opts.max_side and opts.max_side < opts.min_side:
+        raise ValueError(f"--max-side {opts.max_side} < --min-side {opts.min_side}: every image would be "
+                         "too small after resizing; raise --max-side or lower --min-side")
+    start = time.perf_counter()
+    rows = subset_rows(ws, subset)
+    plan = plan_shards(list(rows), shard_size)
+    out_dir = ws.images_dir(subset)
+    _check_existing(out_dir, plan)
+    tasks = [ShardTask(str(ws.root), subset, i, tuple((k, rows[k]) for k in keys), opts)
+             for i, keys in enumerate(plan)]
+    mine = shard_share(tasks, rank, world)
+    todo = [t for t in mine if not _index_path(out_dir, t.shard).exists()]
+    stats = FetchStats(subset, shards=len(plan), shards_done_before=len(mine) - len(todo))
+    counts: Counter[str] = Counter()
+    with progress_bar(disable=None if progress is None else not progress) as bar:
+        task_id = bar.add_task(f"fetch {subset}", total=sum(len(t.rows) for t in todo), unit="img")
+        for result in map_shards(fetch_shard, todo, workers=workers, engine=engine):
+            stats.shards_fetched += 1
+            stats.images += result["rows"]
+            stats.bytes += result["bytes"]
+            counts.update(result["counts"])
+            bar.advance(task_id, result["rows"])
+    stats.counts = dict(counts)
+    stats.complete = all(_index_path(out_dir, i).exists() for i in range(len(plan)))
+    if stats.complete and rank == 0:
+        # Needs every shard: only the full run or rank 0 of a finished multi-rank job does it.
+        stats.duplicates_across_shards = reconcile_duplicates(out_dir, opts.near_dup_distance)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _index_path(out_dir: Path, shard: int) -> Path:
+    return out_dir / f"{shard_name(shard)}.parquet"
+
+
+def _check_existing(out_dir: Path, plan: list[list[str]]) -> None:
+    """Finished shards must be the plan's shards, else resuming would drop or duplicate keys."""
+    for index in sorted(out_dir.glob("shard-*.parquet")):
+        number = int(index.stem.split("-")[1])
+        recorded = parquet_metadata(index).get("keys_sha256")
+        if number >= len(plan) or recorded != keys_digest(plan[number]):
+            raise ValueError(
+                f"{index} was written for a different subset or --shard-size than this run's; "
+                f"re-run with the original --shard-size, or delete {out_dir} to fetch again")
+
+
+# ---- one shard (runs in a worker process or a Ray task) --------------------
+_CLIENTS: dict[HttpConfig, PoliteClient] = {}
+
+
+def _client(config: HttpConfig) -> PoliteClient:
+    """One client per process and config, so robots.txt, gates and connections are shared by shards."""
+    if config not in _CLIENTS:
+        _CLIENTS[config] = PoliteClient(config)
+    return _CLIENTS[config]
+
+
+@dataclass
+class Outcome:
+    key: str
+    row: dict[str, Any] | None
+    status: str
+    reason: str = ""
+    image: Processed | None = None
+    original_size: tuple[int, int] | None = None
+    facts: dict[str, Any] = field(default_factory=dict)  # where and how the bytes came
+
+
+def fetch_shard(task: ShardTask) -> dict[str, Any]:
+    """Fetch one shard's keys and write its tar, then its index (the done-marker)."""
+    out_dir = Workspace(Path(task.root)).images_dir(task.subset)
+    name = shard_name(task.shard)
+    tar_path, index_path = out_dir / f"{name}.tar", out_dir / f"{name}.parquet"
+    if index_path.exists():
+        return {"shard": task.shard, "rows": 0, "bytes": 0, "counts": {}}
+    for stale in out_dir.glob(f".{name}.*tmp"):  # leftovers of a killed attempt at this shard
+        stale.unlink(missing_ok=True)
+    client = _client(task.options.http)
+    fetch_one = _fetcher(Path(task.root), client, task.options)
+    dups = DuplicateIndex(task.options.near_dup_distance)
+    writer = ShardWriter(tar_path)
+    index: list[dict[str, Any]] = []
+    try:
+        for outcome in _ordered_map(fetch_one, task.rows, task.options.threads):
+            index.append(_record(outcome, dups, writer, client.user_agent))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    table = pa.Table.from_pylist(index, schema=INDEX_SCHEMA)
+    atomic_write_parquet(index_path, table, metadata={
+        "keys_sha256": keys_digest(k for k, _ in task.rows), "user_agent": client.user_agent,
+        "options": repr(task.options)})
+    return {"shard": task.shard, "rows": len(index), "bytes": sum(r["bytes"] for r in index),
+            "counts": dict(Counter(r["status"] for r in index))}
+
+
+def _record(outcome: Outcome, dups: DuplicateIndex, writer: ShardWriter, agent: str) -> dict[str, Any]:
+    """The index row of one key; an ok image that duplicates an earlier one becomes 'skipped'."""
+    img, size = outcome.image, outcome.original_size
+    status, reason = outcome.status, outcome.reason
+    now = datetime.now(timezone.utc)
+    if img is not None:
+        match = dups.add(outcome.key, img.sha256, img.phash)
+        if match:
+            status, reason = "skipped", match.reason
+        else:
+            meta = {**(outcome.row or {}), **outcome.facts,
+                    "width": img.width, "height": img.height,
+                    "original_width": img.original_width, "original_height": img.original_height,
+                    "sha256": img.sha256, "phash": img.phash, "source_format": img.source_format,
+                    "reencoded": img.reencoded, "fetched_at": now.isoformat(), "fetcher": agent}
+            writer.add(outcome.key, img.data, img.ext, meta)
+    return {"key": outcome.key, "status": status, "reason": reason,
+            "sha256": img.sha256 if img else "", "phash": img.phash if img else "",
+            "width": img.width if img else None, "height": img.height if img else None,
+            "original_width": size[0] if size else None, "original_height": size[1] if size else None,
+            "bytes": len(img.data) if img and status == "ok" else 0, "fetched_at": now}
+
+
+def _fetcher(root: Path, client: PoliteClient, opts: FetchOptions
+             ) -> Callable[[tuple[str, dict[str, Any] | None]], Outcome]:
+    def fetch_one(item: tuple[str, dict[str, Any] | None]) -> Outcome:
+        key, row = item
+        if row is None:
+            return Outcome(key, None, "failed", "not-in-catalog: key missing from catalog/*/part-*.parquet")
+        try:
+            data, facts = _source_bytes(root, row, client, opts.http.max_bytes)
+        except FetchFailure as e:
+            return Outcome(key, row, e.status, e.reason)
+        try:
+            image = process_image(data, max_side=opts.max_side, min_side=opts.min_side,
+                                  max_pixels=opts.max_pixels)
+        except Unusable as e:
+            return Outcome(key, row, "skipped", e.reason, facts=facts)
+        except DecodeError as e:
+            return Outcome(key, row, "failed", e.reason, facts=facts)
+        except Exception as e:  # noqa: BLE001 - a bad image must never stop the stage
+            return Outcome(key, row, "failed", f"error: {type(e).__name__}: {e}"[:300], facts=facts)
+        return Outcome(key, row, "ok", image=image,
+                       original_size=(image.original_width, image.original_height), facts=facts)
+
+    return fetch_one
+
+
+def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, max_bytes: int
+                  ) -> tuple[bytes, dict[str, Any]]:
+    """The source's bytes: `local_path` when it exists (a local mirror), else `download_url`."""
+    local, url = row.get("local_path"), row.get("download_url")
+    if local:
+        path = Path(local) if Path(local).is_absolute() else root / local
+        if path.is_file():
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise FetchFailure("failed", f"too-large: file {size} > {max_bytes}")
+            data = path.read_bytes()
+            return data, {"fetched_from": str(local), "source_sha256": sha256_bytes(data), "source_bytes": size}
+        if not url:
+            raise FetchFailure("failed", f"missing-file: {local}")
+    if not url:
+        raise FetchFailure("failed", "no-source: neither local_path nor download_url")
+    got = client.fetch(url)
+    return got.data, {"fetched_from": url, "final_url": got.final_url, "content_type": got.content_type,
+                      "attempts": got.attempts, "source_sha256": sha256_bytes(got.data),
+                      "source_bytes": len(got.data)}
+
+
+def _ordered_map(fn: Callable[[Any], Outcome], items: Iterable[Any], threads: int) -> Iterator[Outcome]:
+    """`map` over a thread pool, in input order, with at most 2 x threads items in flight (bounded memory)."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    source = iter(items)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch") as pool:
+        window = deque(pool.submit(fn, item) for item in itertools.islice(source, 2 * threads))
+        while window:
+            done = window.popleft().result()
+            for item in itertools.islice(source, 1):
+                window.append(pool.submit(fn, item))
+            yield done

@@ -1,0 +1,202 @@
+"""Normalise the license statements real image sources use to one canonical id.
+
+`normalize(text)` understands Creative Commons URLs (with or without scheme,
+`www`, trailing slash, jurisdiction ports such as `by-sa/2.0/de/`, `deed.xx` /
+`legalcode` suffixes), YFCC100M license names ("Attribution-NonCommercial
+License"), short names ("CC BY-SA 4.0", "cc-by-sa-3.0-de", Openverse's "by-nc"),
+CC0 / Public Domain Mark statements and the retired CC public-domain URLs.
+Anything else (GPL, GFDL, "All Rights Reserved", empty text, garbage) is
+`other`: a license is never guessed into an open one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from opencanvas.catalog.schema import LICENSE_IDS
+
+# license_id -> (commercial_ok, derivatives_ok, share_alike, attribution_required).
+# `other` is the conservative reading: nothing is allowed, attribution is owed.
+LICENSE_FLAGS: dict[str, tuple[bool, bool, bool, bool]] = {
+    "cc0": (True, True, False, False),
+    "pdm": (True, True, False, False),
+    "cc-by": (True, True, False, True),
+    "cc-by-sa": (True, True, True, True),
+    "cc-by-nc": (False, True, False, True),
+    "cc-by-nc-sa": (False, True, True, True),
+    "cc-by-nd": (True, False, False, True),
+    "cc-by-nc-nd": (False, False, False, True),
+    "other": (False, False, False, True),
+}
+assert tuple(LICENSE_FLAGS) == LICENSE_IDS
+
+# Versions Creative Commons has published for the BY family.
+CC_VERSIONS = frozenset({"1.0", "2.0", "2.1", "2.5", "3.0", "4.0"})
+CC0_URL = "https://creativecommons.org/publicdomain/zero/1.0/"
+PDM_URL = "https://creativecommons.org/publicdomain/mark/1.0/"
+# The retired "Public Domain Dedication and Certification" (2004-2010), used by
+# the Open Clip Art Library. Its flags equal CC0's and PDM's; we record it as
+# `pdm` (a public-domain statement), keeping the URL the source gave.
+OLD_PUBLIC_DOMAIN_URL = "http://creativecommons.org/licenses/publicdomain/"
+
+
+@dataclass(frozen=True)
+class License:
+    license_id: str
+    version: str | None
+    url: str | None
+    commercial_ok: bool
+    derivatives_ok: bool
+    share_alike: bool
+    attribution_required: bool
+
+    @property
+    def is_open(self) -> bool:
+        return self.license_id != "other"
+
+
+def make_license(license_id: str, version: str | None = None, url: str | None = None) -> License:
+    """A License with the flags that `license_id` implies."""
+    return License(license_id, version, url, *LICENSE_FLAGS[license_id])
+
+
+OTHER = make_license("other")
+
+# ---- URLs -------------------------------------------------------------------
+_URL_IN_TEXT = re.compile(r"(?:https?://)?(?:www\.)?(?:creativecommons\.org|web\.resource\.org/cc)[^\s\"'<>]*",
+                          re.IGNORECASE)
+# Path after creativecommons.org/licenses/: code / version / [jurisdiction] / [deed.xx|legalcode...]
+_CC_LICENSE_PATH = re.compile(
+    r"^licenses/(?P<code>[a-z-]+)(?:/(?P<version>\d+(?:\.\d+)?))?(?:/(?!deed|legalcode|rdf)(?P<jur>[a-z]{2,8}(?:-[a-z]{2})?))?"
+    r"(?:/(?:deed(?:\.[a-z_-]+)?|legalcode(?:\.[a-z_-]+)?|rdf))?/?$"
+)
+_PUBLICDOMAIN_PATH = re.compile(
+    r"^publicdomain/(?P<tool>zero|mark)/(?P<version>1\.0)(?:/(?:deed(?:\.[a-z_-]+)?|legalcode(?:\.[a-z_-]+)?))?/?$"
+)
+# Element order varies in old URLs (by-nd-nc); canonical order is by-nc-nd.
+_ELEMENTS_TO_ID = {
+    frozenset({"by"}): "cc-by",
+    frozenset({"by", "sa"}): "cc-by-sa",
+    frozenset({"by", "nc"}): "cc-by-nc",
+    frozenset({"by", "nc", "sa"}): "cc-by-nc-sa",
+    frozenset({"by", "nd"}): "cc-by-nd",
+    frozenset({"by", "nc", "nd"}): "cc-by-nc-nd",
+}
+
+
+def _by_family(elements: list[str], version: str | None, jurisdiction: str | None) -> License:
+    if len(set(elements)) != len(elements):
+        return OTHER
+    license_id = _ELEMENTS_TO_ID.get(frozenset(elements))
+    if license_id is None:
+        return OTHER
+    if version is not None:
+        version = version if "." in version else f"{version}.0"
+        if version not in CC_VERSIONS:
+            return OTHER
+    code = license_id.removeprefix("cc-")
+    url = f"https://creativecommons.org/licenses/{code}/"
+    if version:
+        url += f"{version}/" + (f"{jurisdiction}/" if jurisdiction else "")
+    return make_license(license_id, version, url)
+
+
+def _from_url(url: str) -> License:
+    u = url.strip().lower().split("#", 1)[0].split("?", 1)[0]
+    u = re.sub(r"^https?://", "", u).removeprefix("www.")
+    u = re.sub(r"/+", "/", u)
+    if u.rstrip("/") == "web.resource.org/cc/publicdomain":
+        return make_license("pdm", None, "http://web.resource.org/cc/PublicDomain")
+    if not u.startswith("creativecommons.org/"):
+        return OTHER
+    path = u.removeprefix("creativecommons.org/")
+    if path.rstrip("/") == "licenses/publicdomain" or re.fullmatch(r"licenses/publicdomain/(deed\.[a-z_-]+/?)?", path):
+        return make_license("pdm", None, OLD_PUBLIC_DOMAIN_URL)
+    if m := _PUBLICDOMAIN_PATH.match(path):
+        return make_license("cc0", "1.0", CC0_URL) if m["tool"] == "zero" else make_license("pdm", "1.0", PDM_URL)
+    if m := _CC_LICENSE_PATH.match(path):
+        if m["jur"] and not m["version"]:
+            return OTHER
+        return _by_family(m["code"].split("-"), m["version"], m["jur"])
+    return OTHER
+
+
+# ---- names ------------------------------------------------------------------
+# Spelled-out license elements -> their short codes (YFCC: "Attribution-NonCommercial-ShareAlike").
+_WORDS = [
+    (r"share[\s-]*alike", "sa"),
+    (r"non[\s-]*commercial", "nc"),
+    (r"no[\s-]*deriv(?:ative)?s?(?:[\s-]*works)?", "nd"),
+    (r"attribution", "by"),
+    (r"creative[\s-]*commons", "cc"),
+    (r"public[\s-]*domain[\s-]*mark", "pdm"),
+    (r"public[\s-]*domain[\s-]*dedication", "pdd"),
+    (r"public[\s-]*domain", "pd"),
+    (r"cc[\s-]*zero", "cc0"),
+]
+_FILLER = frozenset({"license", "licence", "generic", "unported", "international", "universal", "deed",
+                     "legalcode", "the", "version", "v"})
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z0-9]+")
+
+
+def _from_name(text: str) -> License:
+    s = text.lower()
+    for pattern, code in _WORDS:
+        s = re.sub(pattern, f" {code} ", s)
+    tokens = [t for t in _TOKEN.findall(s) if t not in _FILLER]
+    if not tokens or not re.fullmatch(r"[a-z0-9.\s,:;()_/-]*", s):
+        return OTHER
+    if tokens[0] == "cc":
+        tokens = tokens[1:]
+    version = None
+    # Public domain forms: "CC0 1.0", "cc0", "Public Domain Mark 1.0", "Public domain", "PDM".
+    if tokens and tokens[0] in {"cc0", "pdm", "pd", "pdd"}:
+        head, rest = tokens[0], tokens[1:]
+        if head == "cc0" and rest and rest[0] == "1":  # "cc0-1.0" splits as cc0, 1.0 already
+            rest = rest[1:]
+        if rest and rest[0] in {"1.0", "1"}:
+            version, rest = "1.0", rest[1:]
+        if rest:
+            return OTHER
+        if head == "cc0":
+            return make_license("cc0", "1.0", CC0_URL)
+        if head == "pdm":
+            return make_license("pdm", "1.0", PDM_URL)
+        if version is not None:  # "Public Domain 1.0" is not a real tool name
+            return OTHER
+        return make_license("pdm", None, None)
+    elements: list[str] = []
+    while tokens and tokens[0] in {"by", "sa", "nc", "nd"}:
+        elements.append(tokens.pop(0))
+    if not elements or elements[0] != "by":
+        return OTHER
+    if tokens and re.fullmatch(r"\d+(?:\.\d+)?", tokens[0]):
+        version = tokens.pop(0)
+    jurisdiction = None
+    if tokens and version and re.fullmatch(r"[a-z]{2}|igo|scotland", tokens[0]):
+        jurisdiction = tokens.pop(0)
+    if tokens:
+        return OTHER
+    return _by_family(elements, version, jurisdiction)
+
+
+def normalize(text: str | None) -> License:
+    """The canonical license of a source's license statement (URL or name)."""
+    if text is None:
+        return OTHER
+    text = text.strip()
+    if not text:
+        return OTHER
+    if m := _URL_IN_TEXT.search(text):
+        return _from_url(m.group(0).rstrip(").,;]"))
+    if "/" in text and "." in text.split("/", 1)[0]:  # some other URL (gnu.org, ...)
+        return OTHER
+    return _from_name(text)
+
+
+def normalize_pair(name: str | None, version: str | None) -> License:
+    """Openverse-style split fields: license "by-sa", license_version "2.0"."""
+    if not name:
+        return OTHER
+    return normalize(f"{name} {version}" if version else name)

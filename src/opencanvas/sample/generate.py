@@ -1,0 +1,194 @@
+"""Text-to-image generation: prompts -> noise -> guided sampler -> VAE decode.
+
+Works on anything with the `InferencePipeline` interface of `opencanvas.train`
+(`.denoiser`, `.encode_prompts`, `.latent_shape`, `.decode`): a training
+run (`load_pipeline`) or an exported diffusers folder (`loading.load_folder_pipeline`).
+
+Determinism: image i of a call gets the noise of `torch.Generator().manual_seed(seed + i)`,
+drawn on the CPU, so an image depends on its seed only, never on the batch
+size, the batch it landed in or the device.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from opencanvas.sample.guidance import CFGDenoiser
+from opencanvas.sample.samplers import Spacing, get_sampler, get_sigmas, initial_noise_scale
+from opencanvas.storage import atomic_write_bytes
+
+
+class SamplingPipeline(Protocol):
+    """What generation needs from a model (a subset of `opencanvas.train.InferencePipeline`)."""
+
+    denoiser: Any            # opencanvas.diffusion.Denoiser
+    config: dict
+    weights_hash: str
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]: ...
+
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]: ...
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Everything besides prompt and seed that decides an image (written into its PNG)."""
+
+    steps: int = 25
+    guidance: float = 7.5
+    guidance_rescale: float = 0.0
+    sampler: str = "dpmpp-2m"
+    spacing: Spacing = "leading"
+    negative_prompt: str = ""
+    width: int = 256
+    height: int = 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One image to make."""
+
+    index: int
+    prompt: str
+    seed: int
+
+
+def plan(prompts: Sequence[str], n: int, seed: int) -> list[SampleSpec]:
+    """n images per prompt, prompt-major; image i has seed `seed + i`."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not prompts:
+        raise ValueError("no prompts: give at least one prompt (an empty string samples unconditionally)")
+    repeated = [p for p in prompts for _ in range(n)]
+    return [SampleSpec(i, p, seed + i) for i, p in enumerate(repeated)]
+
+
+def initial_noise(shape: tuple[int, int, int], seeds: Sequence[int]) -> torch.Tensor:
+    """Unit Gaussian noise (B, C, h, w), one CPU generator per seed."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def _device(pipeline: SamplingPipeline) -> torch.device:
+    return next(pipeline.denoiser.parameters()).device
+
+
+@torch.no_grad()
+def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Sequence[int],
+                   settings: SampleSettings) -> torch.Tensor:
+    """One batch: normalised latents (B, C, h, w) for prompts[i] with seeds[i]."""
+    if len(prompts) != len(seeds):
+        raise ValueError("prompts and seeds differ in length")
+    device = _device(pipeline)
+    # The pipeline decides whether the UNet sees a text mask (it must match training).
+    cond, cond_mask = pipeline.encode_prompts(list(prompts))                 # (B, L, D), (B, L) | None
+    uncond, uncond_mask = pipeline.encode_prompts([settings.negative_prompt] * len(prompts))
+    sigmas = get_sigmas(pipeline.denoiser, settings.steps, settings.spacing).to(device)
+    shape = pipeline.latent_shape(settings.height, settings.width)          # (C, h, w)
+    x = initial_noise(shape, seeds).to(device) * initial_noise_scale(sigmas)
+    model = CFGDenoiser(pipeline.denoiser, settings.guidance, settings.guidance_rescale)
+    extra = {"cond": cond.to(device), "cond_mask": _to(cond_mask, device),
+             "uncond": uncond.to(device), "uncond_mask": _to(uncond_mask, device)}
+    return get_sampler(settings.sampler)(model, x, sigmas, extra_args=extra)
+
+
+def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if mask is None else mask.to(device)
+
+
+def generate_specs(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings,
+                   batch_size: int = 8, on_batch: Callable[[list[SampleSpec], list[Image.Image]], None] | None = None,
+                   ) -> list[Image.Image]:
+    """Images for `specs`, batched; `on_batch` sees each finished batch (to save as it goes)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    images: list[Image.Image] = []
+    for start in range(0, len(specs), batch_size):
+        batch = list(specs[start:start + batch_size])
+        latents = sample_latents(pipeline, [s.prompt for s in batch], [s.seed for s in batch], settings)
+        decoded = pipeline.decode(latents)
+        if on_batch is not None:
+            on_batch(batch, decoded)
+        images.extend(decoded)
+    return images
+
+
+def generate(pipeline: SamplingPipeline, prompts: Sequence[str], n: int = 1, steps: int = 25,
+             guidance: float = 7.5, sampler: str = "dpmpp-2m", seed: int = 0, negative_prompt: str = "",
+             size: tuple[int, int] | None = None, guidance_rescale: float = 0.0, batch_size: int = 8,
+             spacing: Spacing = "leading") -> list[Image.Image]:
+    """n images per prompt (prompt-major order); size is (width, height), default the model's resolution."""
+    width, height = size or default_size(pipeline)
+    settings = SampleSettings(steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, sampler=sampler,
+                              spacing=spacing, negative_prompt=negative_prompt, width=width, height=height)
+    return generate_specs(pipeline, plan(prompts, n, seed), settings, batch_size=batch_size)
+
+
+def default_size(pipeline: SamplingPipeline) -> tuple[int, int]:
+    """The resolution the model trained at last (run config `resolutions`: [(res, from_images), ...])."""
+    phases = pipeline.config.get("resolutions")
+    res = phases[-1][0] if phases else pipeline.config.get("resolution", 256)
+    return int(res), int(res)
+
+
+def sample_metadata(spec: SampleSpec, settings: SampleSettings, model: str, weights_hash: str,
+                    provenance: dict[str, str]) -> dict[str, Any]:
+    """The PNG metadata of one image (see pngmeta.REQUIRED_KEYS)."""
+    return {"prompt": spec.prompt, "negative_prompt": settings.negative_prompt, "seed": spec.seed,
+            "sampler": settings.sampler, "steps": settings.steps, "guidance": settings.guidance,
+            "guidance_rescale": settings.guidance_rescale, "spacing": settings.spacing,
+            "size": f"{settings.width}x{settings.height}", "model": model, "weights_hash": weights_hash,
+            "license_policy": provenance.get("license_policy", "unknown"),
+            "catalog_hash": provenance.get("catalog_hash", "unknown")}
+
+
+def sample_to_dir(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings, out: Path,
+                  model: str, provenance: dict[str, str], batch_size: int = 8) -> list[Path]:
+    """Write `<index>-s<seed>.png` per spec (with metadata) and `grid.png`; resumable.
+
+    An existing PNG whose metadata matches is kept, so a killed run re-run with
+    the same command only makes what is missing.
+    """
+    from opencanvas.progress import progress_bar
+    from opencanvas.sample.grid import contact_sheet
+    from opencanvas.sample.pngmeta import read_png_meta, save_png
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {s.index: out / f"{s.index:05d}-s{s.seed}.png" for s in specs}
+    metas = {s.index: sample_metadata(s, settings, model, pipeline.weights_hash, provenance) for s in specs}
+
+    def done(spec: SampleSpec) -> bool:
+        path = paths[spec.index]
+        try:
+            return path.exists() and read_png_meta(path) == metas[spec.index]
+        except (ValueError, OSError):
+            return False
+
+    todo = [s for s in specs if not done(s)]
+    with progress_bar() as bar:
+        task = bar.add_task("sample", total=len(todo), unit="img")
+
+        def save(batch: list[SampleSpec], images: list[Image.Image]) -> None:
+            for spec, image in zip(batch, images):
+                save_png(paths[spec.index], image, metas[spec.index])
+            bar.advance(task, len(batch))
+
+        generate_specs(pipeline, todo, settings, batch_size=batch_size, on_batch=save)
+    images = [Image.open(paths[s.index]).convert("RGB") for s in specs]
+    sheet = contact_sheet(images, [f"{s.prompt} (seed {s.seed})" for s in specs])
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    atomic_write_bytes(out / "grid.png", buf.getvalue())
+    return [paths[s.index] for s in specs]

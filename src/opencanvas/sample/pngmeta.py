@@ -1,0 +1,49 @@
+"""PNG text metadata: what made an image, and under which data licenses.
+
+Every sample carries `prompt`, `negative_prompt`, `seed`, `sampler`, `steps`,
+`guidance`, the model name and weights hash, and the training data's license
+policy and catalog hash, as PNG tEXt/iTXt chunks (readable by `exiftool`,
+PIL, and most image viewers), plus all of it as JSON under `opencanvas`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from opencanvas.storage import atomic_write_bytes
+
+REQUIRED_KEYS = ("prompt", "negative_prompt", "seed", "sampler", "steps", "guidance", "model", "weights_hash",
+                 "license_policy", "catalog_hash")
+
+
+def png_bytes(image: Image.Image, meta: dict[str, Any]) -> bytes:
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"sample metadata lacks {', '.join(missing)}")
+    info = PngInfo()
+    for key, value in meta.items():
+        info.add_itxt(key, value if isinstance(value, str) else json.dumps(value))
+    info.add_itxt("opencanvas", json.dumps(meta, sort_keys=True, default=str))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def save_png(path: Path, image: Image.Image, meta: dict[str, Any]) -> None:
+    """Write a PNG with metadata atomically (a killed run never leaves half an image)."""
+    atomic_write_bytes(Path(path), png_bytes(image, meta))
+
+
+def read_png_meta(path: Path) -> dict[str, Any]:
+    """The metadata `save_png` wrote (decoded from the `opencanvas` JSON chunk)."""
+    with Image.open(path) as img:
+        text = getattr(img, "text", {})
+        if "opencanvas" not in text:
+            raise ValueError(f"{path} has no OpenCanvas metadata")
+        return json.loads(text["opencanvas"])

@@ -1,0 +1,166 @@
+"""The resolved training configuration: one frozen dataclass, written to the run dir.
+
+Every option of `opencanvas train` is a field here. Options not given take the
+preset's value (lr, batch, warmup, EMA decay, parallelism) or the field default;
+an option this module does not know is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from opencanvas.train.presets import Preset
+
+LrSchedule = Literal["constant", "cosine"]
+
+# Fields that may change between a run and its resumption (they do not change the math).
+RESUMABLE_CHANGES = frozenset({
+    "images", "checkpoint_every", "keep", "validate_every", "log_every", "workers", "max_bad_steps",
+    "validation_prompts", "device", "bf16", "sdpa", "low_precision_norms", "channels_last", "fused_adamw",
+    "compile",
+})
+
+# What a run records of its latent set: enough to rebuild the pipeline and write the model card.
+DATA_KEYS = ("autoencoder", "text_encoder", "text_layer", "text_len", "text_dim", "shift", "scale",
+             "latent_channels", "downscale", "captioners", "subset", "policy", "catalog_hash", "resolutions")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run: str
+    latents: str
+    preset: str
+    images: int  # total training images (counted globally, over all ranks)
+    batch: int  # global batch per optimizer step
+    micro_batch: int  # per-rank batch per forward; batch = micro_batch * world * accumulation
+    lr: float
+    warmup_images: int
+    ema_decay: float
+    parallel: Literal["ddp", "fsdp"]
+    unet: dict[str, Any]  # UNet2DConditionModel kwargs, resolved against the latent set
+    resolutions: tuple[tuple[int, int], ...]  # (resolution, from images seen), ascending
+    data: dict[str, Any]  # the latent set's provenance and shapes (see DATA_KEYS)
+    lr_schedule: LrSchedule = "constant"
+    weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    min_snr_gamma: float = 5.0  # Hang et al. 2023; 0 for plain MSE
+    zero_terminal_snr: bool = False  # Lin et al. 2023 (pairs with v-prediction)
+    offset_noise: float = 0.0  # Guttenberg 2023: adds offset * N(0,1) per (sample, channel)
+    caption_dropout: float = 0.1  # share of captions replaced by the empty prompt (for CFG)
+    # Stable Diffusion pipelines attend to padding tokens; with a mask the exported diffusers
+    # pipeline (which passes none) would see a different model, so the default is off.
+    use_text_mask: bool = False
+    seed: int = 0
+    checkpoint_every: int = 0  # images; 0: only at the end
+    keep: int = 3  # checkpoints kept (the newest); 0 keeps all
+    validate_every: int = 0  # images; 0: no validation grids
+    validation_prompts: tuple[str, ...] = ("a red circle", "a blue square", "a green triangle", "a yellow circle")
+    log_every: int = 0  # images; 0: every optimizer step
+    max_bad_steps: int = 5  # consecutive non-finite steps before the run stops
+    workers: int = 0  # loader worker processes
+    device: str = "auto"
+    # The recipe (None: on where the device supports it; see recipe.resolve_recipe).
+    bf16: bool | None = None
+    sdpa: bool | None = None
+    low_precision_norms: bool | None = None
+    channels_last: bool | None = None
+    fused_adamw: bool | None = None
+    compile: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        check_known(values, cls)
+        values = dict(values)
+        values["resolutions"] = tuple(tuple(r) for r in values["resolutions"])
+        values["adam_betas"] = tuple(values.get("adam_betas", (0.9, 0.999)))
+        if "validation_prompts" in values:
+            values["validation_prompts"] = tuple(values["validation_prompts"])
+        return cls(**values)
+
+    def accumulation(self, world: int) -> int:
+        """Micro-batches per optimizer step on each of `world` ranks."""
+        return self.batch // (self.micro_batch * world)
+
+    def validate(self, world: int) -> "TrainConfig":
+        """Check values and the batch arithmetic for `world` ranks; returns self."""
+        per_step = self.micro_batch * world
+        if self.batch % per_step:
+            raise ValueError(
+                f"--batch {self.batch} must be a multiple of --micro-batch {self.micro_batch} x {world} ranks; "
+                f"pick e.g. --batch {per_step * max(1, self.batch // per_step)}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"--caption-dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.images <= 0:
+            raise ValueError("--images must be positive")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"--prediction must be epsilon or v_prediction, got {self.prediction_type!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
+        return self
+
+
+def check_known(options: dict[str, Any], cls: type = TrainConfig) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(f"unknown training option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+
+
+def parse_resolutions(text: str) -> tuple[tuple[int, int], ...]:
+    """'256,512@1000000' -> ((256, 0), (512, 1000000)): 512 px from one million images on."""
+    phases: list[tuple[int, int]] = []
+    for i, part in enumerate(p.strip() for p in text.split(",") if p.strip()):
+        res, _, start = part.partition("@")
+        try:
+            phase = (int(res), int(start) if start else 0)
+        except ValueError:
+            raise ValueError(f"bad resolution schedule {text!r}: use e.g. '256' or '256,512@1000000'") from None
+        if i == 0 and phase[1] != 0:
+            raise ValueError(f"the first resolution of {text!r} must start at 0 images")
+        if i > 0 and phase[1] <= phases[-1][1]:
+            raise ValueError(f"resolution phases of {text!r} must start at increasing image counts (res@images)")
+        phases.append(phase)
+    if not phases:
+        raise ValueError("empty resolution schedule")
+    return tuple(phases)
+
+
+def resolve_config(*, run: str, latents: str, preset: Preset, latent_meta: dict[str, Any],
+                   resolutions: tuple[tuple[int, int], ...], images: int,
+                   options: dict[str, Any], world: int = 1) -> TrainConfig:
+    """Merge preset defaults, the latent set's shapes and user options into a TrainConfig."""
+    reserved = {"run", "latents", "preset", "images", "unet", "resolutions"}
+    bad = sorted(set(options) & reserved)
+    if bad:
+        raise ValueError(f"option(s) {bad} are set by their own arguments, not as options")
+    check_known(options)
+    options = {k: v for k, v in options.items() if v is not None}
+    batch = options.pop("batch", preset.batch)
+    micro_batch = options.pop("micro_batch", None) or max(1, batch // world)
+    data = {k: latent_meta[k] for k in DATA_KEYS if k in latent_meta}
+    unet = preset.unet.unet_config(int(latent_meta["latent_channels"]), int(latent_meta["text_dim"]),
+                                   int(latent_meta["latent_size"]))
+    return TrainConfig(
+        run=run, latents=latents, preset=preset.name, images=images, batch=batch, micro_batch=micro_batch,
+        lr=options.pop("lr", preset.lr), warmup_images=options.pop("warmup_images", preset.warmup_images),
+        ema_decay=options.pop("ema_decay", preset.ema_decay), parallel=options.pop("parallel", preset.parallel),
+        unet=unet, resolutions=resolutions, data=data, **options,
+    )
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields that differ between a stored and a new config and may not change on resume."""
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)}

@@ -1,0 +1,106 @@
+"""Training inputs: latent batches by resolution phase, and the per-step random draws.
+
+Every random number of a micro-batch comes from one generator seeded by
+(seed, micro * world + rank, images seen), so a resumed run draws exactly what
+the uninterrupted run drew (EDM2 training_loop does the same), and a step is
+the same computation on 1 rank with accumulation 2 as on 2 ranks without.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from opencanvas.workspace import Workspace
+
+
+def step_seed(seed: int, micro_batch: int, images_seen: int) -> int:
+    """A 63-bit seed that is a pure function of (seed, global micro-batch index, images seen).
+
+    The micro-batch index is micro * world + rank, so it also tells the ranks apart.
+    """
+    digest = hashlib.sha256(f"opencanvas-train:{seed}:{micro_batch}:{images_seen}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def step_generator(device: torch.device, seed: int, micro_batch: int, images_seen: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(step_seed(seed, micro_batch, images_seen))
+
+
+def phase_resolution(resolutions: tuple[tuple[int, int], ...], images_seen: int) -> int:
+    """The resolution trained at `images_seen`: the last phase that has started."""
+    return [res for res, start in resolutions if start <= images_seen][-1]
+
+
+@dataclass
+class LatentStream:
+    """Endless micro-batches of one resolution's latent set, resumable from (epoch, start)."""
+
+    resolution: int
+    latent_set: Any  # opencanvas.encode LatentSet
+    loader: Any  # opencanvas.encode LatentLoader
+    shift: torch.Tensor  # (1, C, 1, 1)
+    scale: torch.Tensor  # (1, C, 1, 1)
+    null_text: torch.Tensor  # (L, D) float32
+    null_mask: torch.Tensor  # (L,) bool
+
+    @classmethod
+    def open(cls, ws: Workspace, latents: str, resolution: int, micro_batch: int, seed: int, rank: int,
+             world: int, device: torch.device, position: dict[str, int] | None = None,
+             workers: int = 0) -> "LatentStream":
+        from opencanvas.encode.loader import LatentLoader
+        from opencanvas.encode.store import open_latents
+
+        latent_set = open_latents(ws, latents, resolution)
+        epoch, start = 0, 0
+        if position and position.get("resolution") == resolution:
+            epoch, start = int(position["epoch"]), int(position["start"])
+        loader = LatentLoader(latent_set, micro_batch, seed, rank=rank, world=world, epoch=epoch,
+                              start=start, workers=workers)
+        meta = latent_set.meta
+        null_text, null_mask = latent_set.null_text()
+        view = (1, -1, 1, 1)
+        return cls(resolution, latent_set, loader,
+                   torch.tensor(meta["shift"], dtype=torch.float32, device=device).view(view),
+                   torch.tensor(meta["scale"], dtype=torch.float32, device=device).view(view),
+                   torch.from_numpy(null_text).float().to(device), torch.from_numpy(null_mask).to(device))
+
+    def __post_init__(self) -> None:
+        self._it = iter(self.loader)
+
+    def next_batch(self) -> dict[str, Any]:
+        try:
+            return next(self._it)
+        except StopIteration:  # end of an epoch: the loader has moved on to the next one
+            self._it = iter(self.loader)
+            return next(self._it)
+
+    def position(self) -> dict[str, int]:
+        """Where the next batch starts (the checkpoint's data position)."""
+        epoch, start = self.loader.position
+        return {"resolution": self.resolution, "epoch": int(epoch), "start": int(start)}
+
+
+def training_inputs(batch: dict[str, Any], stream: LatentStream, gen: torch.Generator, device: torch.device, *,
+                    num_timesteps: int, caption_dropout: float, offset_noise: float,
+                    use_text_mask: bool) -> dict[str, torch.Tensor | None]:
+    """Draw the latents, caption dropout, timesteps and noise of one micro-batch."""
+    mean = batch["mean"].to(device, torch.float32)  # (B, C, h, w)
+    std = batch["std"].to(device, torch.float32)
+    b = mean.shape[0]
+    z = mean + std * torch.randn(mean.shape, generator=gen, device=device)  # a sample of the posterior
+    x0 = (z - stream.shift) * stream.scale  # normalised, unit-variance latents
+    text = batch["text"].to(device, torch.float32)  # (B, L, D)
+    mask = batch["mask"].to(device)  # (B, L)
+    drop = torch.rand(b, generator=gen, device=device) < caption_dropout  # (B,)
+    text = torch.where(drop.view(-1, 1, 1), stream.null_text.expand_as(text), text)
+    mask = torch.where(drop.view(-1, 1), stream.null_mask.expand_as(mask), mask)
+    timesteps = torch.randint(0, num_timesteps, (b,), generator=gen, device=device)
+    noise = torch.randn(x0.shape, generator=gen, device=device)
+    if offset_noise:
+        noise = noise + offset_noise * torch.randn((b, x0.shape[1], 1, 1), generator=gen, device=device)
+    return {"x0": x0, "noise": noise, "timesteps": timesteps, "text": text,
+            "mask": mask if use_text_mask else None}

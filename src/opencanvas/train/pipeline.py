@@ -1,0 +1,129 @@
+"""A trained run as an inference pipeline: denoiser + autoencoder + text encoder.
+
+This is what sampling, evaluation and export consume. The UNet is rebuilt from
+the config stored in the checkpoint and loaded with the EMA (default) or raw
+weights; the autoencoder and text encoder are loaded from the specs the latent
+set was encoded with, so prompts are embedded exactly as in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.train.checkpoint import (
+    CHECKPOINT_RE, latest_checkpoint, list_checkpoints, load_checkpoint, tensors_hash,
+)
+from opencanvas.workspace import Workspace
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from opencanvas.components import LoadedAutoencoder, LoadedTextEncoder
+
+
+@dataclass
+class InferencePipeline:
+    denoiser: Denoiser  # x0-prediction in sigma space (opencanvas.diffusion)
+    autoencoder: "LoadedAutoencoder"
+    text_encoder: "LoadedTextEncoder"
+    config: dict[str, Any]  # the run's resolved TrainConfig (as stored in the checkpoint)
+    weights_hash: str  # sha256 over the loaded UNet tensors (names, dtypes, bytes)
+    checkpoint: Path
+    ema: bool
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def use_text_mask(self) -> bool:
+        return bool(self.config.get("use_text_mask", False))
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(C, h, w) of the latents for an image of height x width pixels."""
+        f = self.autoencoder.downscale
+        if height % f or width % f:
+            raise ValueError(f"height and width must be multiples of {f} (the autoencoder's downscale)")
+        return int(self.config["unet"]["in_channels"]), height // f, width // f
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states (B, L, D) float32 and the mask the UNet was trained with (None: no mask)."""
+        hidden, mask = self.text_encoder.encode(prompts)
+        return hidden.float().to(self.device), (mask.to(self.device) if self.use_text_mask else None)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list["Image.Image"]:
+        """Normalised latents (B, C, h, w) -> PIL images."""
+        from opencanvas.train.validate import to_pil
+
+        return to_pil(self.autoencoder.decode(latents))
+
+
+def find_checkpoint(run_dir: Path, checkpoint: str | int | None = None) -> Path:
+    """The newest checkpoint, or the one at `checkpoint` images (or a file name / path)."""
+    if checkpoint is None:
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise FileNotFoundError(f"run {run_dir.name!r} has no checkpoint in {run_dir}/checkpoints: "
+                                    "train it first (opencanvas train --run ...)")
+        return path
+    if isinstance(checkpoint, int) or str(checkpoint).isdigit():
+        path = run_dir / "checkpoints" / f"ckpt-{int(checkpoint):012d}.safetensors"
+    else:
+        path = Path(checkpoint)
+        path = path if path.is_absolute() or path.exists() else run_dir / "checkpoints" / path
+    if not path.exists() or not CHECKPOINT_RE.match(path.name):
+        have = ", ".join(p.name for p in list_checkpoints(run_dir)) or "none"
+        raise FileNotFoundError(f"no checkpoint {checkpoint!r} in run {run_dir.name!r} (have: {have})")
+    return path
+
+
+def load_denoiser(config: dict[str, Any], weights: dict[str, torch.Tensor], device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> Denoiser:
+    """A Denoiser around a UNet rebuilt from a run config and loaded with `weights`."""
+    from opencanvas.train.presets import build_unet
+
+    unet = build_unet(config["unet"], int(config.get("seed", 0)))
+    unet.load_state_dict(weights)
+    unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    schedule = NoiseSchedule(zero_terminal_snr=bool(config.get("zero_terminal_snr", False)))
+    return Denoiser(unet, schedule, config.get("prediction_type", "epsilon")).to(device)
+
+
+def load_pipeline(ws: Workspace, run: str, ema: bool = True, device: str | torch.device = "cpu",
+                  checkpoint: str | int | None = None, dtype: torch.dtype = torch.float32) -> InferencePipeline:
+    """The run's newest (or chosen) checkpoint as an InferencePipeline, in eval mode on `device`."""
+    from opencanvas.components import load_autoencoder, load_text_encoder
+
+    run_dir = ws.run_dir(run)
+    path = find_checkpoint(run_dir, checkpoint)
+    part = "ema" if ema else "model"
+    ckpt = load_checkpoint(path, parts=(part,))
+    weights = ckpt.ema if ema else ckpt.model
+    config = ckpt.config
+    data = config["data"]
+    denoiser = load_denoiser(config, weights, device, dtype)
+    text_encoder = load_text_encoder(ws, data["text_encoder"], device, layer=data.get("text_layer"),
+                                     max_length=int(data["text_len"]))
+    autoencoder = load_autoencoder(ws, data["autoencoder"], device)
+    _check_components(config, text_encoder, autoencoder)
+    return InferencePipeline(denoiser=denoiser, autoencoder=autoencoder, text_encoder=text_encoder, config=config,
+                             weights_hash=tensors_hash(weights), checkpoint=path, ema=ema)
+
+
+def _check_components(config: dict[str, Any], te: "LoadedTextEncoder", ae: "LoadedAutoencoder") -> None:
+    data = config["data"]
+    if te.hidden_size != int(data["text_dim"]):
+        raise ValueError(f"text encoder {data['text_encoder']!r} now has hidden size {te.hidden_size}, the run "
+                         f"was trained on {data['text_dim']}: the component changed since encoding")
+    if ae.latent_channels != int(config["unet"]["in_channels"]):
+        raise ValueError(f"autoencoder {data['autoencoder']!r} has {ae.latent_channels} latent channels, the "
+                         f"UNet {config['unet']['in_channels']}: the component changed since encoding")
+    if data.get("shift") is not None:
+        # The UNet learnt latents normalised with the latent set's constants: decode with the same.
+        ae.shift, ae.scale = [float(v) for v in data["shift"]], [float(v) for v in data["scale"]]

@@ -1,0 +1,175 @@
+"""Export a run as a diffusers StableDiffusionPipeline folder, with a model card.
+
+diffusers' SD pipeline multiplies encoded latents by one scalar `scaling_factor`
+and divides by it before decoding; OpenCanvas normalises per channel,
+(z - shift) * scale. When shift is ~0 and scale equal on every channel (the SD
+VAE) the scalar is exact and the VAE is exported unchanged. Otherwise the
+per-channel affine map is folded into the VAE's 1x1 quant_conv/post_quant_conv,
+so the exported VAE encodes to, and decodes from, normalised latents with
+scaling_factor 1 (the README says so).
+
+The text encoder is exported to give what training saw: SD2's "penultimate
+layer" choice becomes a tower with its last block removed (as SD2's own
+text_encoder folder is), and it is called with the attention mask, as encode did.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from opencanvas.storage import atomic_write_text
+from opencanvas.train.pipeline import InferencePipeline, load_pipeline
+from opencanvas.workspace import Workspace
+
+
+def uniform_scale(shift: list[float], scale: list[float], tol: float = 1e-6) -> float | None:
+    """The scalar scaling_factor when shift ~ 0 and scale is one value on every channel, else None."""
+    if any(abs(s) > tol for s in shift) or max(scale) - min(scale) > tol * max(abs(s) for s in scale):
+        return None
+    return float(scale[0])
+
+
+@torch.no_grad()
+def fold_normalization(vae: Any, shift: list[float], scale: list[float]) -> None:
+    """Make `vae` encode to (z - shift) * scale and decode from it, with scaling_factor 1 (in place)."""
+    if getattr(vae, "quant_conv", None) is None or getattr(vae, "post_quant_conv", None) is None:
+        raise ValueError("this autoencoder has no quant_conv/post_quant_conv to fold a per-channel latent "
+                         "normalisation into; export needs shift 0 and one scale for all channels")
+    c = len(shift)
+    shift_t = torch.tensor(shift, dtype=torch.float32)
+    scale_t = torch.tensor(scale, dtype=torch.float32)
+    if (scale_t <= 0).any():
+        raise ValueError(f"latent scales must be positive to fold them into the VAE, got {scale}")
+    q = vae.quant_conv  # h -> (mean, logvar), (2C, C_h, 1, 1)
+    q.weight[:c] *= scale_t.view(-1, 1, 1, 1).to(q.weight)
+    q.bias[:c] = ((q.bias[:c].float() - shift_t) * scale_t).to(q.bias)
+    q.bias[c:] += (2 * scale_t.log()).to(q.bias)  # var' = var * scale^2
+    p = vae.post_quant_conv  # z -> decoder input, (C_out, C, 1, 1); z = u / scale + shift
+    w = p.weight.float()
+    p.bias.copy_((p.bias.float() + w[:, :, 0, 0] @ shift_t).to(p.bias))
+    p.weight.copy_((w / scale_t.view(1, -1, 1, 1)).to(p.weight))
+    vae.register_to_config(scaling_factor=1.0, shift_factor=None)
+
+
+def scheduler_for(config: dict[str, Any]) -> Any:
+    """A DDIM scheduler with the run's training schedule and prediction type."""
+    from diffusers import DDIMScheduler
+
+    from opencanvas.diffusion import NoiseSchedule
+
+    ns = NoiseSchedule(zero_terminal_snr=bool(config.get("zero_terminal_snr", False)))
+    return DDIMScheduler(num_train_timesteps=ns.num_train_timesteps, beta_start=ns.beta_start,
+                         beta_end=ns.beta_end, beta_schedule=ns.beta_schedule,
+                         prediction_type=config.get("prediction_type", "epsilon"),
+                         rescale_betas_zero_snr=ns.zero_terminal_snr, clip_sample=False, set_alpha_to_one=False,
+                         steps_offset=1, timestep_spacing="trailing" if ns.zero_terminal_snr else "leading")
+
+
+def _text_encoder(pipe: InferencePipeline) -> tuple[Any, Any]:
+    te = copy.deepcopy(pipe.text_encoder.model)
+    if pipe.text_encoder.layer == "penultimate":
+        te.text_model.encoder.layers = te.text_model.encoder.layers[:-1]
+        te.config.num_hidden_layers -= 1
+    te.config.use_attention_mask = True  # the SD pipeline then passes the tokenizer's mask, as encode did
+    tokenizer = copy.deepcopy(pipe.text_encoder.tokenizer)
+    tokenizer.model_max_length = pipe.text_encoder.max_length
+    return te, tokenizer
+
+
+def export(ws: Workspace, run: str, out: Path, ema: bool = True, checkpoint: str | int | None = None) -> Path:
+    """Write runs/<run>'s newest (or chosen) checkpoint as a diffusers pipeline folder at `out`."""
+    from diffusers import StableDiffusionPipeline
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty: pass a new --out directory")
+    pipe = load_pipeline(ws, run, ema=ema, device="cpu", checkpoint=checkpoint)
+    vae = copy.deepcopy(pipe.autoencoder.vae)
+    shift, scale = pipe.autoencoder.shift, pipe.autoencoder.scale
+    factor = uniform_scale(shift, scale)
+    if factor is not None:
+        vae.register_to_config(scaling_factor=factor)
+        normalization = f"scaling_factor {factor:g} (shift 0): the autoencoder's weights are unchanged."
+    else:
+        fold_normalization(vae, shift, scale)
+        normalization = ("per-channel (z - shift) * scale, folded into the VAE's quant_conv/post_quant_conv "
+                         f"(scaling_factor 1). shift={[round(v, 5) for v in shift]}, "
+                         f"scale={[round(v, 5) for v in scale]}.")
+    unet = pipe.denoiser.unet
+    unet.set_default_attn_processor()
+    text_encoder, tokenizer = _text_encoder(pipe)
+    sd = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                 scheduler=scheduler_for(pipe.config), safety_checker=None,
+                                 feature_extractor=None, requires_safety_checker=False)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sd.save_pretrained(tmp, safe_serialization=True)
+    atomic_write_text(tmp / "README.md", model_card(ws, run, pipe, normalization))
+    (tmp / "opencanvas.json").write_text(json.dumps(
+        {"run": run, "checkpoint": pipe.checkpoint.name, "ema": ema, "weights_sha256": pipe.weights_hash,
+         "config": pipe.config}, indent=2, sort_keys=True) + "\n")
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out
+
+
+def model_card(ws: Workspace, run: str, pipe: InferencePipeline, normalization: str) -> str:
+    cfg, data = pipe.config, pipe.config["data"]
+    summary_path = ws.run_dir(run) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    params = sum(p.numel() for p in pipe.denoiser.unet.parameters())
+    policy = data.get("policy") or "unknown"
+    obligations = {
+        "commercial": "CommonCatalog-C licenses (CC0, PDM, CC-BY, CC-BY-SA): commercial use allowed; "
+                      "attribution is owed to the creators of CC-BY/CC-BY-SA images.",
+        "noncommercial": "CommonCatalog-NC licenses (adds CC-BY-NC, CC-BY-NC-SA): non-commercial use only; "
+                         "attribution is owed to the creators of BY images.",
+    }.get(policy, "see the subset's policy text in the workspace.")
+    return f"""---
+library_name: diffusers
+pipeline_tag: text-to-image
+tags: [opencanvas, commoncanvas, stable-diffusion, openly-licensed-data]
+---
+
+# OpenCanvas run `{run}`
+
+A text-to-image latent diffusion model trained with OpenCanvas (a reproduction of
+CommonCanvas, arXiv 2310.16825) only on openly licensed images, with provenance
+recorded for every training image.
+
+## Model
+- UNet: diffusers UNet2DConditionModel, preset `{cfg['preset']}`, {params / 1e6:.1f}M parameters,
+  {'EMA' if pipe.ema else 'raw'} weights of checkpoint `{pipe.checkpoint.name}` (sha256 of weights
+  `{pipe.weights_hash[:16]}...`).
+- Prediction type: `{cfg['prediction_type']}`; noise schedule: scaled-linear DDPM, 1000 steps,
+  zero-terminal-SNR {'on' if cfg.get('zero_terminal_snr') else 'off'}.
+- Autoencoder: `{data.get('autoencoder')}`; latent normalisation: {normalization}
+- Text encoder: `{data.get('text_encoder')}` ({data.get('text_layer')} layer, {data.get('text_len')} tokens).
+
+## Training data
+- Subset `{data.get('subset')}` under license policy `{policy}`, catalog snapshot `{data.get('catalog_hash')}`.
+- Captions from: {', '.join(data.get('captioners') or [])}.
+- License obligations: {obligations}
+  The full attribution list is produced by `opencanvas card --run {run}`.
+
+## Training
+- Images seen: {summary.get('images_seen', 'n/a')}; global batch {cfg['batch']}; lr {cfg['lr']} ({cfg['lr_schedule']},
+  warmup {cfg['warmup_images']} images); caption dropout {cfg['caption_dropout']}; min-SNR gamma
+  {cfg['min_snr_gamma']}; resolutions {cfg['resolutions']}.
+- Device: {summary.get('device', 'n/a')} x {summary.get('world_size', 1)}; recipe: {json.dumps(summary.get('recipe', {}))}.
+
+## Use
+```python
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained("PATH")
+image = pipe("a red circle", num_inference_steps=30, guidance_scale=5.0).images[0]
+```
+Safety checker: none is included.
+"""

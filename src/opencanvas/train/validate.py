@@ -1,0 +1,108 @@
+"""Validation grids during training: fixed prompts and seeds, so grids compare across time.
+
+A deliberately small sampler (Euler in sigma space, Karras et al. 2022 Alg. 1
+with classifier-free guidance); the full samplers live in opencanvas.sample.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.workspace import Workspace
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+def trailing_sigmas(denoiser: Denoiser, steps: int) -> torch.Tensor:
+    """`steps` training sigmas from sigma_max down, evenly spaced in timesteps, then 0: (steps + 1,)."""
+    n = denoiser.sigmas.numel()
+    t = torch.linspace(n - 1, 0, steps).round().long()
+    return torch.cat([denoiser.sigmas[t], denoiser.sigmas.new_zeros(1)])
+
+
+@torch.no_grad()
+def sample_euler_cfg(denoiser: Denoiser, text: torch.Tensor, mask: torch.Tensor | None, null_text: torch.Tensor,
+                     null_mask: torch.Tensor | None, latent_shape: tuple[int, int, int], seeds: list[int],
+                     steps: int = 20, guidance: float = 5.0) -> torch.Tensor:
+    """Normalised latents (B, C, h, w) for text (B, L, D), one fixed seed per image."""
+    device = text.device
+    sigmas = trailing_sigmas(denoiser, steps).to(device)
+    noise = [torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    x = torch.stack(noise).to(device) * sigmas[0]  # (B, C, h, w)
+    b = x.shape[0]
+    ehs = torch.cat([null_text.expand(b, -1, -1), text])  # (2B, L, D): unconditional first
+    ehs_mask = None if mask is None or null_mask is None else torch.cat([null_mask.expand(b, -1), mask])
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        x0_uncond, x0_cond = denoiser(torch.cat([x, x]), sigma, ehs, ehs_mask).chunk(2)
+        x0 = x0_uncond + guidance * (x0_cond - x0_uncond)
+        d = (x - x0) / sigma  # dx/dsigma of the probability-flow ODE
+        x = x + d * (sigma_next - sigma)
+    return x
+
+
+def to_pil(pixels: torch.Tensor) -> list["Image.Image"]:
+    """(B, 3, H, W) in [-1, 1] -> PIL images."""
+    from PIL import Image
+
+    arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def image_grid(images: list["Image.Image"], cols: int) -> "Image.Image":
+    from PIL import Image
+
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, img in enumerate(images):
+        grid.paste(img, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+class Validator:
+    """Holds the text encoder and autoencoder of the latent set, and the prompts' embeddings."""
+
+    def __init__(self, cfg: Any, autoencoder: Any, text: torch.Tensor, null_text: torch.Tensor,
+                 device: torch.device) -> None:
+        self.cfg, self.autoencoder, self.text, self.null_text, self.device = cfg, autoencoder, text, null_text, device
+        self.unet: Any = None
+
+    @classmethod
+    def create(cls, ws: Workspace, cfg: Any, device: torch.device) -> "Validator":
+        """Load the components named by the latent set (fails early, before any training)."""
+        from opencanvas.components import load_autoencoder, load_text_encoder
+
+        data = cfg.data
+        try:
+            te = load_text_encoder(ws, data["text_encoder"], device, layer=data.get("text_layer"),
+                                   max_length=int(data["text_len"]))
+            ae = load_autoencoder(ws, data["autoencoder"], device)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--validate-every needs the latent set's text encoder and autoencoder "
+                             f"({data.get('text_encoder')!r}, {data.get('autoencoder')!r}): {err}. "
+                             "Pass --validate-every 0 to train without validation grids") from err
+        text, _ = te.encode(list(cfg.validation_prompts))
+        null, _ = te.encode([""])
+        return cls(cfg, ae, text.float(), null.float(), device)
+
+    def render(self, ema_state: dict[str, torch.Tensor], resolution: int, steps: int = 20,
+               guidance: float = 5.0) -> "Image.Image":
+        """A grid of the EMA model's samples: one row per prompt, fixed seeds 0..1."""
+        from opencanvas.train.presets import build_unet
+
+        if self.unet is None:
+            self.unet = build_unet(self.cfg.unet).to(self.device).eval()
+        self.unet.load_state_dict(ema_state)
+        denoiser = Denoiser(self.unet, NoiseSchedule(zero_terminal_snr=self.cfg.zero_terminal_snr),
+                            self.cfg.prediction_type).to(self.device)
+        seeds = [0, 1]
+        text = self.text.repeat_interleave(len(seeds), dim=0)  # (P*S, L, D)
+        size = resolution // self.autoencoder.downscale
+        shape = (int(self.cfg.unet["in_channels"]), size, size)
+        latents = sample_euler_cfg(denoiser, text, None, self.null_text, None, shape,
+                                   seeds * len(self.text), steps=steps, guidance=guidance)
+        return image_grid(to_pil(self.autoencoder.decode(latents)), cols=len(seeds))

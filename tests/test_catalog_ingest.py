@@ -1,0 +1,126 @@
+"""Ingest bookkeeping: idempotent re-runs, per-file resume (also after SIGKILL), dedupe, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from opencanvas.catalog.ingest import UnitTask, done_records, ingest, ingest_unit, unit_id
+from opencanvas.catalog.query import catalog_rows, query
+from opencanvas.catalog.sources import ADAPTERS
+from opencanvas.catalog.stats import catalog_stats
+from opencanvas.workspace import Workspace
+from tests.test_catalog_sources import openverse_record, write_jsonl, write_yfcc, yfcc_fields, yfcc_mixed
+
+
+def quarantine_rows(ws: Workspace) -> list[dict]:
+    return query(ws, "SELECT * FROM {quarantine} ORDER BY input_file, record_no, raw, reason, detail").to_pylist()
+
+
+def snapshot(ws: Workspace) -> tuple[list[dict], list[dict]]:
+    return catalog_rows(ws).to_pylist(), quarantine_rows(ws)
+
+
+@pytest.fixture
+def yfcc_files(tmp_path: Path) -> list[Path]:
+    return [write_yfcc(tmp_path / "a.tsv", yfcc_mixed(0)), write_yfcc(tmp_path / "b.tsv.bz2", yfcc_mixed(100))]
+
+
+def test_rerun_is_idempotent(ws: Workspace, yfcc_files: list[Path]) -> None:
+    first = ingest(ws, "yfcc100m", yfcc_files)
+    before = snapshot(ws)
+    again = ingest(ws, "yfcc100m", yfcc_files)
+    assert (again.resumed, again.read) == (2, 0)
+    assert snapshot(ws) == before
+    assert first.read == 16 and len(before[0]) == 6
+    keys = [r["key"] for r in before[0]]
+    assert len(keys) == len(set(keys))
+
+
+def test_resume_redoes_only_unfinished_files(ws: Workspace, tmp_path: Path, yfcc_files: list[Path]) -> None:
+    clean = Workspace.open(tmp_path / "clean")
+    ingest(clean, "yfcc100m", yfcc_files)
+    # A crash after file a finished and while b was half written: b's parts exist, its done-record not.
+    ingest(ws, "yfcc100m", yfcc_files[:1])
+    b = ADAPTERS["yfcc100m"].plan([yfcc_files[1]])[0]
+    ingest_unit(UnitTask(b, unit_id(b), str(ws.source_dir("yfcc100m")), str(ws.quarantine_dir)))
+    assert len(done_records(ws, "yfcc100m")) == 1
+    assert catalog_rows(ws).num_rows == 3  # readers ignore parts without a done-record
+    stats = ingest(ws, "yfcc100m", yfcc_files)
+    assert (stats.resumed, stats.read) == (1, 8)
+    assert snapshot(ws) == snapshot(clean)
+
+
+def test_duplicate_keys_across_and_within_files(ws: Workspace, tmp_path: Path) -> None:
+    t = "\t".join
+    a = write_yfcc(tmp_path / "a.tsv", [t(yfcc_fields(1)), t(yfcc_fields(2)), t(yfcc_fields(2))])
+    b = write_yfcc(tmp_path / "b.tsv", [t(yfcc_fields(2)), t(yfcc_fields(3))])
+    stats = ingest(ws, "yfcc100m", [a, b])
+    assert (stats.read, stats.ingested, stats.quarantined) == (5, 3, 2)
+    assert stats.reasons == {"duplicate": 2}
+    assert [r["key"] for r in catalog_rows(ws).to_pylist()] == [f"yfcc100m:{5_000_000 + i}" for i in (1, 2, 3)]
+    # A later ingest of an overlapping file adds only what is new.
+    c = write_yfcc(tmp_path / "c.tsv", [t(yfcc_fields(3)), t(yfcc_fields(4))])
+    later = ingest(ws, "yfcc100m", [c])
+    assert (later.ingested, later.quarantined) == (1, 1)
+    s = catalog_stats(ws)["sources"]["yfcc100m"]
+    assert (s["read"], s["ingested"], s["quarantined"], s["balanced"]) == (7, 4, 3, True)
+
+
+def test_parallel_workers_match_serial(tmp_path: Path) -> None:
+    files = [write_jsonl(tmp_path / f"ov{i}.jsonl", [openverse_record(j % 7 + 10 * (i % 2)) for j in range(20)])
+             for i in range(3)]
+    serial, parallel = Workspace.open(tmp_path / "s"), Workspace.open(tmp_path / "p")
+    ingest(serial, "openverse", files)
+    ingest(parallel, "openverse", files, workers=2)
+    assert snapshot(serial) == snapshot(parallel)
+    assert catalog_stats(parallel)["total"] == {"read": 60, "ingested": 14, "quarantined": 46, "balanced": True}
+
+
+def test_unknown_source(ws: Workspace, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown source 'flickr'.*openclipart"):
+        ingest(ws, "flickr", [tmp_path])
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_clean_run(tmp_path: Path) -> None:
+    files = [write_jsonl(tmp_path / f"ov{i}.jsonl", [openverse_record(i * 100_000 + j) for j in range(3000)])
+             for i in range(6)]
+    clean = Workspace.open(tmp_path / "clean")
+    ingest(clean, "openverse", files)
+    killed = Workspace.open(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "opencanvas", "catalog", "ingest", "openverse", *map(str, files),
+           "-w", str(killed.root)]
+    env = {**os.environ, "OPENCANVAS_PROGRESS": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not done_records(killed, "openverse") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(done_records(killed, "openverse"))
+    assert finished < len(files), "the ingest finished before it could be killed; make the files bigger"
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{finished} already done" in result.stdout.replace("\n", " ")
+    assert snapshot(killed) == snapshot(clean)
+    assert len(list(killed.source_dir("openverse").glob("part-*.parquet"))) == len(files)
+    assert not list(killed.catalog_dir.rglob("*.tmp"))
+
+
+def test_parts_and_done_records_on_disk(ws: Workspace, yfcc_files: list[Path]) -> None:
+    ingest(ws, "yfcc100m", yfcc_files)
+    records = done_records(ws, "yfcc100m")
+    assert sorted(r["input"] for r in records) == sorted(str(f) for f in yfcc_files)
+    for r in records:
+        assert r["read"] == r["ingested"] + r["quarantined"] == 8
+        for name in r["parts"]:
+            assert pq.read_metadata(ws.source_dir("yfcc100m") / name).num_rows == r["ingested"]
+        assert sum(pq.read_metadata(ws.quarantine_dir / n).num_rows for n in r["quarantine_parts"]) == r["quarantined"]
