@@ -93,9 +93,9 @@ def main() -> None:
 
     base = {s: r for s, w, r, _ in results if w == 1}
     lines = [
-        "| source | workers | images/s | vs 1 worker | fetcher CPU cores busy |",
-        "|---|---|---|---|---|",
-        *[f"| {s} | {w} | {r:.1f} | {r / base[s]:.2f}x | {c:.2f} |" for s, w, r, c in results],
+        "| source | workers | images/s | vs 1 worker | fetcher CPU cores busy | images per CPU-second |",
+        "|---|---|---|---|---|---|",
+        *[f"| {s} | {w} | {r:.1f} | {r / base[s]:.2f}x | {c:.2f} | {r / c:.0f} |" for s, w, r, c in results],
     ]
     table = "\n".join(lines)
     print(table)

@@ -22,6 +22,7 @@ import resource
 import time
 
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from opencanvas.diffusion import Denoiser, NoiseSchedule
 from opencanvas.sample.guidance import CFGDenoiser
@@ -37,7 +38,7 @@ def build_denoiser(args: argparse.Namespace) -> Denoiser:
     unet = unet.to(args.device, dtype)
     if args.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-    unet.set_attn_processor(__import__("diffusers").models.attention_processor.AttnProcessor2_0())  # SDPA
+    unet.set_attn_processor(AttnProcessor2_0())  # torch SDPA attention
     if args.compile:
         unet = torch.compile(unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
     return Denoiser(unet, NoiseSchedule(), "epsilon").to(args.device)
@@ -58,7 +59,8 @@ def time_sampler(denoiser: Denoiser, name: str, steps: int, batch: int, args: ar
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    once() if args.warmup else None
+    if args.warmup:
+        once()
     best_wall, cpu = float("inf"), 0.0
     for _ in range(args.repeats):
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from opencanvas.caption.stage import caption, read_captions
 from opencanvas.caption.vision import CaptionModelError, load_model_captioner, weights_revision
 from opencanvas.caption.captioners import GenerationSettings
-from opencanvas.caption.tiny_models import save_tiny_blip, save_tiny_blip2
+from opencanvas.caption.tiny_models import save_tiny_blip, save_tiny_blip2, save_tiny_llava
 from opencanvas.cli import app
 from opencanvas.shards import INDEX_SCHEMA, ShardWriter
 from opencanvas.storage import atomic_write_parquet, sha256_file
@@ -104,10 +104,29 @@ def test_blip_strips_the_prompt_it_echoes(blip_dir: Path) -> None:
     pixels = captioner.image_processor(images=[Image.new("RGB", (40, 40), (200, 30, 30))],
                                        return_tensors="pt")["pixel_values"]  # (1, 3, 32, 32)
     [(text, _flag)] = captioner.caption([], pixels)
-    raw = captioner.model.generate(**captioner.inputs(pixels), max_new_tokens=6)
+    inputs, echoed = captioner.inputs(pixels)
+    assert echoed == inputs["input_ids"].shape[1] - 1  # BOS + "a picture of", not the final [SEP]
+    raw = captioner.model.generate(**inputs, max_new_tokens=6)
     full = captioner.processor.batch_decode(raw, skip_special_tokens=True)[0]
     assert " ".join(full.split()) == " ".join(f"a picture of {text}".split())
     assert captioner.provenance.prompt == "a picture of"
+
+
+def test_hf_chat_model_gets_its_template_and_loses_the_echoed_prompt(ws: Workspace, tmp_path: Path) -> None:
+    """LLaVA-style models: prompt wrapped in the chat template, caption = only the new tokens."""
+    model = save_tiny_llava(tmp_path / "tiny-llava")
+    make_image_subset(ws, n=4, shard_size=4)
+    stats = caption(ws, "shapes", "hf", model=str(model), prompt="describe the image", batch_size=2,
+                    name="llava", loader_workers=0, generation=GenerationSettings(max_new_tokens=5))
+    assert stats.images == 4
+    rows = read_captions(ws, "llava").to_pylist()
+    assert all(r["prompt"] == "describe the image" for r in rows)
+    # echoed, "USER: describe the image ASSISTANT:" alone is 5 words: only the <= 5 new tokens may remain
+    assert any(r["caption"] for r in rows) and all(len(r["caption"].split()) <= 5 for r in rows)
+    captioner = load_model_captioner("hf", str(model), name="llava", device="cpu", dtype="fp32",
+                                     prompt="describe the image", generation=GenerationSettings(max_new_tokens=5),
+                                     preprocessing="center-crop 512")
+    assert captioner._prompt_text() == "USER: <image>\ndescribe the image ASSISTANT:"
 
 
 def test_missing_model_says_how_to_provide_it(ws: Workspace, tmp_path: Path) -> None:

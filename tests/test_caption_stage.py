@@ -43,6 +43,7 @@ def test_metadata_captions_every_ok_image_once(ws: Workspace) -> None:
     assert set(table.column("captioner").to_pylist()) == {"metadata"}
     meta = parquet_metadata(ws.captions_dir("metadata") / "part-00001.parquet")
     assert meta["subset"] == "shapes" and json.loads(meta["settings"])["captioner"] == "metadata"
+    assert json.loads(meta["flagged"]) == {} and float(meta["seconds"]) >= 0
     only = read_captions(ws, "metadata", keys=[keys[1], keys[2], "synthetic:nope"])
     assert sorted(only.column("key").to_pylist()) == [keys[1], keys[2]]
 

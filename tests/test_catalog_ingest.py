@@ -124,3 +124,23 @@ def test_parts_and_done_records_on_disk(ws: Workspace, yfcc_files: list[Path]) -
         for name in r["parts"]:
             assert pq.read_metadata(ws.source_dir("yfcc100m") / name).num_rows == r["ingested"]
         assert sum(pq.read_metadata(ws.quarantine_dir / n).num_rows for n in r["quarantine_parts"]) == r["quarantined"]
+
+
+def test_duplicate_across_batches_of_one_file(ws: Workspace, tmp_path: Path, monkeypatch) -> None:
+    import opencanvas.catalog.records as records
+
+    monkeypatch.setattr(records, "BATCH_ROWS", 2)  # the openverse reader flushes every 2 records
+    lines = [openverse_record(i) for i in (1, 2, 3, 1, 4, 2)]
+    stats = ingest(ws, "openverse", [write_jsonl(tmp_path / "ov.jsonl", lines)])
+    assert (stats.read, stats.ingested, stats.reasons) == (6, 4, {"duplicate": 2})
+
+
+def test_unfinished_parts_of_other_inputs_do_not_count(ws: Workspace, tmp_path: Path) -> None:
+    t = "\t".join
+    x = write_yfcc(tmp_path / "x.tsv", [t(yfcc_fields(1))])
+    y = write_yfcc(tmp_path / "y.tsv", [t(yfcc_fields(1)), t(yfcc_fields(2))])
+    unit = ADAPTERS["yfcc100m"].plan([x])[0]  # x was being ingested when the process died
+    ingest_unit(UnitTask(unit, unit_id(unit), str(ws.source_dir("yfcc100m")), str(ws.quarantine_dir)))
+    stats = ingest(ws, "yfcc100m", [y])
+    assert (stats.ingested, stats.quarantined) == (2, 0)
+    assert catalog_rows(ws).num_rows == 2

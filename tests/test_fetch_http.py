@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient, blocked_reason
-from opencanvas.fetch.robots import x_robots_opt_out
+from opencanvas.fetch.addresses import blocked_reason
+from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient
+from opencanvas.fetch.robots import RobotsCache, RobotsUnavailable, x_robots_opt_out
 from opencanvas.fetch.testing import ServerState, image_server, noise_image
 
 JPEG = noise_image(0, (64, 64))
@@ -157,3 +158,28 @@ def test_per_domain_concurrency_and_rate(server) -> None:
 ])
 def test_x_robots_tag_parsing(values: list[str], expected: str | None) -> None:
     assert x_robots_opt_out(values, "OpenCanvas") == expected
+
+
+@pytest.mark.parametrize("reply, allowed", [
+    ((404, b""), None),                                   # RFC 9309: no robots.txt -> no rules
+    ((503, b""), "robots-txt: unreachable (HTTP 503)"),   # server error -> complete disallow
+    (RobotsUnavailable("timeout"), "robots-txt: unreachable (timeout)"),
+    ((200, b"User-agent: OpenCanvas\nDisallow: /\n\nUser-agent: *\nAllow: /\n"),
+     "robots-txt: disallowed for OpenCanvas"),
+    ((200, b"User-agent: *\nCrawl-delay: 2\nDisallow: /private/\n"), None),
+])
+def test_robots_cache_follows_rfc_9309(reply, allowed) -> None:
+    calls = []
+
+    def fetch_robots(url: str) -> tuple[int, bytes]:
+        calls.append(url)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    cache = RobotsCache(fetch_robots, "OpenCanvas")
+    assert cache.check("https://example.org", "https://example.org/a.jpg") == allowed
+    assert cache.check("https://example.org", "https://example.org/b.jpg") == allowed
+    assert calls == ["https://example.org/robots.txt"]  # cached per origin
+    if b"Crawl-delay" in (reply[1] if isinstance(reply, tuple) else b""):
+        assert cache.crawl_delay("https://example.org") == 2.0

@@ -179,6 +179,7 @@ def test_cli_fetch_and_stats(ws: Workspace, server) -> None:
     assert result.exit_code == 2 and "--subset is required" in result.output
 
 
+@pytest.mark.slow  # Ray start-up: ~15-25 s on 2 busy cores
 def test_ray_engine_runs_the_same_shard_function(ws: Workspace, server) -> None:
     ray = pytest.importorskip("ray")
     url, state = server

@@ -146,3 +146,23 @@ def test_per_channel_normalisation_folds_into_the_vae():
         u = torch.randn(2, 4, 8, 8)
         assert torch.allclose(folded.decode(u).sample, vae.decode(u / s + c).sample, atol=1e-5)
     assert folded.config.scaling_factor == 1.0
+
+
+def test_cli_export_and_clear_errors(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from opencanvas.cli import app
+
+    ws, _ = trained
+    runner = CliRunner()
+    out = tmp_path / "cli-export"
+    done = runner.invoke(app, ["export", "--run", "demo", "--out", str(out), "--raw", "-w", str(ws.root)])
+    assert done.exit_code == 0, done.output
+    assert json.loads((out / "opencanvas.json").read_text())["ema"] is False
+    missing = runner.invoke(app, ["export", "--run", "nope", "--out", str(tmp_path / "x"), "-w", str(ws.root)])
+    assert missing.exit_code == 2 and "has no checkpoint" in missing.output
+    bad = runner.invoke(app, ["train", "--latents", "shapes16", "--run", "r", "--preset", "huge", "--images", "8",
+                              "-w", str(ws.root)])
+    assert bad.exit_code == 2 and "unknown preset 'huge'" in bad.output
+    unknown = runner.invoke(app, ["train", "--latents", "shapes16", "--run", "r", "--learning-rate", "1"])
+    assert unknown.exit_code != 0 and "No such option" in unknown.output

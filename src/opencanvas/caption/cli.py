@@ -71,7 +71,10 @@ def caption_command(
     loader_workers: Annotated[int, typer.Option(
         help="Background processes decoding and resizing images (0 = in the main process).", min=0)] = 2,
     engine: Annotated[EngineName, typer.Option(
-        help="local, or ray (one model per GPU worker; set RAY_ADDRESS for a cluster).")] = EngineName.local,
+        help="local, or ray (one captioner actor per GPU; set RAY_ADDRESS to join a cluster).")] = EngineName.local,
+    ray_actors: Annotated[Optional[int], typer.Option(
+        help="With --engine ray: captioner actors (default: one per GPU, or per CPU with --device cpu).",
+        min=1)] = None,
     rank: Annotated[int, typer.Option(help="This process's rank for SLURM-style launches.", min=0)] = 0,
     world: Annotated[int, typer.Option(help="Number of processes sharing the shards.", min=1)] = 1,
     workspace: WorkspaceOption = Path("."),
@@ -98,11 +101,12 @@ def caption_command(
                                "batch_size": batch_size, "device": device, "dtype": dtype.value,
                                "prompt": prompt, "generation": generation.to_json(), "crop_size": crop_size,
                                "loader_workers": loader_workers, "engine": engine.value,
+                               "ray_actors": ray_actors if ray_actors is not None else "auto",
                                "rank/world": f"{rank}/{world}"})
     try:
         stats = caption(ws, subset, captioner.value, model=model, batch_size=batch_size, device=device,
                         dtype=dtype.value, name=name, prompt=prompt, generation=generation, crop_size=crop_size,
-                        loader_workers=loader_workers, engine=engine.value, rank=rank, world=world)
+                        loader_workers=loader_workers, engine=engine.value, rank=rank, world=world, ray_actors=ray_actors)
     except (CaptionModelError, FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from e
     console.print(f"captioned {stats.images} images in {stats.shards_done} shards "

@@ -8,7 +8,7 @@ shards and redoes only the unfinished one. Every ok image gets exactly one row;
 empty, repetitive or undecodable results are kept with `flagged` set.
 
 `caption_shard` is the pure per-shard function; the same function runs
-in-process, on Ray (`engine="ray"`, one model per GPU worker) or as one share of
+in-process, on Ray actors (`engine="ray"`, one model per GPU) or as one share of
 a SLURM-style job (`rank`, `world`).
 """
 
@@ -18,7 +18,7 @@ import functools
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +34,7 @@ from opencanvas.caption.captioners import (
 )
 from opencanvas.caption.loader import decoded_batches, describe_preprocessing
 from opencanvas.captions_schema import CAPTION_SCHEMA
-from opencanvas.engines import Engine, map_shards, shard_share
+from opencanvas.engines import Engine, shard_share
 from opencanvas.progress import progress_bar
 from opencanvas.shards import index_paths, iter_shard
 from opencanvas.storage import atomic_write_parquet, parquet_metadata, read_parquet_files
@@ -63,7 +63,7 @@ class CaptionJob:
                 "generation": asdict(self.generation), "crop_size": self.crop_size}
 
 
-@functools.lru_cache(maxsize=1)  # one model per process, reused across its shards (and Ray tasks)
+@functools.lru_cache(maxsize=1)  # one model per process (or Ray actor), reused across its shards
 def build_captioner(job: CaptionJob) -> Captioner:
     if job.captioner == "metadata":
         return MetadataCaptioner()
@@ -117,6 +117,29 @@ def _ok_count(tar: Path) -> int:
     return pc.sum(pc.equal(status, "ok")).as_py() or 0
 
 
+def _caption_pixels(captioner: Captioner, task: ShardTask, items: list[CaptionInput], images: list[bytes],
+                    on_images: Callable[[int], None] | None) -> list[tuple[str, str]]:
+    """(caption, flag) per item: batches decoded in the background, one seed per (shard, batch)."""
+    import torch
+
+    results: list[tuple[str, str]] = [("", "")] * len(items)
+    shard_no = int(Path(task.tar).stem.split("-", 1)[1])
+    batches = decoded_batches(images, batch_size=task.job.batch_size, crop_size=task.job.crop_size,
+                              workers=task.job.loader_workers,
+                              image_processor=getattr(captioner, "image_processor", None))
+    for b, decoded in enumerate(batches):
+        for i, reason in decoded.failed:
+            results[i] = ("", reason)
+        if decoded.indices:
+            torch.manual_seed(batch_seed(task.job.generation.seed, shard_no, b))
+            out = captioner.caption([items[i] for i in decoded.indices], decoded.pixels)
+            for i, r in zip(decoded.indices, out):
+                results[i] = r
+        if on_images:
+            on_images(len(decoded.indices) + len(decoded.failed))
+    return results
+
+
 def caption_shard(task: ShardTask, on_images: Callable[[int], None] | None = None) -> ShardResult:
     """Caption every ok image of one shard and write its part (the done-marker) last."""
     start = time.perf_counter()
@@ -124,30 +147,14 @@ def caption_shard(task: ShardTask, on_images: Callable[[int], None] | None = Non
     captioner = build_captioner(task.job)
     keys, stored = _ok_images(tar)
     results: dict[str, tuple[str, str]] = {k: ("", "missing-image") for k in keys if k not in stored}
-    present = [k for k in keys if k in stored]
-    items = [CaptionInput(k, stored[k][1]) for k in present]
-    batch = task.job.batch_size
+    items = [CaptionInput(k, stored[k][1]) for k in keys if k in stored]
     if captioner.needs_pixels:
-        import torch
-
-        shard_no = int(tar.stem.split("-", 1)[1])
-        image_processor = getattr(captioner, "image_processor", None)
-        batches = decoded_batches([stored[k][0] for k in present], batch_size=batch,
-                                  crop_size=task.job.crop_size, workers=task.job.loader_workers,
-                                  image_processor=image_processor)
-        for b, decoded in enumerate(batches):
-            for i, reason in decoded.failed:
-                results[present[i]] = ("", reason)
-            if decoded.indices:
-                torch.manual_seed(batch_seed(task.job.generation.seed, shard_no, b))
-                out = captioner.caption([items[i] for i in decoded.indices], decoded.pixels)
-                results.update({present[i]: r for i, r in zip(decoded.indices, out)})
-            if on_images:
-                on_images(len(decoded.indices) + len(decoded.failed))
+        out = _caption_pixels(captioner, task, items, [stored[it.key][0] for it in items], on_images)
+        results.update((it.key, r) for it, r in zip(items, out))
     else:
-        for s in range(0, len(items), batch):
-            chunk = items[s:s + batch]
-            results.update({it.key: r for it, r in zip(chunk, captioner.caption(chunk))})
+        for s in range(0, len(items), task.job.batch_size):
+            chunk = items[s:s + task.job.batch_size]
+            results.update((it.key, r) for it, r in zip(chunk, captioner.caption(chunk)))
             if on_images:
                 on_images(len(chunk))
     now = datetime.now(timezone.utc)
@@ -155,16 +162,12 @@ def caption_shard(task: ShardTask, on_images: Callable[[int], None] | None = Non
     rows = [{"key": k, "caption": results[k][0], "captioner": task.job.name, "model_id": prov.model_id,
              "model_revision": prov.model_revision, "prompt": prov.prompt, "generation": prov.generation,
              "preprocessing": prov.preprocessing, "flagged": results[k][1], "created_at": now} for k in keys]
+    flagged = dict(Counter(r[1] for r in results.values() if r[1]))
+    seconds = time.perf_counter() - start
     atomic_write_parquet(Path(task.out), pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA), metadata={
-        "subset": task.subset, "shard": tar.stem, "settings": json.dumps(task.job.settings(task.subset),
-                                                                         sort_keys=True)})
-    flagged = Counter(r[1] for r in results.values() if r[1])
-    return ShardResult(tar.stem, len(keys), dict(flagged), time.perf_counter() - start)
-
-
-def _ray_shard(task: ShardTask) -> ShardResult:
-    """Module-level entry for Ray workers (they import it by name)."""
-    return caption_shard(task)
+        "subset": task.subset, "shard": tar.stem, "flagged": json.dumps(flagged), "seconds": f"{seconds:.3f}",
+        "settings": json.dumps(task.job.settings(task.subset), sort_keys=True)})
+    return ShardResult(tar.stem, len(keys), flagged, seconds)
 
 
 @dataclass
@@ -254,9 +257,15 @@ def shard_tasks(ws: Workspace, subset: str, job: CaptionJob) -> list[ShardTask]:
 def caption(ws: Workspace, subset: str, captioner: str, model: str | None = None, batch_size: int = 16,
             device: str = "cpu", dtype: str = "auto", *, name: str | None = None, prompt: str = "",
             generation: GenerationSettings | None = None, crop_size: int = 512, loader_workers: int = 2,
-            engine: Engine = "local", rank: int = 0, world: int = 1,
+            engine: Engine = "local", rank: int = 0, world: int = 1, ray_actors: int | None = None,
             on_shard: Callable[[ShardResult], None] | None = None) -> CaptionStats:
-    """Caption every ok image of `subset` with `captioner` into captions/<name or captioner>/."""
+    """Caption every ok image of `subset` with `captioner` into captions/<name or captioner>/.
+
+    `engine="ray"` runs the shards on Ray actors (one model each, one GPU each with a cuda device;
+    `ray_actors` defaults to the cluster's GPUs or CPUs); `rank`/`world` take one share of the shards.
+    """
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}: use 'local' or 'ray'")
     job = make_job(captioner, name=name, model=model, device=device, dtype=dtype, prompt=prompt,
                    generation=generation, crop_size=crop_size, batch_size=batch_size,
                    loader_workers=loader_workers)
@@ -270,20 +279,20 @@ def caption(ws: Workspace, subset: str, captioner: str, model: str | None = None
     start = time.perf_counter()
     with progress_bar() as bar:
         task_id = bar.add_task(f"caption {job.name}", total=total, unit="img")
-        if engine == "ray":
-            options = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
-            results = map_shards(_ray_shard, pending, engine="ray", ray_options=options)
-            for result in results:
-                bar.advance(task_id, result.images)
-                stats.add(result)
-                if on_shard:
-                    on_shard(result)
+        if engine == "ray":  # shards stream back whole, so the bar moves per shard
+            from opencanvas.caption.ray_engine import map_shards_on_actors
+
+            cpus = max(1, loader_workers) if captioner in MODEL_CAPTIONERS else 1  # + decoding processes
+            results: Iterator[ShardResult] = map_shards_on_actors(
+                pending, num_gpus=1.0 if device.startswith("cuda") else 0.0, num_cpus=cpus, actors=ray_actors)
         else:
-            for task in pending:
-                result = caption_shard(task, on_images=lambda n: bar.advance(task_id, n))
-                stats.add(result)
-                if on_shard:
-                    on_shard(result)
+            results = (caption_shard(t, on_images=lambda n: bar.advance(task_id, n)) for t in pending)
+        for result in results:
+            if engine == "ray":
+                bar.advance(task_id, result.images)
+            stats.add(result)
+            if on_shard:
+                on_shard(result)
     stats.seconds = time.perf_counter() - start
     return stats
 

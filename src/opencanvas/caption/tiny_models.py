@@ -30,9 +30,18 @@ def tiny_tokenizer(special: list[str], template: str, **special_tokens: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens)
 
 
+def _save(model_class, config, processor, out_dir: Path, seed: int) -> Path:
+    """Random weights from `seed`, saved with the processor the way hub downloads are laid out."""
+    import torch
+
+    torch.manual_seed(seed)
+    model_class(config).save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
 def save_tiny_blip2(out_dir: Path, image_size: int = 32, num_query_tokens: int = 4, seed: int = 0) -> Path:
     """A BLIP-2 (ViT + Q-Former + OPT) of a few thousand parameters, saved with its processor."""
-    import torch
     from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
                               BlipImageProcessorPil, OPTConfig)
 
@@ -53,16 +62,11 @@ def save_tiny_blip2(out_dir: Path, image_size: int = 32, num_query_tokens: int =
                               tie_word_embeddings=False),  # tied: echoes BOS = EOS at once
         num_query_tokens=num_query_tokens,
         image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(seed)
-    model = Blip2ForConditionalGeneration(config)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return Path(out_dir)
+    return _save(Blip2ForConditionalGeneration, config, processor, out_dir, seed)
 
 
 def save_tiny_blip(out_dir: Path, image_size: int = 32, seed: int = 0) -> Path:
     """A BLIP captioning model (ViT + BERT-style decoder) with a BERT-style tokenizer."""
-    import torch
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]"]
@@ -78,8 +82,36 @@ def save_tiny_blip(out_dir: Path, image_size: int = 32, seed: int = 0) -> Path:
                          bos_token_id=special.index("[DEC]"), sep_token_id=special.index("[SEP]"),
                          eos_token_id=special.index("[SEP]"), pad_token_id=0),
         projection_dim=32)
-    torch.manual_seed(seed)
-    model = BlipForConditionalGeneration(config)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return Path(out_dir)
+    return _save(BlipForConditionalGeneration, config, processor, out_dir, seed)
+
+
+# A LLaVA-1.5-style chat template: "USER: <image>\n{prompt} ASSISTANT:".
+LLAVA_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def save_tiny_llava(out_dir: Path, image_size: int = 28, seed: int = 0) -> Path:
+    """A LLaVA (CLIP ViT + Llama) chat model, for the generic `hf` captioner with a prompt."""
+    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    tokenizer = tiny_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], "<s> $A", bos_token="<s>", eos_token="</s>",
+                               pad_token="<pad>", unk_token="<unk>")
+    tokenizer.add_tokens(["<image>"], special_tokens=True)  # the processor expands it to one per patch
+    tokenizer.add_tokens(["USER:", "ASSISTANT:", "describe", "image"])
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                            crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
+                               num_additional_image_tokens=1)  # CLIP's CLS token
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=image_size, patch_size=14),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                bos_token_id=2, eos_token_id=3, pad_token_id=0, max_position_embeddings=128),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="default")
+    return _save(LlavaForConditionalGeneration, config, processor, out_dir, seed)

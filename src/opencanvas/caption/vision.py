@@ -143,27 +143,31 @@ class ModelCaptioner:
             return 0
         return prompt_len
 
-    def inputs(self, pixels: Any) -> dict[str, Any]:
-        """Model inputs for one batch: `pixels` is (B, 3, H, W) float or a list of PIL images."""
+    def inputs(self, pixels: Any) -> tuple[dict[str, Any], int]:
+        """Model inputs for one batch and the number of prompt tokens `generate` will echo.
+
+        `pixels`: (B, 3, H, W) float from the loader's image processor, or a list of PIL images.
+        """
         if self._template is None:
+            # Same prompt for every image, so no padding: positions line up for batched decoding.
             enc = self.processor(images=list(pixels), text=[self._prompt_text()] * len(pixels),
                                  return_tensors="pt", padding=True)
-            self._echo = self._echoed(enc["input_ids"].shape[1])
-            return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                    for k, v in enc.items()}
+            moved = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                     for k, v in enc.items()}
+            return moved, self._echoed(enc["input_ids"].shape[1])
         batch = pixels.shape[0]
-        self._echo = self._template.echoed_tokens
         return {"pixel_values": pixels.to(self.device, self.dtype, non_blocking=True),
-                "input_ids": self._template.input_ids.repeat(batch, 1).to(self.device),
-                "attention_mask": self._template.attention_mask.repeat(batch, 1).to(self.device)}
+                "input_ids": self._template.input_ids.repeat(batch, 1).to(self.device),    # (B, L)
+                "attention_mask": self._template.attention_mask.repeat(batch, 1).to(self.device),
+                }, self._template.echoed_tokens
 
     def caption(self, items: Sequence[CaptionInput], pixels: Any = None) -> list[tuple[str, str]]:
         import torch
 
-        inputs = self.inputs(pixels)
+        inputs, echoed = self.inputs(pixels)
         with torch.inference_mode():
-            sequences = self.model.generate(**inputs, **self.generation.generate_kwargs())  # (B, echo + new)
-        texts = self.processor.batch_decode(sequences[:, self._echo:], skip_special_tokens=True)
+            sequences = self.model.generate(**inputs, **self.generation.generate_kwargs())  # (B, echoed + new)
+        texts = self.processor.batch_decode(sequences[:, echoed:], skip_special_tokens=True)
         texts = [" ".join(t.split()) for t in texts]
         return [(t, degeneracy(t)) for t in texts]
 

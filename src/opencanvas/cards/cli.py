@@ -1,9 +1,30 @@
-"""CLI verbs of this stage (registered by opencanvas.cli)."""
+"""`opencanvas card`: the data card, model card and attribution list of a run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace
+
+
+def card_command(
+    run: Annotated[str, typer.Option("--run", help="Run under runs/ whose cards to write.")],
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Write runs/RUN/cards/: DATA_CARD.md, MODEL_CARD.md, ATTRIBUTION.md, attribution.csv (from records only)."""
+    from opencanvas.cards.writer import write_cards
+
+    ws = open_workspace(workspace)
+    try:
+        out = write_cards(ws, run)
+    except (FileNotFoundError, ValueError) as err:
+        raise fail(str(err)) from None
+    for name in ("DATA_CARD.md", "MODEL_CARD.md", "ATTRIBUTION.md", "attribution.csv"):
+        console.print(f"wrote {out / name}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's verbs to the root app."""
+    app.command("card", help="Write a run's data card, model card and attribution list.")(card_command)

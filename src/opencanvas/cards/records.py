@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from opencanvas.shards import index_paths
 from opencanvas.storage import parquet_metadata
-from opencanvas.workspace import QUARANTINE, Workspace
+from opencanvas.workspace import Workspace
 
 
 @dataclass
@@ -34,35 +34,6 @@ class Sources:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text()) if Path(path).exists() else {}
-
-
-def catalog_part_glob(ws: Workspace) -> list[str]:
-    return sorted(str(p) for p in ws.catalog_dir.glob("*/part-*.parquet") if p.parent.name != QUARANTINE)
-
-
-def catalog_counts(ws: Workspace, src: Sources) -> dict[str, Any]:
-    """Rows by source and license, quarantine by source and reason."""
-    parts = catalog_part_glob(ws)
-    out: dict[str, Any] = {"by_source": {}, "by_license": {}, "quarantine": {}}
-    con = duckdb.connect()
-    if parts:
-        for p in parts:
-            src.add(ws, Path(p))
-        rel = con.read_parquet(parts, union_by_name=True)
-        for source, n in con.sql("select source, count(*) from rel group by 1 order by 1").fetchall():
-            out["by_source"][source] = n
-        for lic, n in con.sql("select license_id, count(*) from rel group by 1 order by 2 desc").fetchall():
-            out["by_license"][lic] = n
-    qparts = sorted(str(p) for p in ws.quarantine_dir.glob("*.parquet"))
-    if qparts:
-        for p in qparts:
-            src.add(ws, Path(p))
-        q = con.read_parquet(qparts, union_by_name=True)
-        for source, reason, n in con.sql(
-            "select source, reason, count(*) from q group by 1, 2 order by 1, 3 desc"
-        ).fetchall():
-            out["quarantine"].setdefault(source, {})[reason] = n
-    return out
 
 
 def subset_facts(ws: Workspace, subset: str, src: Sources) -> dict[str, Any]:
@@ -129,14 +100,3 @@ def caption_facts(ws: Workspace, captioner: str, keys: list[str] | None, src: So
         "mean_words": round(sum(words) / len(words), 2) if words else 0.0,
         "distinct_captions": len({r["caption"] for r in rows}),
     }
-
-
-def catalog_rows_for(ws: Workspace, keys: list[str]) -> list[dict[str, Any]]:
-    """Catalog rows of the given keys (DuckDB join over all sources' parts)."""
-    parts = catalog_part_glob(ws)
-    if not parts or not keys:
-        return []
-    con = duckdb.connect()
-    cat = con.read_parquet(parts, union_by_name=True)
-    wanted = pa.table({"key": pa.array(keys, pa.string())})  # noqa: F841 (DuckDB scans locals)
-    return con.sql("select cat.* from cat join wanted using (key) order by cat.key").to_arrow_table().to_pylist()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from opencanvas.progress import progress_bar
 from opencanvas.storage import atomic_write_json, atomic_write_parquet, sha256_file
 from opencanvas.workspace import Workspace
 
-PART_ROWS = 1_000_000  # rows per catalog part (a few tens of MB of Parquet)
+PART_ROWS = 250_000  # rows per catalog part: ~10-20 MB of Parquet, small enough to overlap writes
 DONE_DIR = "_done"
 
 
@@ -88,13 +89,18 @@ def _duplicates_to_quarantine(rows: pa.Table, dup: pa.Array, input_file: str, de
 
 
 class _PartWriter:
-    """Buffers tables and writes numbered Parquet parts of about PART_ROWS rows."""
+    """Buffers tables and writes numbered Parquet parts of about PART_ROWS rows.
 
-    def __init__(self, directory: Path, prefix: str, schema: pa.Schema) -> None:
-        self.directory, self.prefix, self.schema = directory, prefix, schema
+    Writes run on one background thread (Arrow releases the GIL), so a big input
+    keeps being parsed while the previous part is compressed and written.
+    """
+
+    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, writer: ThreadPoolExecutor) -> None:
+        self.directory, self.prefix, self.schema, self.writer = directory, prefix, schema, writer
         self.buffer: list[pa.Table] = []
         self.rows = 0
         self.names: list[str] = []
+        self.pending: list[Future[None]] = []
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows:
@@ -104,12 +110,22 @@ class _PartWriter:
             self.flush()
 
     def flush(self) -> None:
-        if not self.buffer:
-            return
-        name = f"{self.prefix}-{len(self.names):05d}.parquet"
-        atomic_write_parquet(self.directory / name, pa.concat_tables(self.buffer).cast(self.schema))
-        self.names.append(name)
-        self.buffer, self.rows = [], 0
+        if self.buffer:
+            name = f"{self.prefix}-{len(self.names):05d}.parquet"
+            table = pa.concat_tables(self.buffer).cast(self.schema)
+            self.pending.append(self.writer.submit(atomic_write_parquet, self.directory / name, table))
+            self.names.append(name)
+            self.buffer, self.rows = [], 0
+        done = [f for f in self.pending if f.done()]
+        for f in done:
+            f.result()  # re-raise a failed write here
+            self.pending.remove(f)
+
+    def close(self) -> list[str]:
+        self.flush()
+        for f in self.pending:
+            f.result()
+        return self.names
 
 
 def ingest_unit(task: UnitTask, on_batch: Callable[[int], None] | None = None) -> UnitResult:
@@ -118,22 +134,30 @@ def ingest_unit(task: UnitTask, on_batch: Callable[[int], None] | None = None) -
     `on_batch(records)` is called after each batch (in-process runs use it for progress).
     """
     unit, result = task.unit, UnitResult(task.uid)
-    catalog = _PartWriter(Path(task.source_dir), f"part-{task.uid}", CATALOG_SCHEMA)
-    quarantine = _PartWriter(Path(task.quarantine_dir), f"{unit.source}-{task.uid}", QUARANTINE_SCHEMA)
+    with ThreadPoolExecutor(1) as writer:
+        catalog = _PartWriter(Path(task.source_dir), f"part-{task.uid}", CATALOG_SCHEMA, writer)
+        quarantine = _PartWriter(Path(task.quarantine_dir), f"{unit.source}-{task.uid}", QUARANTINE_SCHEMA, writer)
+        _read_unit(unit, catalog, quarantine, result, on_batch)
+        result.parts, result.quarantine_parts = catalog.close(), quarantine.close()
+    return result
+
+
+def _read_unit(unit: InputUnit, catalog: _PartWriter, quarantine: _PartWriter, result: UnitResult,
+               on_batch: Callable[[int], None] | None) -> None:
     seen: set[str] = set()
     batch: SourceBatch
     for batch in ADAPTERS[unit.source].read(unit):
         rows, rejects = batch.catalog, batch.quarantine
         keys = rows["key"].to_pylist()
-        before = len(seen)
-        seen.update(keys)
-        if len(seen) - before != len(keys):  # rare: a key repeats inside this input
-            first: set[str] = set()
+        batch_keys = set(keys)
+        if len(batch_keys) == len(keys) and seen.isdisjoint(batch_keys):
+            seen |= batch_keys
+        else:  # rare: a key repeats inside this input
             dup = []
             for k in keys:
-                dup.append(k in first)
-                first.add(k)
-            dup_mask = pa.array(dup)
+                dup.append(k in seen)
+                seen.add(k)
+            dup_mask = pa.array(dup, pa.bool_())
             rejects = pa.concat_tables([rejects, _duplicates_to_quarantine(
                 rows, dup_mask, unit.path, "key repeated within this input file")])
             rows = rows.filter(pc.invert(dup_mask))
@@ -148,10 +172,6 @@ def ingest_unit(task: UnitTask, on_batch: Callable[[int], None] | None = None) -
         result.reasons.update(rejects["reason"].to_pylist())
         if on_batch is not None:
             on_batch(batch.read)
-    catalog.flush()
-    quarantine.flush()
-    result.parts, result.quarantine_parts = catalog.names, quarantine.names
-    return result
 
 
 def _done_path(ws: Workspace, source: str, uid: str) -> Path:
@@ -208,7 +228,8 @@ def ingest(ws: Workspace, source: str, paths: Sequence[Path | str], *, workers: 
     units = list(dict.fromkeys(ADAPTERS[source].plan([Path(p) for p in paths])))  # raises InputFormatError
     stats = IngestStats(source, inputs=len(units))
     source_dir = ws.source_dir(source)
-    done = {r["unit"] for r in done_records(ws, source)}
+    finished = done_records(ws, source)
+    done = {r["unit"] for r in finished}
     tasks = []
     for unit in units:
         uid = unit_id(unit)
@@ -220,7 +241,7 @@ def ingest(ws: Workspace, source: str, paths: Sequence[Path | str], *, workers: 
     source_dir.mkdir(parents=True, exist_ok=True)
     ws.quarantine_dir.mkdir(parents=True, exist_ok=True)
     # Keys of finished parts, for cross-input dedupe; not needed for a lone input into an empty source.
-    done_parts = sorted(source_dir.glob("part-*.parquet"))
+    done_parts = [source_dir / name for r in finished for name in r["parts"]]
     seen: set[str] | None = None
     if done_parts or len(tasks) > 1:
         seen = set()

@@ -61,8 +61,9 @@ def extra_json(fields: dict[str, Any]) -> str | None:
 class BatchBuilder:
     """Collects rows and quarantined records of one input file."""
 
-    def __init__(self, source: str, input_file: str, batch_rows: int = BATCH_ROWS) -> None:
-        self.source, self.input_file, self.batch_rows = source, input_file, batch_rows
+    def __init__(self, source: str, input_file: str, batch_rows: int | None = None) -> None:
+        self.source, self.input_file = source, input_file
+        self.batch_rows = batch_rows or BATCH_ROWS
         self._rows: list[dict[str, Any]] = []
         self._rejects: list[dict[str, Any]] = []
         self._read = 0

@@ -62,27 +62,30 @@ def catalog_stats(ws: Workspace) -> dict[str, Any]:
 
 
 def write_license_chart(stats: dict[str, Any], path: Path) -> Path:
-    """A stacked horizontal bar per source: how its images split across licenses."""
+    """One stacked bar per source: the share of its images under each license (counts in the labels)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     per_source = stats["licenses_by_source"]
-    sources = sorted(per_source) or ["(empty)"]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(sources)))
-    left = [0] * len(sources)
+    sources = sorted(per_source)
+    totals = [sum(per_source[s].values()) for s in sources]
+    labels = [f"{s}\n{n:,} images" for s, n in zip(sources, totals)] or ["(empty catalog)"]
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.6 * max(1, len(sources))))
+    left = [0.0] * len(labels)
     colors = plt.get_cmap("tab10")
     for i, lic in enumerate(LICENSE_IDS):
-        counts = [per_source.get(s, {}).get(lic, 0) for s in sources]
-        if any(counts):
-            ax.barh(sources, counts, left=left, label=lic, color=colors(i))
-            left = [a + b for a, b in zip(left, counts)]
+        shares = [100 * per_source[s].get(lic, 0) / n for s, n in zip(sources, totals)]
+        if any(shares):
+            ax.barh(labels, shares, left=left, label=f"{lic} ({stats['licenses'].get(lic, 0):,})", color=colors(i))
+            left = [a + b for a, b in zip(left, shares)]
     total = stats["total"]
-    ax.set_xlabel("images")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of the source's images")
     ax.set_title(f"License composition: {total['ingested']:,} images, {total['quarantined']:,} quarantined")
-    if any(left):
-        ax.legend(loc="lower right", fontsize="small")
+    if sources:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="license (images)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -47,7 +47,8 @@ def channel_statistics(latents: torch.Tensor) -> tuple[list[float], list[float]]
 
 
 @torch.no_grad()
-def latent_statistics(vae: Any, pixels: torch.Tensor, seed: int, batch_size: int = 32) -> tuple[list[float], list[float]]:
+def latent_statistics(vae: Any, pixels: torch.Tensor, seed: int,
+                      batch_size: int = 32) -> tuple[list[float], list[float]]:
     """Mean and std per channel of sampled latents z ~ q(z|x) over uint8 `pixels` (N, 3, H, W)."""
     generator = torch.Generator().manual_seed(seed)
     chunks = [vae.encode(to_unit_range(pixels[i:i + batch_size])).latent_dist.sample(generator=generator)
@@ -122,6 +123,9 @@ def train_autoencoder(ws: Workspace, subset: str, name: str, preset: str = "tiny
     train_pixels = images.pixels[train_idx]                                    # uint8 (N, 3, H, W)
     torch.manual_seed(seed)
     vae = AutoencoderKL(**spec.diffusers_config(resolution))
+    if spec.initial_logvar is not None:
+        with torch.no_grad():  # quant_conv outputs (mean, logvar) per latent channel
+            vae.quant_conv.bias[spec.latent_channels:].fill_(spec.initial_logvar)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=identity["learning_rate"], betas=(0.9, 0.99),
                                   weight_decay=0.0)
     bs, crop = identity["batch_size"], identity["train_crop"]

@@ -1,9 +1,117 @@
-"""CLI verbs of this stage (registered by opencanvas.cli)."""
+"""`opencanvas autoencoder train` and `opencanvas clip train`: components trained on the catalog only."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
 import typer
+
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+
+SubsetOption = Annotated[str, typer.Option("--subset", "-s", help="Subset whose fetched images to train on.")]
+NameOption = Annotated[str, typer.Option("--name", help="Component name: the output folder under the workspace.")]
+MaxImagesOption = Annotated[Optional[int], typer.Option(help="Use at most this many images (default: all).", min=1)]
+MinutesOption = Annotated[Optional[float], typer.Option(
+    help="Training time budget in minutes (cumulative over resumes). Default 3 when --steps is not given.", min=0)]
+StepsOption = Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.", min=1)]
+BatchOption = Annotated[Optional[int], typer.Option("--batch-size", help="Images per step (default: the preset's).",
+                                                    min=1)]
+LrOption = Annotated[Optional[float], typer.Option("--learning-rate", help="Peak AdamW learning rate "
+                                                                           "(default: the preset's).")]
+HoldoutOption = Annotated[float, typer.Option(help="Fraction of images held out for the report (by key hash).",
+                                              min=0.0, max=0.9)]
+SeedOption = Annotated[int, typer.Option(help="Seed of the initial weights, batches and noise.")]
+
+
+def _train(title: str, workspace: Path, train: Any, **options: Any) -> dict[str, Any]:
+    """Resolve the budget, print the settings, call `train(ws, **options)`; errors become messages."""
+    if options["minutes"] is None and options["steps"] is None:
+        options["minutes"] = 3.0
+    ws = open_workspace(workspace)
+    print_settings(title, {"workspace": str(ws.root), **options})
+    try:
+        return train(ws, **options)
+    except (FileNotFoundError, ValueError, NotImplementedError) as err:
+        raise fail(str(err)) from None
+
+
+autoencoder_app = typer.Typer(help="An AutoencoderKL trained only on the catalog (diffusers format).",
+                              no_args_is_help=True)
+clip_app = typer.Typer(help="A CLIP (text + vision towers) trained only on the catalog's images and captions.",
+                       no_args_is_help=True)
+
+
+@autoencoder_app.command("train")
+def autoencoder_train_cmd(
+    subset: SubsetOption,
+    name: NameOption,
+    preset: Annotated[str, typer.Option(help="tiny (CPU, 64-128 px, factor 4) or sd (SD's 4-channel "
+                                             "factor-8 VAE).")] = "tiny",
+    resolution: Annotated[Optional[int], typer.Option(help="Image side in px (default: the preset's).")] = None,
+    max_images: MaxImagesOption = None,
+    minutes: MinutesOption = None,
+    steps: StepsOption = None,
+    batch_size: BatchOption = None,
+    learning_rate: LrOption = None,
+    kl_weight: Annotated[Optional[float], typer.Option(help="KL weight, relative to SD's per-pixel-summed "
+                                                            "loss (default 1e-6).")] = None,
+    train_crop: Annotated[Optional[int], typer.Option(help="Train on random crops of this side (default: the "
+                                                           "preset's; the model is convolutional).")] = None,
+    lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS weights file for a perceptual + "
+                                                               "discriminator loss (not implemented yet).")] = None,
+    holdout: HoldoutOption = 0.1,
+    seed: SeedOption = 0,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Train autoencoders/NAME on SUBSET; re-run the same command to resume (or to see the finished report)."""
+    from opencanvas.components.autoencoder import train_autoencoder
+
+    report = _train("autoencoder train", workspace, train_autoencoder, subset=subset, name=name, preset=preset,
+                    resolution=resolution, max_images=max_images, minutes=minutes, steps=steps,
+                    batch_size=batch_size, learning_rate=learning_rate, kl_weight=kl_weight,
+                    train_crop=train_crop, holdout=holdout, seed=seed, perceptual_weights=lpips_weights)
+    console.print(
+        f"autoencoders/{name}: held-out PSNR {report['heldout_psnr']:.2f} dB (bicubic baseline "
+        f"{report['heldout_bicubic_psnr']:.2f}), SSIM {report['heldout_ssim']:.3f} after {report['steps']} steps, "
+        f"{report['images_seen']:,} images, {report['train_seconds']:.0f}s; see autoencoders/{name}/report.md")
+
+
+@clip_app.command("train")
+def clip_train_cmd(
+    subset: SubsetOption,
+    captioner: Annotated[str, typer.Option(help="Captioner whose captions/<C>/ pair with the images.")],
+    name: NameOption,
+    preset: Annotated[str, typer.Option(help="tiny (CPU, 64 px ViT, 4-layer text tower) or base "
+                                             "(ViT-B/32 at 224 px).")] = "tiny",
+    max_images: MaxImagesOption = None,
+    minutes: MinutesOption = None,
+    steps: StepsOption = None,
+    batch_size: BatchOption = None,
+    learning_rate: LrOption = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Pretrained tokenizer (dir or hub id); default: "
+                                                          "train a BPE tokenizer on the captions.")] = None,
+    text_layer: Annotated[str, typer.Option(help="Hidden states the text encoder hands to diffusion: last or "
+                                                 "penultimate (recorded with the CLIP).")] = "last",
+    holdout: HoldoutOption = 0.1,
+    seed: SeedOption = 0,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Train clips/NAME contrastively on SUBSET's images and CAPTIONER's captions; re-run to resume."""
+    from opencanvas.components.clip import train_clip
+
+    report = _train("clip train", workspace, train_clip, subset=subset, captioner=captioner, name=name,
+                    preset=preset, max_images=max_images, minutes=minutes, steps=steps, batch_size=batch_size,
+                    learning_rate=learning_rate, tokenizer=tokenizer, text_layer=text_layer, holdout=holdout,
+                    seed=seed)
+    console.print(
+        f"clips/{name}: held-out recall@5 image→text {report['image_to_text_recall@5']:.2f}, text→image "
+        f"{report['text_to_image_recall@5']:.2f} (chance {report['chance_recall@5']:.2f}); CLIP score matching "
+        f"{report['clip_score_matching']:.1f} vs non-matching {report['clip_score_non_matching'] or 0:.1f}; "
+        f"see clips/{name}/report.md")
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's verbs to the root app."""
+    app.add_typer(autoencoder_app, name="autoencoder")
+    app.add_typer(clip_app, name="clip")

@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
+
+import pyarrow.parquet as pq
 
 from opencanvas.progress import progress_bar
 from opencanvas.shards import index_paths, iter_shard
@@ -29,6 +32,11 @@ def decode_rgb(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     if img.width * img.height > MAX_PIXELS:
         raise ValueError(f"image of {img.width}x{img.height} px is over {MAX_PIXELS:,} px")
+    return flatten_alpha(img)
+
+
+def flatten_alpha(img: Image.Image) -> Image.Image:
+    """RGB; transparent pixels become white, not the black that a bare convert("RGB") gives."""
     if img.mode in ("RGBA", "LA", "P", "PA"):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -48,12 +56,12 @@ def to_uint8_chw(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()  # (3, H, W)
 
 
-def to_unit_range(pixels: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float in [-1, 1], the range VAEs are trained on."""
     return pixels.float().div(127.5).sub(1.0)
 
 
-def to_pil(images: "torch.Tensor") -> list[Image.Image]:  # noqa: F821
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """Float (B, 3, H, W) in [-1, 1] -> PIL images."""
     arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
@@ -62,22 +70,19 @@ def to_pil(images: "torch.Tensor") -> list[Image.Image]:  # noqa: F821
 @dataclass
 class SubsetImages:
     keys: list[str]
-    pixels: "torch.Tensor"  # noqa: F821  uint8 (N, 3, H, W)
+    pixels: torch.Tensor    # uint8 (N, 3, H, W)
     skipped: int            # images that could not be decoded
 
 
 def load_subset_images(ws: Workspace, subset: str, resolution: int, max_images: int | None = None,
                        keys: Sequence[str] | None = None) -> SubsetImages:
     """Decode the fetched images of `subset` (shard order), center-cropped to `resolution`."""
-    import torch
-
     shards = index_paths(ws.images_dir(subset))
     if not shards:
         raise FileNotFoundError(
             f"subset {subset!r} has no fetched image shards in {ws.images_dir(subset)}: "
             f"run `opencanvas fetch --subset {subset}` first")
     wanted = set(keys) if keys is not None else None
-    import pyarrow.parquet as pq
 
     total = sum(pq.read_metadata(p).num_rows for p in shards)
     limit = min(total, max_images) if max_images else total
@@ -87,8 +92,8 @@ def load_subset_images(ws: Workspace, subset: str, resolution: int, max_images: 
     with progress_bar() as bar:
         task = bar.add_task(f"decode {subset}", total=limit, unit="img")
         for index in shards:
-            ok = set(k for k, s in zip(*pq.read_table(index, columns=["key", "status"]).to_pydict().values())
-                     if s == "ok")
+            status = pq.read_table(index, columns=["key", "status"]).to_pydict()
+            ok = {k for k, s in zip(status["key"], status["status"]) if s == "ok"}
             for item in iter_shard(index.with_suffix(".tar")):
                 if item.key not in ok or (wanted is not None and item.key not in wanted):
                     continue

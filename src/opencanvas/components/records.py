@@ -19,7 +19,8 @@ def subset_metadata(ws: Workspace, subset: str) -> dict[str, Any]:
     """What a card needs about the training subset: policy and catalog snapshot."""
     path = ws.subset_path(subset)
     if not path.exists():
-        raise FileNotFoundError(f"no subset {subset!r} ({path}): make one with `opencanvas subset --name {subset}`")
+        raise FileNotFoundError(f"no subset {subset!r} ({path}): make one with "
+                                f"`opencanvas catalog subset --policy commercial --name {subset}`")
     meta = parquet_metadata(path)
     return {"subset": subset, "policy": meta.get("policy", "unknown"),
             "catalog_hash": meta.get("catalog_hash", "unknown"), "subset_created_at": meta.get("created_at", "")}
@@ -34,6 +35,8 @@ def finished_record(out_dir: Path) -> dict[str, Any] | None:
 def publish(out_dir: Path, save: Callable[[Path], None]) -> None:
     """Write `save(tmp_dir)`'s files into `out_dir` file by file, each with an atomic rename."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".export-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
         save(tmp)

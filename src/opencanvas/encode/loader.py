@@ -23,6 +23,7 @@ one by a hash of (seed, e, i), so it is the same on every rank, worker and resum
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -90,7 +91,8 @@ class LatentLoader:
         self.latent_set = latent_set
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.workers, self.prefetch = workers, max(1, prefetch)
-        self.steps_per_epoch = len(epoch_batches(latent_set, batch_size, seed, 0)) // world
+        full_batches = sum(len(ix) // batch_size for ix in latent_set.bucket_indices().values())
+        self.steps_per_epoch = full_batches // world
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"{len(latent_set)} records give no full step of {world} rank(s) x batch {batch_size} "
@@ -138,37 +140,27 @@ class LatentLoader:
         epoch = self._epoch
         first = self._seen // (self.world * self.batch_size)
         todo = self.rank_batches(epoch)[first:]
-        step_samples = self.world * self.batch_size
-
-        def advance(step: int) -> None:
+        batches = self._prefetched(todo, epoch) if self.workers > 0 else (self._load(ix, epoch) for ix in todo)
+        for step, batch in enumerate(batches, start=first):
             # Counted before the batch is handed over: a checkpoint taken after
             # training on it resumes with the next one.
-            self.set_position(epoch, (step + 1) * step_samples)
+            self.set_position(epoch, (step + 1) * self.world * self.batch_size)
+            yield batch
 
-        if self.workers <= 0:
-            for i, indices in enumerate(todo):
-                batch = self._load(indices, epoch)
-                advance(first + i)
-                yield batch
-            return
-        def submit(indices: np.ndarray) -> cf.Future:
-            # Buffers are allocated here, on the consumer's thread, where they are also
-            # freed: glibc then reuses them instead of faulting in fresh pages per batch.
-            return pool.submit(self._load, indices, epoch, self.latent_set.empty_batch(indices))
-
+    def _prefetched(self, todo: list[np.ndarray], epoch: int) -> Iterator[dict[str, Any]]:
+        """The batches of `todo`, in order, gathered up to workers x prefetch ahead on threads."""
         with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="latent-loader") as pool:
-            pending: deque[cf.Future] = deque()
+
+            def submit(indices: np.ndarray) -> cf.Future:
+                # Buffers are allocated here, on the consumer's thread, where they are also
+                # freed: glibc then reuses them instead of faulting in fresh pages per batch.
+                return pool.submit(self._load, indices, epoch, self.latent_set.empty_batch(indices))
+
             upcoming = iter(todo)
-            for indices in upcoming:
-                pending.append(submit(indices))
-                if len(pending) >= self.workers * self.prefetch:
-                    break
-            step = first
+            pending = deque(submit(ix) for ix in itertools.islice(upcoming, self.workers * self.prefetch))
             while pending:
                 batch = pending.popleft().result()
                 nxt = next(upcoming, None)
                 if nxt is not None:
                     pending.append(submit(nxt))
-                advance(step)
-                step += 1
                 yield batch

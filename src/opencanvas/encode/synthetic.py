@@ -58,15 +58,14 @@ def write_random_latents(ws: Workspace, name: str, n: int, *, resolution: int = 
         text = rng.standard_normal((count, k, text_len, text_dim), dtype=np.float32).astype(np.float16)
         part = f"shard-{shard:05d}"
         write_text_part(root / "text" / part, keys, captions, text, mask, {})
-        groups: dict[Bucket, BucketLatents] = {}
-        for row, key in enumerate(keys):
-            bh, bw = buckets[(lo + row) % len(buckets)]
-            g = groups.setdefault((bh, bw), BucketLatents([], [], [], []))  # type: ignore[arg-type]
-            g.keys.append(key)
-            g.text_rows.append(row)
-            g.mean.append(rng.standard_normal((channels, bh // downscale, bw // downscale), dtype=np.float32))
-            g.std.append(rng.uniform(0.01, 0.1, (channels, bh // downscale, bw // downscale)))
-        for g in groups.values():
-            g.mean, g.std = np.stack(g.mean), np.stack(g.std)
+        rows_of: dict[Bucket, list[int]] = {}
+        for row in range(count):
+            rows_of.setdefault(buckets[(lo + row) % len(buckets)], []).append(row)
+        groups = {}
+        for (bh, bw), rows in rows_of.items():
+            shape = (len(rows), channels, bh // downscale, bw // downscale)
+            groups[(bh, bw)] = BucketLatents([keys[r] for r in rows], rows,
+                                             rng.standard_normal(shape, dtype=np.float32),
+                                             rng.uniform(0.01, 0.1, shape))
         write_latent_part(root / resolution_dirname(resolution) / part, groups, {})
     return root

@@ -49,8 +49,9 @@ def run_fetch(
     max_bytes: Annotated[int, typer.Option(help="Largest response or file accepted, in bytes.")] = 50 * 1024 * 1024,
     domain_concurrency: Annotated[int, typer.Option(help="Simultaneous requests per domain (per worker).")] = 4,
     domain_rps: Annotated[float, typer.Option(help="Requests per second per domain (per worker); 0: no limit.")] = 10.0,
-    ignore_robots: Annotated[bool, typer.Option("--ignore-robots", help="Do not honour robots.txt "
-                                                "(X-Robots-Tag opt-outs are still honoured). For your own mirrors only.")] = False,
+    ignore_robots: Annotated[bool, typer.Option(
+        "--ignore-robots", help="Do not honour robots.txt (X-Robots-Tag opt-outs are still honoured). "
+        "For your own mirrors only.")] = False,
     allow_private_addresses: Annotated[bool, typer.Option(
         "--allow-private-addresses", help="Allow URLs resolving to private/loopback/link-local addresses "
         "(tests and local mirrors only).")] = False,

@@ -1,4 +1,4 @@
-"""Exact (sha256) and near-duplicate (64-bit perceptual hash) detection within a subset.
+"""Exact (sha256) and near-duplicate (perceptual hash + colour layout) detection within a subset.
 
 The rule, which makes the result independent of workers, engines and resumes:
 walk the stored images in key order; an image is a duplicate when it matches
@@ -14,12 +14,19 @@ Near-duplicate search uses multi-index hashing (Norouzi et al., CVPR 2012):
 with a Hamming threshold d, split the 64 bits into d+1 bands; two hashes within
 distance d agree exactly on at least one band (pigeonhole), so only hashes
 sharing a band are compared.
+
+pHash sees luminance only, so a red and a blue version of the same clip art
+hash alike, yet they are different training images ("a red ..." / "a blue
+..."). The stored hash therefore carries a colour layout too:
+`<16 hex pHash>-<16 hex: mean Cb, Cr of each 2x2 cell>`, and a near duplicate
+must also agree on every cell's chroma within COLOUR_TOLERANCE.
 """
 
 from __future__ import annotations
 
 import os
 import tarfile
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +40,7 @@ from opencanvas.shards import INDEX_SCHEMA, key_from_stem, read_index
 from opencanvas.storage import atomic_write_parquet, parquet_metadata
 
 HASH_BITS = 64
-
-
+COLOUR_TOLERANCE = 12  # of 255, per cell and chroma channel
 HASH_SIDE = 64  # imagehash.phash looks at 32 x 32 pixels; a 64-px box-reduced copy holds all it needs
 
 
@@ -45,8 +51,20 @@ def hash_thumbnail(img: Image.Image) -> Image.Image:
 
 
 def perceptual_hash(thumbnail: Image.Image) -> str:
-    """DCT perceptual hash (imagehash.phash, 64 bits) of `hash_thumbnail(img)`, as 16 hex digits."""
-    return str(imagehash.phash(thumbnail, hash_size=8))
+    """'<pHash>-<chroma layout>' of `hash_thumbnail(img)`: imagehash.phash (64 bits) and the
+    mean (Cb, Cr) of each cell of a 2x2 grid (8 bytes), both as hex."""
+    cells = thumbnail.convert("YCbCr").resize((2, 2), Image.Resampling.BOX)  # (2, 2) of (Y, Cb, Cr)
+    layout = bytes(v for _, cb, cr in cells.getdata() for v in (cb, cr))
+    return f"{imagehash.phash(thumbnail, hash_size=8)}-{layout.hex()}"
+
+
+def _split_hash(phash: str) -> tuple[int, bytes]:
+    value, _, layout = phash.partition("-")
+    return int(value, 16), bytes.fromhex(layout)
+
+
+def _same_colours(a: bytes, b: bytes) -> bool:
+    return len(a) != len(b) or all(abs(x - y) <= COLOUR_TOLERANCE for x, y in zip(a, b))
 
 
 @dataclass(frozen=True)
@@ -69,7 +87,7 @@ class DuplicateIndex:
         # max_distance < 0 disables near-duplicates (exact sha256 only).
         self.max_distance = max_distance
         self._by_sha: dict[str, str] = {}
-        self._hashes: list[int] = []  # phash values in the order added
+        self._hashes: list[tuple[int, bytes]] = []  # (pHash, chroma layout) in the order added
         bands = max(1, max_distance + 1) if max_distance >= 0 else 0
         self._band_edges = [round(i * HASH_BITS / bands) for i in range(bands + 1)] if bands else []
         self._bands: list[defaultdict[int, list[tuple[int, str]]]] = [defaultdict(list) for _ in range(bands)]
@@ -82,12 +100,14 @@ class DuplicateIndex:
             return Match(self._by_sha[sha256], 0, True)
         if not self._bands or not phash:
             return None
-        value = int(phash, 16)
+        value, layout = _split_hash(phash)
         best: tuple[int, int, str] | None = None  # (order, distance, key): the earliest match wins
         for band, part in zip(self._bands, self._band_values(value)):
             for order, other in band.get(part, ()):
-                distance = (value ^ self._hashes[order]).bit_count()
-                if distance <= self.max_distance and (best is None or order < best[0]):
+                other_value, other_layout = self._hashes[order]
+                distance = (value ^ other_value).bit_count()
+                if (distance <= self.max_distance and (best is None or order < best[0])
+                        and _same_colours(layout, other_layout)):
                     best = (order, distance, other)
         return Match(best[2], best[1], False) if best else None
 
@@ -96,9 +116,9 @@ class DuplicateIndex:
         match = self.find(sha256, phash)
         self._by_sha.setdefault(sha256, key)
         if self._bands and phash:
-            value = int(phash, 16)
+            value, layout = _split_hash(phash)
             order = len(self._hashes)
-            self._hashes.append(value)
+            self._hashes.append((value, layout))
             for band, part in zip(self._bands, self._band_values(value)):
                 band[part].append((order, key))
         return match
@@ -140,9 +160,13 @@ def reconcile_duplicates(images_dir: Path, max_distance: int = 4) -> int:
 
 def _drop_members(tar_path: Path, keys: set[str]) -> None:
     """Rewrite a tar without the members of `keys` (atomically)."""
-    tmp = tar_path.with_name(f".{tar_path.name}.dedup.tmp")
-    with tarfile.open(tar_path, "r") as src, tarfile.open(tmp, "w") as dst:
-        for member in src:
-            if key_from_stem(member.name.rpartition(".")[0]) not in keys:
-                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-    os.replace(tmp, tar_path)
+    fd, name = tempfile.mkstemp(prefix=f".{tar_path.name}.", suffix=".dedup.tmp", dir=tar_path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f, tarfile.open(tar_path, "r") as src, tarfile.open(fileobj=f, mode="w") as dst:
+            for member in src:
+                if key_from_stem(member.name.rpartition(".")[0]) not in keys:
+                    dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        os.replace(tmp, tar_path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -6,11 +6,9 @@ jitter on timeouts, 429 (Retry-After honoured, and the whole domain waits) and
 5xx, robots.txt and X-Robots-Tag opt-outs.
 
 Safe: URLs come from third-party metadata, so every connection (the first and
-each redirect hop) resolves the host, refuses it when *any* resolved address is
-not globally routable (private, loopback, link-local such as the
-169.254.169.254 cloud metadata endpoint, CGNAT, multicast, reserved), and then
-connects to the address it checked, so DNS cannot change the answer in between.
-Bodies are capped in size and must have an image content type.
+each redirect hop) goes through `addresses.guarded_connect`, which refuses
+private, loopback, link-local and metadata destinations. Bodies are capped in
+size and must have an image content type.
 
 Limits are per worker process: with `--workers N` a domain sees at most N
 times the configured concurrency and rate.
@@ -20,17 +18,17 @@ from __future__ import annotations
 
 import email.utils
 import http.client
-import ipaddress
 import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from opencanvas import __version__
+from opencanvas.fetch.addresses import BlockedAddress, guarded_connect
 from opencanvas.fetch.robots import ROBOTS_MAX_BYTES, RobotsCache, RobotsUnavailable, x_robots_opt_out
 
 AGENT = "OpenCanvas"
@@ -67,14 +65,13 @@ class FetchFailure(Exception):
         self.status, self.reason = status, reason
 
 
-class BlockedAddress(OSError):
-    pass
-
-
 class _Retryable(Exception):
     def __init__(self, reason: str, wait: float | None = None) -> None:
         super().__init__(reason)
         self.reason, self.wait = reason, wait
+
+
+_Reply = tuple[int, http.client.HTTPMessage, bytes]  # status, headers, body
 
 
 @dataclass(frozen=True)
@@ -83,53 +80,6 @@ class Fetched:
     content_type: str
     final_url: str
     attempts: int
-
-
-def blocked_reason(ip: str) -> str | None:
-    """Why an address must not be contacted, or None when it is globally routable."""
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    if addr.is_loopback:
-        return "loopback"
-    if addr.is_link_local:
-        return "link-local"  # includes the 169.254.169.254 metadata service
-    if addr.is_multicast or addr.is_reserved or addr.is_unspecified:
-        return "reserved"
-    if addr.is_private or not addr.is_global:
-        return "private"
-    return None
-
-
-def guarded_connect(allow_private: bool):
-    """A `socket.create_connection` replacement that checks every resolved address first."""
-
-    def create_connection(address: tuple[str, int], timeout: float | object = socket._GLOBAL_DEFAULT_TIMEOUT,
-                          source_address: tuple[str, int] | None = None, **_: object) -> socket.socket:
-        host, port = address
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        if not allow_private:
-            for *_, sockaddr in infos:
-                why = blocked_reason(sockaddr[0])
-                if why:
-                    raise BlockedAddress(f"{why}-address: {host} resolves to {sockaddr[0]}")
-        error: OSError | None = None
-        for family, kind, proto, _, sockaddr in infos:
-            sock = socket.socket(family, kind, proto)
-            try:
-                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
-                    sock.settimeout(timeout)  # type: ignore[arg-type]
-                if source_address:
-                    sock.bind(source_address)
-                sock.connect(sockaddr)  # the checked address, not a second lookup
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as urllib3 does: small requests go now
-                return sock
-            except OSError as e:
-                sock.close()
-                error = e
-        raise error or OSError(f"no address for {host}")
-
-    return create_connection
 
 
 class _DomainGate:
@@ -190,7 +140,9 @@ class PoliteClient:
         raise FetchFailure("failed", f"too-many-redirects: more than {self.config.max_redirects}")
 
     # ---- attempts and retries --------------------------------------------
-    def _with_retries(self, url: str, attempt):
+    def _with_retries(self, url: str, attempt: Callable[[str], _Reply]
+                      ) -> tuple[int, http.client.HTTPMessage, bytes, int]:
+        """Run `attempt` with retries; returns its (status, headers, body) and the number of attempts."""
         cfg = self.config
         for n in range(cfg.retries + 1):
             try:
@@ -198,16 +150,17 @@ class PoliteClient:
             except _Retryable as e:
                 if n == cfg.retries:
                     raise FetchFailure("failed", e.reason) from None
-                wait = e.wait if e.wait is not None else cfg.backoff * 2 ** n * random.uniform(0.5, 1.5)
-                if wait > cfg.max_backoff:
-                    raise FetchFailure("failed", f"{e.reason}: asked to wait {wait:.0f} s > {cfg.max_backoff:.0f} s") from None
-                if e.wait is not None:  # 429: the whole domain backs off, not just this request
-                    self._gate(_origin(url)).pause_until(time.monotonic() + wait)
-                else:
-                    time.sleep(wait)
+                if e.wait is None:
+                    # Exponential backoff with +-50% jitter, so retries from many threads spread out.
+                    time.sleep(min(cfg.max_backoff, cfg.backoff * 2 ** n * random.uniform(0.5, 1.5)))
+                elif e.wait > cfg.max_backoff:
+                    raise FetchFailure("failed", f"{e.reason}: asked to wait {e.wait:.0f} s > "
+                                                 f"{cfg.max_backoff:.0f} s") from None
+                else:  # 429 Retry-After: the whole domain backs off, not just this request
+                    self._gate(_origin(url)).pause_until(time.monotonic() + e.wait)
         raise AssertionError("unreachable")
 
-    def _image_attempt(self, url: str) -> tuple[int, http.client.HTTPMessage, bytes]:
+    def _image_attempt(self, url: str) -> _Reply:
         with self._response(url) as resp:
             status, headers = resp.status, resp.headers
             if status in REDIRECTS:
@@ -290,7 +243,7 @@ class PoliteClient:
             conn.request("GET", path, headers=headers)
             return conn.getresponse()
 
-    def _robots_attempt(self, url: str) -> tuple[int, http.client.HTTPMessage, bytes]:
+    def _robots_attempt(self, url: str) -> _Reply:
         with self._response(url) as resp:
             if resp.status == 429 or resp.status >= 500:
                 raise _Retryable(f"http-{resp.status}")

@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -83,12 +83,16 @@ def keys_digest(keys: Iterable[str]) -> str:
     return sha256_bytes("\n".join(keys).encode())
 
 
-def fetch(ws: Workspace, subset: str, shard_size: int = 1000, workers: int = 1, max_side: int = 1024,
-          min_side: int = 256, *, options: FetchOptions | None = None, rank: int = 0, world: int = 1,
+def fetch(ws: Workspace, subset: str, shard_size: int = 1000, workers: int = 1, max_side: int | None = None,
+          min_side: int | None = None, *, options: FetchOptions | None = None, rank: int = 0, world: int = 1,
           engine: Engine = "local", progress: bool | None = None) -> FetchStats:
-    """Fetch a subset into `images/<subset>/`; safe to re-run after any interruption."""
+    """Fetch a subset into `images/<subset>/`; safe to re-run after any interruption.
+
+    `max_side`/`min_side` override `options` (defaults 1024 and 256; `max_side=0` keeps native size).
+    """
     opts = options or FetchOptions()
-    opts = FetchOptions(**{**asdict(opts), "http": opts.http, "max_side": max_side, "min_side": min_side})
+    opts = replace(opts, max_side=opts.max_side if max_side is None else max_side,
+                   min_side=opts.min_side if min_side is None else min_side)
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     if opts.max_side and opts.max_side < opts.min_side:
@@ -107,16 +111,23 @@ def fetch(ws: Workspace, subset: str, shard_size: int = 1000, workers: int = 1, 
     counts: Counter[str] = Counter()
     with progress_bar(disable=None if progress is None else not progress) as bar:
         task_id = bar.add_task(f"fetch {subset}", total=sum(len(t.rows) for t in todo), unit="img")
-        for result in map_shards(fetch_shard, todo, workers=workers, engine=engine):
+        in_process = engine == "local" and workers <= 1
+        if in_process:  # the bar can move per image
+            results = (fetch_shard(t, on_image=lambda: bar.advance(task_id, 1)) for t in todo)
+        else:
+            results = map_shards(fetch_shard, todo, workers=workers, engine=engine)
+        for result in results:
             stats.shards_fetched += 1
             stats.images += result["rows"]
             stats.bytes += result["bytes"]
             counts.update(result["counts"])
-            bar.advance(task_id, result["rows"])
+            if not in_process:
+                bar.advance(task_id, result["rows"])
     stats.counts = dict(counts)
     stats.complete = all(_index_path(out_dir, i).exists() for i in range(len(plan)))
-    if stats.complete and rank == 0:
-        # Needs every shard: only the full run or rank 0 of a finished multi-rank job does it.
+    if stats.complete:
+        # Needs every shard, so whichever rank finds the job complete does it; two ranks doing it
+        # at once is safe: the decisions are deterministic and every write is an atomic replace.
         stats.duplicates_across_shards = reconcile_duplicates(out_dir, opts.near_dup_distance)
     stats.seconds = time.perf_counter() - start
     return stats
@@ -159,7 +170,7 @@ class Outcome:
     facts: dict[str, Any] = field(default_factory=dict)  # where and how the bytes came
 
 
-def fetch_shard(task: ShardTask) -> dict[str, Any]:
+def fetch_shard(task: ShardTask, on_image: Callable[[], None] | None = None) -> dict[str, Any]:
     """Fetch one shard's keys and write its tar, then its index (the done-marker)."""
     out_dir = Workspace(Path(task.root)).images_dir(task.subset)
     name = shard_name(task.shard)
@@ -176,6 +187,8 @@ def fetch_shard(task: ShardTask) -> dict[str, Any]:
     try:
         for outcome in _ordered_map(fetch_one, task.rows, task.options.threads):
             index.append(_record(outcome, dups, writer, client.user_agent))
+            if on_image:
+                on_image()
         writer.close()
     except BaseException:
         writer.abort()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
-
 from opencanvas.workspace import QUARANTINE, Workspace
 
 
 def subset_rows(ws: Workspace, subset: str) -> dict[str, dict[str, Any] | None]:
     """key -> catalog row (None when the key is missing from the catalog), for every subset key."""
+    import duckdb  # here, not at the top: shard workers import this package and never need it
+
     path = ws.subset_path(subset)
     if not path.exists():
         raise FileNotFoundError(

@@ -59,3 +59,8 @@ class CFGDenoiser(nn.Module):
         s = sigma.view(-1, *([1] * (x.ndim - 1)))
         eps_cfg = rescale_guidance((x - x0) / s, (x - x0_cond) / s, self.guidance_rescale)
         return x - s * eps_cfg
+
+
+def cfg_denoiser(denoiser: nn.Module, guidance_scale: float, guidance_rescale: float = 0.0) -> CFGDenoiser:
+    """The guided denoiser a sampler calls with extra_args cond, cond_mask, uncond, uncond_mask."""
+    return CFGDenoiser(denoiser, guidance_scale, guidance_rescale)

@@ -9,6 +9,7 @@ forward pass (x3 for forward + backward); the peak is known only for GPUs in
 from __future__ import annotations
 
 import json
+import math
 import resource
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,12 @@ class MetricsLog:
         self._file = self.path.open("a")
 
     def log(self, images_seen: int, scalars: dict[str, Any]) -> None:
-        row = {"images_seen": images_seen, **scalars}
-        self._file.write(json.dumps(row) + "\n")
+        # Non-finite values (a skipped step's loss) become null: NaN is not JSON.
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in scalars.items()}
+        self._file.write(json.dumps({"images_seen": images_seen, **clean}) + "\n")
         self._file.flush()
-        for k, v in scalars.items():
-            if isinstance(v, (int, float)) and v is not None:
+        for k, v in clean.items():
+            if isinstance(v, (int, float)):
                 self.tb.add_scalar(f"train/{k}", v, images_seen)
 
     def image(self, tag: str, pixels_hwc: Any, images_seen: int) -> None:

@@ -98,26 +98,27 @@ def load_denoiser(config: dict[str, Any], weights: dict[str, torch.Tensor], devi
 def load_pipeline(ws: Workspace, run: str, ema: bool = True, device: str | torch.device = "cpu",
                   checkpoint: str | int | None = None, dtype: torch.dtype = torch.float32) -> InferencePipeline:
     """The run's newest (or chosen) checkpoint as an InferencePipeline, in eval mode on `device`."""
-    from opencanvas.components import load_autoencoder, load_text_encoder
-
     run_dir = ws.run_dir(run)
     path = find_checkpoint(run_dir, checkpoint)
     part = "ema" if ema else "model"
     ckpt = load_checkpoint(path, parts=(part,))
     weights = ckpt.ema if ema else ckpt.model
     config = ckpt.config
-    data = config["data"]
     denoiser = load_denoiser(config, weights, device, dtype)
-    text_encoder = load_text_encoder(ws, data["text_encoder"], device, layer=data.get("text_layer"),
-                                     max_length=int(data["text_len"]))
-    autoencoder = load_autoencoder(ws, data["autoencoder"], device)
-    _check_components(config, text_encoder, autoencoder)
+    text_encoder, autoencoder = load_components(ws, config, device)
     return InferencePipeline(denoiser=denoiser, autoencoder=autoencoder, text_encoder=text_encoder, config=config,
                              weights_hash=tensors_hash(weights), checkpoint=path, ema=ema)
 
 
-def _check_components(config: dict[str, Any], te: "LoadedTextEncoder", ae: "LoadedAutoencoder") -> None:
+def load_components(ws: Workspace, config: dict[str, Any], device: str | torch.device = "cpu"
+                    ) -> tuple["LoadedTextEncoder", "LoadedAutoencoder"]:
+    """The text encoder and autoencoder a run's latent set was encoded with, checked against the run."""
+    from opencanvas.components import load_autoencoder, load_text_encoder
+
     data = config["data"]
+    te = load_text_encoder(ws, data["text_encoder"], device, layer=data.get("text_layer"),
+                           max_length=int(data["text_len"]))
+    ae = load_autoencoder(ws, data["autoencoder"], device)
     if te.hidden_size != int(data["text_dim"]):
         raise ValueError(f"text encoder {data['text_encoder']!r} now has hidden size {te.hidden_size}, the run "
                          f"was trained on {data['text_dim']}: the component changed since encoding")
@@ -127,3 +128,4 @@ def _check_components(config: dict[str, Any], te: "LoadedTextEncoder", ae: "Load
     if data.get("shift") is not None:
         # The UNet learnt latents normalised with the latent set's constants: decode with the same.
         ae.shift, ae.scale = [float(v) for v in data["shift"]], [float(v) for v in data["scale"]]
+    return te, ae

@@ -66,28 +66,28 @@ def image_grid(images: list["Image.Image"], cols: int) -> "Image.Image":
 class Validator:
     """Holds the text encoder and autoencoder of the latent set, and the prompts' embeddings."""
 
-    def __init__(self, cfg: Any, autoencoder: Any, text: torch.Tensor, null_text: torch.Tensor,
-                 device: torch.device) -> None:
-        self.cfg, self.autoencoder, self.text, self.null_text, self.device = cfg, autoencoder, text, null_text, device
+    def __init__(self, cfg: Any, autoencoder: Any, prompts: tuple[torch.Tensor, torch.Tensor],
+                 null: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> None:
+        self.cfg, self.autoencoder, self.device = cfg, autoencoder, device
+        # text (P, L, D) + mask (P, L) of the prompts; null_text (1, L, D) + null_mask (1, L) of ""
+        (self.text, self.mask), (self.null_text, self.null_mask) = prompts, null
         self.unet: Any = None
 
     @classmethod
     def create(cls, ws: Workspace, cfg: Any, device: torch.device) -> "Validator":
         """Load the components named by the latent set (fails early, before any training)."""
-        from opencanvas.components import load_autoencoder, load_text_encoder
+        from opencanvas.train.pipeline import load_components
 
         data = cfg.data
         try:
-            te = load_text_encoder(ws, data["text_encoder"], device, layer=data.get("text_layer"),
-                                   max_length=int(data["text_len"]))
-            ae = load_autoencoder(ws, data["autoencoder"], device)
+            te, ae = load_components(ws, cfg.to_dict(), device)
         except (OSError, ValueError) as err:
             raise ValueError(f"--validate-every needs the latent set's text encoder and autoencoder "
                              f"({data.get('text_encoder')!r}, {data.get('autoencoder')!r}): {err}. "
                              "Pass --validate-every 0 to train without validation grids") from err
-        text, _ = te.encode(list(cfg.validation_prompts))
-        null, _ = te.encode([""])
-        return cls(cfg, ae, text.float(), null.float(), device)
+        text, mask = te.encode(list(cfg.validation_prompts))
+        null_text, null_mask = te.encode([""])
+        return cls(cfg, ae, (text.float(), mask), (null_text.float(), null_mask), device)
 
     def render(self, ema_state: dict[str, torch.Tensor], resolution: int, steps: int = 20,
                guidance: float = 5.0) -> "Image.Image":
@@ -101,8 +101,10 @@ class Validator:
                             self.cfg.prediction_type).to(self.device)
         seeds = [0, 1]
         text = self.text.repeat_interleave(len(seeds), dim=0)  # (P*S, L, D)
+        masks = (self.mask.repeat_interleave(len(seeds), dim=0), self.null_mask) if self.cfg.use_text_mask \
+            else (None, None)
         size = resolution // self.autoencoder.downscale
         shape = (int(self.cfg.unet["in_channels"]), size, size)
-        latents = sample_euler_cfg(denoiser, text, None, self.null_text, None, shape,
+        latents = sample_euler_cfg(denoiser, text, masks[0], self.null_text, masks[1], shape,
                                    seeds * len(self.text), steps=steps, guidance=guidance)
         return image_grid(to_pil(self.autoencoder.decode(latents)), cols=len(seeds))

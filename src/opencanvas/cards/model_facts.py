@@ -1,0 +1,68 @@
+"""Facts about a trained run and its components, read from the run's records."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from opencanvas.cards.records import Sources, read_json
+from opencanvas.workspace import Workspace
+
+
+def count_parameters(files: list[Path], prefix: str = "") -> int:
+    """Parameters in safetensors files (headers only; no weights are loaded)."""
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                if name.startswith(prefix):
+                    n = 1
+                    for d in st.get_slice(name).get_shape():
+                        n *= d
+                    total += n
+    return total
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.safetensors"))
+    return ckpts[-1] if ckpts else None
+
+
+def component_facts(ws: Workspace, spec: str, kind: str, src: Sources) -> dict[str, Any]:
+    """Where an autoencoder / text encoder came from, and its size."""
+    trained = ws.autoencoder_dir(spec) if kind == "autoencoder" else ws.clip_dir(spec)
+    if "/" not in spec and trained.is_dir():
+        record = read_json(trained / "opencanvas.json")
+        src.add(ws, trained / "opencanvas.json")
+        weights = [Path(p) for p in glob.glob(str(trained / "**" / "*.safetensors"), recursive=True)]
+        prefix = "text_model." if kind == "text_encoder" else ""
+        return {"spec": spec, "origin": "trained here", "record": record,
+                "parameters": count_parameters(weights, prefix) if weights else None,
+                "path": ws.relative(trained)}
+    return {"spec": spec, "origin": "pretrained", "record": {}, "parameters": None, "path": spec}
+
+
+def run_facts(ws: Workspace, run: str, src: Sources) -> dict[str, Any]:
+    run_dir = ws.run_dir(run)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"run {run!r} has no config.json ({config_path}): train it with `opencanvas train`")
+    config = json.loads(src.add(ws, config_path).read_text())
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(src.add(ws, summary_path).read_text()) if summary_path.exists() else {}
+    ckpt = latest_checkpoint(run_dir)
+    unet_params = count_parameters([src.add(ws, ckpt)], "model/") if ckpt else None
+    return {"config": config, "summary": summary, "checkpoint": ws.relative(ckpt) if ckpt else None,
+            "unet_parameters": unet_params}
+
+
+def eval_reports(ws: Workspace, run: str, src: Sources) -> list[dict[str, Any]]:
+    """Every finished evaluation of the run (runs/<run>/eval/<id>/report.json), oldest first."""
+    reports = []
+    for path in sorted(ws.run_dir(run).glob("eval/*/report.json"), key=lambda p: p.stat().st_mtime):
+        reports.append({"id": path.parent.name, **json.loads(src.add(ws, path).read_text())})
+    return reports

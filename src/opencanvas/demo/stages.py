@@ -1,0 +1,117 @@
+"""The demo's stages: each calls one stage's library function with demo-sized settings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from opencanvas.workspace import Workspace
+
+if TYPE_CHECKING:
+    from opencanvas.demo.pipeline import DemoSettings
+
+from opencanvas.demo.pipeline import AUTOENCODER, CAPTIONER, CLIP, LATENTS, PROMPTS, RUN, SUBSET
+
+
+def ingest_clipart(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+    from opencanvas.catalog.ingest import ingest
+
+    paths = [s.clipart_root / "svg" / c for c in s.categories] or [s.clipart_root]
+    stats = ingest(ws, "openclipart", paths, workers=s.workers)
+    return stats.as_dict()
+
+
+def cut_subset(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+    """CommonCatalog-C of the library; with `max_images`, a deterministic sample of it."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from opencanvas.catalog.subset import make_subset
+    from opencanvas.storage import atomic_write_parquet, parquet_metadata
+
+    path = make_subset(ws, "commercial", SUBSET)
+    table = pq.read_table(path)
+    full = table.num_rows
+    if s.max_images and full > s.max_images:
+        # Sample by key hash so the choice is stable across runs and machines.
+        order = sorted(range(full), key=lambda i: hashlib.sha256(table["key"][i].as_py().encode()).hexdigest())
+        meta = parquet_metadata(path)
+        meta["sampled"] = f"{s.max_images} of {full} (lowest sha256 of key)"
+        atomic_write_parquet(path, table.take(sorted(order[: s.max_images])), metadata=meta)
+    return {"subset": SUBSET, "policy": "commercial", "images": min(full, s.max_images or full),
+            "policy_images": full}
+
+
+def fetch_images(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+    from opencanvas.fetch import fetch
+
+    # Clip art is small (median ~190 px): keep what can fill the training crop, store at most 4x it.
+    stats = fetch(ws, SUBSET, shard_size=500, workers=s.workers, max_side=4 * s.resolution,
+                  min_side=s.resolution)
+    return stats.to_dict()
+
+
+def caption_metadata(ws: Workspace) -> dict[str, Any]:
+    from opencanvas.caption import caption
+
+    stats = caption(ws, SUBSET, CAPTIONER)
+    return stats.to_dict() if hasattr(stats, "to_dict") else dict(vars(stats))
+
+
+def train_autoencoder(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+    from opencanvas.components import train_autoencoder as train_ae
+
+    report = train_ae(ws, SUBSET, AUTOENCODER, preset="tiny", resolution=s.resolution,
+                      minutes=s.minutes * s.autoencoder_share)
+    return {k: report[k] for k in ("psnr", "ssim", "images_seen") if k in report}
+
+
+def train_clip(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+    from opencanvas.components import train_clip as train_c
+
+    report = train_c(ws, SUBSET, CAPTIONER, CLIP, preset="tiny", minutes=s.minutes * s.clip_share)
+    return {k: report[k] for k in ("recall", "chance", "images_seen") if k in report}
+
+
+def encode_latents(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+    from opencanvas.encode import encode
+
+    return encode(ws, SUBSET, AUTOENCODER, CLIP, [CAPTIONER], LATENTS, resolutions=(s.resolution,))
+
+
+def train_unet(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+    from opencanvas.train import train
+
+    # Images, not minutes: a run counted in images resumes bit-identically (see train/).
+    images = int(s.minutes * s.train_share * 60 * s.train_images_per_s)
+    summary = train(ws, LATENTS, "tiny", RUN, images=images, batch=s.train_batch)
+    return {k: summary[k] for k in ("images_seen", "steps", "images_per_s", "wall_seconds") if k in summary}
+
+
+def sample_grid(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+    from opencanvas.sample.generate import SampleSettings, default_size, plan, sample_to_dir
+    from opencanvas.sample.loading import load_model, model_name, training_provenance
+
+    model = load_model(ws, RUN, None)
+    width, height = default_size(model)
+    settings = SampleSettings(steps=25, guidance=5.0, sampler="dpmpp-2m", width=width, height=height)
+    out = ws.run_dir(RUN) / "samples" / "demo"
+    paths = sample_to_dir(model, plan(list(PROMPTS), 4, 0), settings, out, model_name(model, RUN),
+                          training_provenance(model))
+    return {"images": len(paths), "grid": ws.relative(out / "grid.png")}
+
+
+def evaluate_run(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+    from opencanvas.sample.evaluate import evaluate
+
+    report = evaluate(ws, RUN, "heldout", SUBSET, metrics=("fid", "kid", "clip", "pr", "memorization"),
+                      guidance_scales=(1.5, 3.0, 5.0), n=s.eval_prompts, steps=20)
+    return {"eval_id": report.get("eval_id"), "rows": [
+        {k: r.get(k) for k in ("guidance", "baseline", "clip_score")} for r in report.get("rows", [])]}
+
+
+def write_run_cards(ws: Workspace) -> dict[str, Any]:
+    from opencanvas.cards import write_cards
+
+    out = write_cards(ws, RUN)
+    return {"cards": ws.relative(out)}
