@@ -113,7 +113,12 @@ def main() -> None:
         raise SystemExit("needs the Debian packages openclipart-png and openclipart-svg")
     ws = Workspace.open(args.out)
     t0 = time.monotonic()
-    n = build_workspace(ws, args.images, args.seed) if not ws.subset_path("clipart").exists() else -1
+    if ws.subset_path("clipart").exists():  # reuse a workspace built by an earlier run
+        import pyarrow.parquet as pq
+
+        n = pq.read_metadata(ws.subset_path("clipart")).num_rows
+    else:
+        n = build_workspace(ws, args.images, args.seed)
     build_s = time.monotonic() - t0
     ae = train_autoencoder(ws, "clipart", f"ae-{args.minutes:g}m", "tiny", args.resolution, minutes=args.minutes)
     clip = train_clip(ws, "clipart", "metadata", f"clip-{args.minutes:g}m", "tiny", minutes=args.minutes)

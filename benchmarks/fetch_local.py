@@ -74,7 +74,7 @@ def main() -> None:
                               stdout=subprocess.PIPE, text=True)
     url = server.stdout.readline().strip()  # type: ignore[union-attr]
     http = HttpConfig(allow_private_addresses=True, domain_rps=0, domain_concurrency=64, timeout=30)
-    options = FetchOptions(threads=args.threads, http=http, near_dup_distance=4)
+    options = FetchOptions(threads=args.threads, http=http)
     results = []
     try:
         for source in ("http", "local"):

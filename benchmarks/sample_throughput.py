@@ -7,7 +7,7 @@ image, not per step). Wall time and process CPU time are both recorded because
 the sandbox's cores are shared with other jobs.
 
 CPU, tiny preset (64 px images = 8x8x4 latents):
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/sample_throughput.py
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sample_throughput.py --batch 4
 GPU, sd2-base at 512 px (64x64x4 latents), bf16, SDPA, channels-last, torch.compile:
     .venv/bin/python benchmarks/sample_throughput.py --preset sd2-base --device cuda --bf16 --compile \\
         --channels-last --latent-size 64 --text-dim 1024 --text-len 77 --batch 1,8
@@ -59,8 +59,6 @@ def time_sampler(denoiser: Denoiser, name: str, steps: int, batch: int, args: ar
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    if args.warmup:
-        once()
     best_wall, cpu = float("inf"), 0.0
     for _ in range(args.repeats):
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -87,8 +85,7 @@ def main() -> None:
     p.add_argument("--steps", default="10,25,50")
     p.add_argument("--samplers", default=",".join(SAMPLERS))
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per case; the fastest counts")
-    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per case; the fastest counts")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", action="store_true")
@@ -97,6 +94,8 @@ def main() -> None:
     denoiser = build_denoiser(args)
     rows = []
     with torch.inference_mode():
+        for batch in [int(b) for b in args.batch.split(",")]:  # warm-up (compile, allocator, caches)
+            time_sampler(denoiser, "euler", 2, batch, args)
         for batch in [int(b) for b in args.batch.split(",")]:
             for steps in [int(s) for s in args.steps.split(",")]:
                 for name in args.samplers.split(","):

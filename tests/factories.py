@@ -18,6 +18,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from opencanvas.captions_schema import CAPTION_SCHEMA
+from opencanvas.catalog.ingest import write_done_record
 from opencanvas.catalog.schema import CATALOG_SCHEMA, SUBSET_SCHEMA
 from opencanvas.shards import INDEX_SCHEMA, ShardWriter, shard_name
 from opencanvas.storage import atomic_write_parquet, sha256_bytes
@@ -69,6 +70,7 @@ def make_image_subset(ws: Workspace, name: str = "shapes", n: int = 48, size: in
         keys.append(row["key"])
     atomic_write_parquet(ws.source_dir("synthetic") / "part-00000.parquet",
                          pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA))
+    write_done_record(ws, "synthetic", "test", "(written by a test)", ["part-00000.parquet"], read=n, ingested=n)
     subset = pa.Table.from_pylist([{"key": r["key"], "source": "synthetic", "license_id": "cc0"} for r in rows],
                                   schema=SUBSET_SCHEMA)
     atomic_write_parquet(ws.subset_path(name), subset,

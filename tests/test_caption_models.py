@@ -81,6 +81,8 @@ def test_hf_auto_class_path_matches_blip2_adapter(ws: Workspace, blip2_dir: Path
     caption(ws, "shapes", "blip2", loader_workers=0, **settings)
     caption(ws, "shapes", "hf", loader_workers=1, **settings)
     assert _captions(ws, "hf") == _captions(ws, "blip2")
+    with pytest.raises(ValueError, match=r"other settings \(generation differ"):
+        caption(ws, "shapes", "blip2", model=str(blip2_dir), generation=GenerationSettings(max_new_tokens=9))
 
 
 def test_same_seed_same_captions_other_seed_differs(ws: Workspace, blip2_dir: Path) -> None:

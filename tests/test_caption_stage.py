@@ -79,6 +79,8 @@ def test_guards_against_mixing_settings_and_subsets(ws: Workspace) -> None:
     assert caption(ws, "other", "metadata", name="metadata-other").images == 8
     with pytest.raises(ValueError, match="uses no model"):
         caption(ws, "shapes", "metadata", model="x")
+    with pytest.raises(ValueError, match="no prompt"):
+        caption(ws, "shapes", "commoncatalog", prompt="a picture of")
     with pytest.raises(ValueError, match="unknown captioner"):
         caption(ws, "shapes", "gpt")
     with pytest.raises(ValueError, match="not allowed"):

@@ -305,3 +305,12 @@ def test_catalog_rows_by_key(ws: Workspace, tmp_path: Path) -> None:
     assert table["key"].to_pylist() == ["openverse:ov-1", "openverse:ov-3"]
     assert catalog_rows(ws).num_rows == 5
     assert catalog_rows(Workspace.open(tmp_path / "empty")).num_rows == 0
+
+
+def test_yfcc_truncated_bz2_names_the_file(ws: Workspace, tmp_path: Path) -> None:
+    whole = bz2.compress(("\n".join("\t".join(yfcc_fields(i)) for i in range(2000)) + "\n").encode())
+    path = tmp_path / "cut.bz2"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputFormatError, match=r"cut\.bz2"):
+        ingest(ws, "yfcc100m", [path])
+    assert not ws.source_dir("yfcc100m").joinpath("_done").exists()  # nothing half-ingested counts as done

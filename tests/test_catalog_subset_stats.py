@@ -94,6 +94,8 @@ def test_cli_ingest_stats_subset(tmp_path: Path) -> None:
     assert chart.name == "license_composition.png" and Image.open(chart).size[0] > 100
     r = runner.invoke(app, ["catalog", "stats", "-w", str(ws)])
     assert r.exit_code == 0 and "license_composition.png" in r.output
+    again = json.loads(runner.invoke(app, ["catalog", "stats", "--json", "-w", str(ws)]).output)
+    assert list(again["sources"]) == ["openverse"]  # the chart's folder is not a source
     r = runner.invoke(app, ["catalog", "subset", "--policy", "noncommercial", "--name", "nc", "-w", str(ws)])
     assert r.exit_code == 0 and "3 images" in r.output
     assert (ws / "subsets" / "nc.parquet").exists()

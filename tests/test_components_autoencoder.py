@@ -110,6 +110,7 @@ def test_resume_is_the_uninterrupted_run(ws):
         train_autoencoder(ws, "shapes", "resumed", steps=4, **{**FAST, "batch_size": 8})
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_without_losing_or_repeating_steps(ws):
     make_image_subset(ws, "shapes", n=40, size=32)
     script = textwrap.dedent(f"""

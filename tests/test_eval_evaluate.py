@@ -66,6 +66,8 @@ def test_report_rows_plots_and_resume(eval_ws: Workspace, models: dict[str, Path
     assert json.loads((root / "report.json").read_text())["rows"] == json.loads(json.dumps(report["rows"]))
     md = (root / "report.md").read_text()
     assert "FD-CLIP" in md and "not FID" in md and "(unconditional)" in md
+    gain = report["rows"][1]["clip_score"] - report["rows"][0]["clip_score"]
+    assert report["clip_gain_over_unconditional"] == pytest.approx(gain)
     assert Image.open(root / "tradeoff.png").size[0] > 100 and (root / "memorization.png").exists()
     # Resume: the same command keeps every image and reproduces the numbers.
     mtimes = {p: p.stat().st_mtime_ns for p in root.glob("g*/*.png")}

@@ -105,6 +105,10 @@ def test_animated_image_keeps_the_first_frame() -> None:
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100)
     r, g, b = load_rgb(buf.getvalue()).getpixel((10, 10))
     assert r > 200 and b < 50
+    buf = io.BytesIO()
+    frames[0].save(buf, format="PNG", save_all=True, append_images=frames[1:])  # APNG
+    d = decode_image(buf.getvalue())
+    assert d.image.getpixel((10, 10)) == (255, 0, 0) and not d.pristine  # re-encoded as one frame
 
 
 def test_large_jpeg_decodes_at_reduced_scale_but_reports_original_size() -> None:

@@ -42,7 +42,11 @@ TABLE = [
     ("cc0-1.0", "cc0", "1.0"),
     ("Public Domain Mark 1.0", "pdm", "1.0"),
     ("Public domain", "pdm", None),
+    ("Attribution 4.0 International (CC BY 4.0)", "cc-by", "4.0"),
+    ("Attribution-ShareAlike 4.0 International (CC BY-SA 4.0)", "cc-by-sa", "4.0"),
     # never open
+    ("CC BY 4.0 (via Flickr)", "other", None),
+    ("Attribution 4.0 International (CC BY-NC 4.0)", "other", None),
     ("GPL", "other", None),
     ("GNU General Public License v2", "other", None),
     ("http://creativecommons.org/licenses/GPL/2.0/", "other", None),

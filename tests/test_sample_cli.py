@@ -122,6 +122,11 @@ def test_sample_and_eval_a_trained_run(tmp_path: Path) -> None:
     r = runner.invoke(app, ["sample", "--run", "r", "a red circle", "--steps", "2", "--out", str(out),
                             "-w", str(ws.root)])
     assert r.exit_code == 0, r.output
+    raw = tmp_path / "raw"
+    r = runner.invoke(app, ["sample", "--run", "r", "a red circle", "--steps", "2", "--no-ema", "--out", str(raw),
+                            "-w", str(ws.root)])
+    assert r.exit_code == 0, r.output
+    assert read_png_meta(raw / "00000-s0.png")["weights_hash"] != read_png_meta(out / "00000-s0.png")["weights_hash"]
     meta = read_png_meta(out / "00000-s0.png")
     assert meta["model"] == "r" and meta["license_policy"] == "commercial" and meta["catalog_hash"] == "synthetic"
     assert len(meta["weights_hash"]) == 64 and Image.open(out / "00000-s0.png").size == (16, 16)

@@ -161,3 +161,31 @@ def test_cfg_is_linear_and_rescale_matches_diffusers(unet_denoiser: Denoiser, te
     got = CFGDenoiser(unet_denoiser, 7.5, guidance_rescale=0.7)(x, sigma, **args)
     torch.testing.assert_close(got, x - 4.0 * expected_eps, rtol=1e-4, atol=1e-4)
     assert rescale_guidance(eps_c, eps_u, 0.0) is eps_c
+
+
+def test_zero_terminal_snr_runs_default_to_trailing_spacing() -> None:
+    """Trailing spacing starts at the last (infinite-noise) timestep; leading would skip it."""
+    from types import SimpleNamespace
+
+    from opencanvas.sample.generate import default_spacing
+
+    zsnr = Denoiser(torch.nn.Linear(1, 1), NoiseSchedule(zero_terminal_snr=True), "v_prediction")
+    assert default_spacing(SimpleNamespace(denoiser=zsnr)) == "trailing"
+    assert default_spacing(SimpleNamespace(denoiser=Denoiser(torch.nn.Linear(1, 1)))) == "leading"
+    sigmas = get_sigmas(zsnr, 10, "trailing")
+    assert float(sigmas[0]) == pytest.approx(zsnr.sigma_max) and zsnr.sigma_max > 1000
+
+
+def test_dpmpp_2m_leading_differs_from_diffusers_only_in_its_timesteps(unet_denoiser: Denoiser,
+                                                                         text: torch.Tensor) -> None:
+    """diffusers' DPMSolverMultistep spaces "leading" as 1000 // (steps + 1) (not 1000 // steps like
+    Euler/DDIM), so its timesteps differ from get_sigmas(leading); on its own sigmas the loops agree."""
+    steps = 10
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    sched = _scheduler("dpmpp-2m", "leading")
+    theirs = _diffusers_loop(sched, unet_denoiser.unet, noise, text, steps)
+    assert not torch.allclose(sched.sigmas.float(), get_sigmas(unet_denoiser, steps, "leading"))
+    sigmas = sched.sigmas.float()
+    ours = SAMPLERS["dpmpp-2m"](unet_denoiser, noise * initial_noise_scale(sigmas), sigmas,
+                                extra_args={"encoder_hidden_states": text})
+    torch.testing.assert_close(ours, theirs, rtol=2e-4, atol=2e-4)

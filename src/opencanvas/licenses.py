@@ -68,7 +68,8 @@ _URL_IN_TEXT = re.compile(r"(?:https?://)?(?:www\.)?(?:creativecommons\.org|web\
                           re.IGNORECASE)
 # Path after creativecommons.org/licenses/: code / version / [jurisdiction] / [deed.xx|legalcode...]
 _CC_LICENSE_PATH = re.compile(
-    r"^licenses/(?P<code>[a-z-]+)(?:/(?P<version>\d+(?:\.\d+)?))?(?:/(?!deed|legalcode|rdf)(?P<jur>[a-z]{2,8}(?:-[a-z]{2})?))?"
+    r"^licenses/(?P<code>[a-z-]+)(?:/(?P<version>\d+(?:\.\d+)?))?"
+    r"(?:/(?!deed|legalcode|rdf)(?P<jur>[a-z]{2,8}(?:-[a-z]{2})?))?"
     r"(?:/(?:deed(?:\.[a-z_-]+)?|legalcode(?:\.[a-z_-]+)?|rdf))?/?$"
 )
 _PUBLICDOMAIN_PATH = re.compile(
@@ -192,6 +193,11 @@ def normalize(text: str | None) -> License:
         return _from_url(m.group(0).rstrip(").,;]"))
     if "/" in text and "." in text.split("/", 1)[0]:  # some other URL (gnu.org, ...)
         return OTHER
+    # "Attribution 4.0 International (CC BY 4.0)": both halves must name the same license.
+    if m := re.fullmatch(r"(.+?)\s*\(([^()]+)\)\s*", text):
+        outer, inner = _from_name(m.group(1)), _from_name(m.group(2))
+        same = (outer.license_id, outer.version) == (inner.license_id, inner.version)
+        return inner if same else OTHER
     return _from_name(text)
 
 

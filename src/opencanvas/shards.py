@@ -29,7 +29,7 @@ INDEX_SCHEMA = pa.schema([
     ("status", pa.string()),           # ok | failed | skipped
     ("reason", pa.string()),           # "" for ok; e.g. "too-small: 120x80 < 256", "duplicate-of: <key>"
     ("sha256", pa.string()),           # of the stored image bytes
-    ("phash", pa.string()),            # perceptual hash (hex)
+    ("phash", pa.string()),            # "<16 hex pHash>-<54 hex 3x3 YCbCr layout>" (opencanvas.fetch.dedup)
     ("width", pa.int64()),             # stored size
     ("height", pa.int64()),
     ("original_width", pa.int64()),

@@ -59,8 +59,11 @@ class CaptionJob:
 
     def settings(self, subset: str) -> dict[str, Any]:
         """What must be equal for parts to belong to the same caption table."""
-        return {"subset": subset, "captioner": self.captioner, "model": self.model, "prompt": self.prompt,
-                "generation": asdict(self.generation), "crop_size": self.crop_size}
+        settings: dict[str, Any] = {"subset": subset, "captioner": self.captioner}
+        if self.captioner in MODEL_CAPTIONERS:  # text captioners ignore the rest
+            settings.update(model=self.model, prompt=self.prompt, generation=asdict(self.generation),
+                            crop_size=self.crop_size)
+        return settings
 
 
 @functools.lru_cache(maxsize=1)  # one model per process (or Ray actor), reused across its shards
@@ -234,10 +237,10 @@ def make_job(captioner: str, *, name: str | None = None, model: str | None = Non
             raise ValueError(f"captioner {captioner!r} needs --model (a local model dir or a hub id)")
         source, is_local = resolve_model(model)
         model, revision = (source, weights_revision(Path(source))) if is_local else (model, None)
-    elif model:
-        raise ValueError(f"captioner {captioner!r} uses no model; drop --model")
+    elif model or prompt:
+        raise ValueError(f"captioner {captioner!r} uses no model and no prompt; drop --model/--prompt")
     return CaptionJob(captioner=captioner, name=name, model=model or "", device=device, dtype=dtype,
-                      prompt=prompt if captioner in MODEL_CAPTIONERS else "",
+                      prompt=prompt,
                       generation=generation or GenerationSettings(), crop_size=crop_size,
                       batch_size=batch_size, loader_workers=loader_workers, model_revision=revision)
 

@@ -185,7 +185,8 @@ def done_records(ws: Workspace, source: str) -> list[dict]:
 
 
 def _remove_unfinished(ws: Workspace, source: str, uid: str) -> None:
-    for p in [*ws.source_dir(source).glob(f"part-{uid}-*.parquet"), *ws.quarantine_dir.glob(f"{source}-{uid}-*.parquet")]:
+    stale = [*ws.source_dir(source).glob(f"part-{uid}-*.parquet"), *ws.quarantine_dir.glob(f"{source}-{uid}-*.parquet")]
+    for p in stale:
         p.unlink()
 
 
@@ -211,11 +212,24 @@ def _commit(ws: Workspace, task: UnitTask, result: UnitResult, seen: set[str] | 
             result.ingested -= dups.num_rows
             result.quarantined += dups.num_rows
             result.reasons["duplicate"] += dups.num_rows
-    atomic_write_json(_done_path(ws, task.unit.source, task.uid), {
-        "input": task.unit.path, "unit": task.uid, "read": result.read, "ingested": result.ingested,
-        "quarantined": result.quarantined, "reasons": dict(result.reasons),
-        "parts": {name: sha256_file(source_dir / name) for name in result.parts},
-        "quarantine_parts": result.quarantine_parts,
+    write_done_record(ws, task.unit.source, task.uid, str(task.unit.path), result.parts, read=result.read,
+                      ingested=result.ingested, quarantined=result.quarantined, reasons=dict(result.reasons),
+                      quarantine_parts=result.quarantine_parts)
+
+
+def write_done_record(ws: Workspace, source: str, uid: str, input_path: str, parts: Sequence[str], *, read: int,
+                      ingested: int, quarantined: int = 0, reasons: dict[str, int] | None = None,
+                      quarantine_parts: Sequence[str] = ()) -> None:
+    """Mark an input unit finished: its parts (with content hashes) become part of the catalog.
+
+    Written last and atomically; readers (`query.part_files`) see only parts named here.
+    """
+    source_dir = ws.source_dir(source)
+    atomic_write_json(_done_path(ws, source, uid), {
+        "input": input_path, "unit": uid, "read": read, "ingested": ingested,
+        "quarantined": quarantined, "reasons": reasons or {},
+        "parts": {name: sha256_file(source_dir / name) for name in parts},
+        "quarantine_parts": list(quarantine_parts),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
 

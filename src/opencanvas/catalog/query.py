@@ -12,15 +12,17 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from opencanvas.catalog.ingest import done_records
+from opencanvas.catalog.ingest import DONE_DIR, done_records
 from opencanvas.catalog.schema import CATALOG_SCHEMA, QUARANTINE_SCHEMA
 from opencanvas.workspace import QUARANTINE, Workspace
 
 
 def catalog_sources(ws: Workspace) -> list[str]:
+    """Sources with at least one finished input (catalog/stats/ and quarantine/ are not sources)."""
     if not ws.catalog_dir.is_dir():
         return []
-    return sorted(d.name for d in ws.catalog_dir.iterdir() if d.is_dir() and d.name != QUARANTINE)
+    return sorted(d.name for d in ws.catalog_dir.iterdir()
+                  if d.name != QUARANTINE and (d / DONE_DIR).is_dir())
 
 
 def part_files(ws: Workspace, source: str | None = None) -> list[Path]:

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,9 @@ def quiet_hub_logs() -> Iterator[None]:
     dlog.set_verbosity_error()
     tlog.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")  # diffusers -> hub
+            yield
     finally:
         tlog.set_verbosity(t_level)
         dlog.set_verbosity(d_level)

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from opencanvas.components.loading import RECORD_FILE, read_record
+from opencanvas.components.loading import RECORD_FILE, quiet_hub_logs, read_record
 from opencanvas.storage import atomic_write_json, parquet_metadata
 from opencanvas.workspace import Workspace
 
@@ -39,7 +39,8 @@ def publish(out_dir: Path, save: Callable[[Path], None]) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
-        save(tmp)
+        with quiet_hub_logs():  # no "Writing model shards" bars
+            save(tmp)
         for path in sorted(tmp.rglob("*")):
             if path.is_file():
                 target = out_dir / path.relative_to(tmp)

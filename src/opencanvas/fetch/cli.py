@@ -37,7 +37,7 @@ def run_fetch(
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this before decoding "
                                             "(decompression-bomb cap).")] = 64_000_000,
     near_dup_distance: Annotated[int, typer.Option(help="Perceptual-hash Hamming distance (of 64 bits) for "
-                                                   "near duplicates; -1: exact duplicates only.")] = 4,
+                                                   "near duplicates; -1: exact duplicates only.")] = 2,
     contact: Annotated[Optional[str], typer.Option(
         help="Contact URL in the User-Agent, so site owners can reach you (default: [fetch] contact in "
         "opencanvas.toml, else the project page).", envvar="OPENCANVAS_CONTACT")] = None,

@@ -76,8 +76,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise DecodeError(f"undecodable: {e}") from None
         fmt = img.format or "unknown"
         width, height = img.size
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)  # animated: the first frame is the picture
+        animated = getattr(img, "n_frames", 1) > 1
+        if animated:
+            img.seek(0)  # the first frame is the picture
         target = target_long_side(width, height) if callable(target_long_side) else target_long_side
         if target and fmt == "JPEG" and max(width, height) >= 2 * target:
             s = target / max(width, height)
@@ -93,7 +94,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             raise DecodeError(f"{kind}: {message}") from None
         drafted = img.size != (width, height)
         decoded = _normalise(img, fmt, (width, height))
-        return Decoded(decoded.image, fmt, decoded.original_size, decoded.pristine, drafted)
+        # An animation (GIF, APNG) is never stored as is: the shard holds its first frame.
+        return Decoded(decoded.image, fmt, decoded.original_size, decoded.pristine and not animated, drafted)
 
 
 def _normalise(img: Image.Image, fmt: str, size: tuple[int, int]) -> Decoded:

@@ -15,11 +15,14 @@ with a Hamming threshold d, split the 64 bits into d+1 bands; two hashes within
 distance d agree exactly on at least one band (pigeonhole), so only hashes
 sharing a band are compared.
 
-pHash sees luminance only, so a red and a blue version of the same clip art
-hash alike, yet they are different training images ("a red ..." / "a blue
-..."). The stored hash therefore carries a colour layout too:
-`<16 hex pHash>-<16 hex: mean Cb, Cr of each 2x2 cell>`, and a near duplicate
-must also agree on every cell's chroma within COLOUR_TOLERANCE.
+pHash alone confuses two kinds of images seen in Open Clip Art: colour
+variants (a red and a blue version of one drawing are different training
+images, "a red ..." / "a blue ...": pHash sees luminance only) and small
+objects on large white pages (little signal, near-random bits). The stored
+hash therefore carries a coarse colour layout too (in the spirit of MPEG-7's
+colour layout descriptor): `<16 hex pHash>-<54 hex: mean Y, Cb, Cr of each
+cell of a 3x3 grid>`, and a near duplicate must also agree on every cell and
+channel within LAYOUT_TOLERANCE.
 """
 
 from __future__ import annotations
@@ -40,7 +43,11 @@ from opencanvas.shards import INDEX_SCHEMA, key_from_stem, read_index
 from opencanvas.storage import atomic_write_parquet, parquet_metadata
 
 HASH_BITS = 64
-COLOUR_TOLERANCE = 12  # of 255, per cell and chroma channel
+# Re-encodes and resizes land at 0-2 bits; at 4, distinct Open Clip Art warning signs and
+# playing-card faces (same frame, different symbol) started to merge.
+DEFAULT_DISTANCE = 2
+LAYOUT_TOLERANCE = 16  # of 255, per grid cell and channel
+LAYOUT_GRID = 3
 HASH_SIDE = 64  # imagehash.phash looks at 32 x 32 pixels; a 64-px box-reduced copy holds all it needs
 
 
@@ -51,11 +58,10 @@ def hash_thumbnail(img: Image.Image) -> Image.Image:
 
 
 def perceptual_hash(thumbnail: Image.Image) -> str:
-    """'<pHash>-<chroma layout>' of `hash_thumbnail(img)`: imagehash.phash (64 bits) and the
-    mean (Cb, Cr) of each cell of a 2x2 grid (8 bytes), both as hex."""
-    cells = thumbnail.convert("YCbCr").resize((2, 2), Image.Resampling.BOX)  # (2, 2) of (Y, Cb, Cr)
-    layout = bytes(v for _, cb, cr in cells.getdata() for v in (cb, cr))
-    return f"{imagehash.phash(thumbnail, hash_size=8)}-{layout.hex()}"
+    """'<pHash>-<layout>' of `hash_thumbnail(img)`: imagehash.phash (64 bits) and the mean
+    (Y, Cb, Cr) of each cell of a 3x3 grid (27 bytes), both as hex."""
+    cells = thumbnail.convert("YCbCr").resize((LAYOUT_GRID, LAYOUT_GRID), Image.Resampling.BOX)  # (3, 3, 3)
+    return f"{imagehash.phash(thumbnail, hash_size=8)}-{cells.tobytes().hex()}"
 
 
 def _split_hash(phash: str) -> tuple[int, bytes]:
@@ -63,8 +69,9 @@ def _split_hash(phash: str) -> tuple[int, bytes]:
     return int(value, 16), bytes.fromhex(layout)
 
 
-def _same_colours(a: bytes, b: bytes) -> bool:
-    return len(a) != len(b) or all(abs(x - y) <= COLOUR_TOLERANCE for x, y in zip(a, b))
+def _same_layout(a: bytes, b: bytes) -> bool:
+    # A hash without a layout (older or foreign indexes) is compared on pHash alone.
+    return len(a) != len(b) or all(abs(x - y) <= LAYOUT_TOLERANCE for x, y in zip(a, b))
 
 
 @dataclass(frozen=True)
@@ -83,11 +90,11 @@ class Match:
 class DuplicateIndex:
     """Images seen so far; `add` returns the first earlier match, if any. Feed in key order."""
 
-    def __init__(self, max_distance: int = 4) -> None:
+    def __init__(self, max_distance: int = DEFAULT_DISTANCE) -> None:
         # max_distance < 0 disables near-duplicates (exact sha256 only).
         self.max_distance = max_distance
         self._by_sha: dict[str, str] = {}
-        self._hashes: list[tuple[int, bytes]] = []  # (pHash, chroma layout) in the order added
+        self._hashes: list[tuple[int, bytes]] = []  # (pHash, colour layout) in the order added
         bands = max(1, max_distance + 1) if max_distance >= 0 else 0
         self._band_edges = [round(i * HASH_BITS / bands) for i in range(bands + 1)] if bands else []
         self._bands: list[defaultdict[int, list[tuple[int, str]]]] = [defaultdict(list) for _ in range(bands)]
@@ -107,7 +114,7 @@ class DuplicateIndex:
                 other_value, other_layout = self._hashes[order]
                 distance = (value ^ other_value).bit_count()
                 if (distance <= self.max_distance and (best is None or order < best[0])
-                        and _same_colours(layout, other_layout)):
+                        and _same_layout(layout, other_layout)):
                     best = (order, distance, other)
         return Match(best[2], best[1], False) if best else None
 
@@ -124,7 +131,7 @@ class DuplicateIndex:
         return match
 
 
-def reconcile_duplicates(images_dir: Path, max_distance: int = 4) -> int:
+def reconcile_duplicates(images_dir: Path, max_distance: int = DEFAULT_DISTANCE) -> int:
     """Apply the duplicate rule across all finished shards; returns how many `ok` rows became duplicates.
 
     Each changed shard's tar is rewritten first, then its index. Killed in

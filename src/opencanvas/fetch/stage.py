@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from opencanvas.engines import Engine, map_shards, shard_share
 from opencanvas.fetch.decode import DEFAULT_MAX_PIXELS, DecodeError
-from opencanvas.fetch.dedup import DuplicateIndex, reconcile_duplicates
+from opencanvas.fetch.dedup import DEFAULT_DISTANCE, DuplicateIndex, reconcile_duplicates
 from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient
 from opencanvas.fetch.process import Processed, Unusable, process_image
 from opencanvas.fetch.subset_rows import subset_rows
@@ -39,7 +39,7 @@ class FetchOptions:
     max_side: int = 1024                 # 0 keeps the native resolution (as the paper did)
     min_side: int = 256
     max_pixels: int = DEFAULT_MAX_PIXELS
-    near_dup_distance: int = 4           # phash Hamming bits; < 0 = exact duplicates only
+    near_dup_distance: int = DEFAULT_DISTANCE  # pHash Hamming bits; < 0 = exact duplicates only
     threads: int = 16                    # concurrent fetches inside one shard
     http: HttpConfig = field(default_factory=HttpConfig)
 

@@ -1,14 +1,14 @@
 """The catalog rows of a subset's keys, read with DuckDB straight from the catalog parts.
 
-(The catalog stage offers `catalog.query.catalog_rows` too; reading the parts
-here keeps the fetcher independent of it.)
+Only finished parts count (`catalog.query.part_files`: those named by an input's
+done-record), so files of an interrupted ingest are never fetched.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from opencanvas.workspace import QUARANTINE, Workspace
+from opencanvas.workspace import Workspace
 
 
 def subset_rows(ws: Workspace, subset: str) -> dict[str, dict[str, Any] | None]:
@@ -19,7 +19,9 @@ def subset_rows(ws: Workspace, subset: str) -> dict[str, dict[str, Any] | None]:
     if not path.exists():
         raise FileNotFoundError(
             f"no subset {subset!r} at {path}: create it first with `opencanvas catalog subset`")
-    parts = [str(p) for p in sorted(ws.catalog_dir.glob("*/part-*.parquet")) if p.parent.name != QUARANTINE]
+    from opencanvas.catalog.query import part_files
+
+    parts = [str(p) for p in part_files(ws)]
     con = duckdb.connect()
     try:
         keys = [k for (k,) in con.execute("SELECT DISTINCT key FROM read_parquet(?)", [str(path)]).fetchall()]

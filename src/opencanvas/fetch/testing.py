@@ -36,6 +36,7 @@ import pyarrow as pa
 from PIL import Image
 
 from opencanvas.catalog.schema import CATALOG_SCHEMA, SUBSET_SCHEMA
+from opencanvas.catalog.ingest import write_done_record
 from opencanvas.storage import atomic_write_parquet
 from opencanvas.workspace import Workspace
 
@@ -169,6 +170,8 @@ def write_catalog_subset(ws: Workspace, name: str, rows: list[dict[str, Any]], s
     """Write catalog rows (CATALOG_SCHEMA dicts; missing columns are null) and a subset of their keys."""
     table = pa.Table.from_pylist([{c: r.get(c) for c in CATALOG_SCHEMA.names} for r in rows], schema=CATALOG_SCHEMA)
     atomic_write_parquet(ws.source_dir(source) / "part-00000.parquet", table)
+    write_done_record(ws, source, "test", "(written by a test)", ["part-00000.parquet"], read=table.num_rows,
+                      ingested=table.num_rows)
     subset = table.select(SUBSET_SCHEMA.names).cast(SUBSET_SCHEMA)
     atomic_write_parquet(ws.subset_path(name), subset, metadata={"policy": "commercial", "policy_text": "test",
                                                                "catalog_hash": "test"})

@@ -17,8 +17,11 @@ PipelineOption = Annotated[Optional[Path], typer.Option(
     file_okay=False)]
 StepsOption = Annotated[int, typer.Option("--steps", min=1, help="Sampler steps.")]
 SamplerOption = Annotated[str, typer.Option("--sampler", help=f"One of: {', '.join(SAMPLER_NAMES)}.")]
-SpacingOption = Annotated[str, typer.Option(
-    "--spacing", help="Sigma spacing: leading (SD default), trailing (for zero-terminal-SNR runs) or karras.")]
+SpacingOption = Annotated[Optional[str], typer.Option(
+    "--spacing", help="Sigma spacing: leading, trailing or karras. Default: trailing for zero-terminal-SNR "
+    "runs, else leading (as SD).")]
+DtypeOption = Annotated[str, typer.Option("--dtype", help="Model dtype: float32, bfloat16 or float16 (GPU).")]
+DTYPES = ("float32", "bfloat16", "float16")
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the first image; image i uses seed + i.")]
 NegativeOption = Annotated[str, typer.Option("--negative-prompt", help="Prompt to guide away from (CFG uncond).")]
 RescaleOption = Annotated[float, typer.Option(
@@ -43,13 +46,15 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-def _check_choices(sampler: str, spacing: str) -> None:
+def _check_choices(sampler: str, spacing: str | None, dtype: str) -> None:
     from opencanvas.sample.samplers import SAMPLERS, SPACINGS
 
     if sampler not in SAMPLERS:
         raise fail(f"unknown --sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    if spacing not in SPACINGS:
+    if spacing is not None and spacing not in SPACINGS:
         raise fail(f"unknown --spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
+    if dtype not in DTYPES:
+        raise fail(f"unknown --dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
 
 
 def sample_command(
@@ -63,7 +68,7 @@ def sample_command(
     guidance: Annotated[float, typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale.")] = 7.5,
     guidance_rescale: RescaleOption = 0.0,
     sampler: SamplerOption = "dpmpp-2m",
-    spacing: SpacingOption = "leading",
+    spacing: SpacingOption = None,
     seed: SeedOption = 0,
     negative_prompt: NegativeOption = "",
     size: Annotated[Optional[str], typer.Option("--size", help="WxH in pixels; default: the run's resolution.")]
@@ -74,14 +79,15 @@ def sample_command(
         dir_okay=False)] = None,
     batch_size: BatchOption = 8,
     device: DeviceOption = "cpu",
+    dtype: DtypeOption = "float32",
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Generate images with classifier-free guidance; each PNG carries its prompt, seed and provenance."""
-    from opencanvas.sample.generate import SampleSettings, default_size, plan, sample_to_dir
+    from opencanvas.sample.generate import SampleSettings, default_size, default_spacing, plan, sample_to_dir
     from opencanvas.sample.loading import load_model, model_name, training_provenance
     from opencanvas.sample.prompts import read_prompts
 
-    _check_choices(sampler, spacing)
+    _check_choices(sampler, spacing, dtype)
     all_prompts = list(prompts or [])
     try:
         if prompts_file is not None:
@@ -93,12 +99,13 @@ def sample_command(
         raise fail("no prompts: pass PROMPT arguments or --prompts-file F")
     ws = open_workspace(workspace)
     try:
-        model = load_model(ws, run, pipeline, ema=not no_ema, device=device)
+        model = load_model(ws, run, pipeline, ema=not no_ema, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise fail(str(e)) from None
     width, height = wh or default_size(model)
     settings = SampleSettings(steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, sampler=sampler,
-                              spacing=spacing, negative_prompt=negative_prompt, width=width, height=height)  # type: ignore[arg-type]
+                              spacing=spacing or default_spacing(model),  # type: ignore[arg-type]
+                              negative_prompt=negative_prompt, width=width, height=height)
     name, provenance = model_name(model, run), training_provenance(model)
     print_settings("sample", {"model": name, "weights_hash": model.weights_hash[:16], **settings.to_dict(),
                               "prompts": len(all_prompts), "images": len(all_prompts) * n, "seed": seed,
@@ -148,6 +155,7 @@ def eval_command(
     = 2000,
     batch_size: BatchOption = 8,
     device: DeviceOption = "cpu",
+    dtype: DtypeOption = "float32",
     no_ema: NoEmaOption = False,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
@@ -158,7 +166,7 @@ def eval_command(
     from opencanvas.sample.evaluate import METRICS, evaluate
     from opencanvas.sample.loading import load_model
 
-    _check_choices(sampler, "leading")
+    _check_choices(sampler, None, dtype)
     wanted = tuple(m.strip() for m in metrics.split(",") if m.strip())
     if bad := [m for m in wanted if m not in METRICS]:
         raise fail(f"unknown --metrics {', '.join(bad)}: choose from {', '.join(METRICS)}")
@@ -175,7 +183,7 @@ def eval_command(
                             "steps": steps, "sampler": sampler, "inception": str(inception or "-"),
                             "clip": clip or "(run's catalog CLIP)", "device": device})
     try:
-        model = load_model(ws, None if pipeline else run, pipeline, ema=not no_ema, device=device)
+        model = load_model(ws, None if pipeline else run, pipeline, ema=not no_ema, device=device, dtype=dtype)
         report = evaluate(ws, name, prompts, reference, wanted, scales, n, steps=steps, sampler=sampler, seed=seed,
                           size=wh, batch_size=batch_size, max_reference=max_reference, inception=inception,
                           clip=clip, device=device, pipeline=model)

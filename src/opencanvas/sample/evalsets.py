@@ -56,6 +56,7 @@ class ReferenceImages:
 
 def load_reference(ws: Workspace, reference: str, limit: int) -> ReferenceImages:
     """Up to `limit` RGB images from a subset's fetched shards, or from a directory of image files."""
+    from opencanvas.fetch.decode import DecodeError, load_rgb   # the fetch stage's decoder: same RGB as training saw
     from opencanvas.shards import finished_shards, iter_shard
 
     images_dir = ws.images_dir(reference)
@@ -64,7 +65,7 @@ def load_reference(ws: Workspace, reference: str, limit: int) -> ReferenceImages
         for tar in finished_shards(images_dir):
             for item in iter_shard(tar):
                 names.append(item.key)
-                images.append(_decode(item.data))
+                images.append(load_rgb(item.data))
                 if len(names) >= limit:
                     return ReferenceImages(names, images, f"subset:{reference}")
         if not names:
@@ -77,12 +78,10 @@ def load_reference(ws: Workspace, reference: str, limit: int) -> ReferenceImages
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
-    return ReferenceImages([p.relative_to(path).as_posix() for p in files],
-                           [Image.open(p).convert("RGB") for p in files], str(path))
-
-
-def _decode(data: bytes) -> Image.Image:
-    import io
-
-    with Image.open(io.BytesIO(data)) as im:
-        return im.convert("RGB")
+    images = []
+    for p in files:
+        try:
+            images.append(load_rgb(p.read_bytes()))
+        except DecodeError as e:
+            raise ValueError(f"reference image {p} cannot be decoded ({e}): remove or replace it") from None
+    return ReferenceImages([p.relative_to(path).as_posix() for p in files], images, str(path))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +78,14 @@ def generate_for_guidance(pipeline: SamplingPipeline, prompts: Sequence[str], gu
     The same seeds at every scale (common random numbers) make the curve smoother.
     """
     from opencanvas.progress import progress_bar
-    from opencanvas.sample.generate import sample_metadata
+    from opencanvas.sample.generate import default_spacing, sample_metadata
     from opencanvas.sample.pngmeta import save_png
 
     specs = [SampleSpec(i, prompts[i % len(prompts)], options.seed + i) for i in range(options.n)]
     paths = [out / f"{s.index:05d}.png" for s in specs]
     todo = [s for s, p in zip(specs, paths) if not p.exists()]   # PNGs are written atomically
     settings = SampleSettings(steps=options.steps, guidance=guidance, sampler=options.sampler,
-                              width=options.size[0], height=options.size[1])
+                              spacing=default_spacing(pipeline), width=options.size[0], height=options.size[1])
     with progress_bar() as bar:
         task = bar.add_task(f"eval g={guidance:g}", total=len(todo), unit="img")
 
@@ -95,7 +95,7 @@ def generate_for_guidance(pipeline: SamplingPipeline, prompts: Sequence[str], gu
                                                                    meta["weights_hash"], meta))
             bar.advance(task, len(batch))
 
-        generate_specs(pipeline, todo, settings, batch_size=options.batch_size, on_batch=save)
+        generate_specs(pipeline, todo, settings, batch_size=options.batch_size, on_batch=save, keep=False)
     return paths
 
 
@@ -156,7 +156,7 @@ def run_evaluation(ws: Workspace, run: str, prompts: Sequence[str], reference: s
         "run": run, "model": meta["model"], "weights_hash": pipeline.weights_hash, "eval_id": root.name,
         "prompts": {"source": prompts_source, "count": len(prompts)},
         "reference": {"source": ref.source, "count": len(ref.names)},
-        "settings": {**{k: v for k, v in options.__dict__.items()}, "size": list(options.size)},
+        "settings": {**asdict(options), "size": list(options.size)},
         "features": getattr(scorers.features, "name", None),
         "fd_metric": getattr(scorers.features, "fd_name", None),
         "kid_metric": getattr(scorers.features, "kid_name", None),
@@ -165,6 +165,9 @@ def run_evaluation(ws: Workspace, run: str, prompts: Sequence[str], reference: s
         "license_policy": meta.get("license_policy"), "catalog_hash": meta.get("catalog_hash"),
         "notes": scorers.notes, "rows": rows,
     }
+    if "clip_score" in rows[0] and len(rows) > 1:
+        # The check a demo makes: guidance must buy prompt alignment over the unconditional model.
+        report["clip_gain_over_unconditional"] = max(r["clip_score"] for r in rows[1:]) - rows[0]["clip_score"]
     if mems:
         report["memorization_gallery"] = memorization_gallery(root / "memorization.png", mems, ref, options)
     if report["fd_metric"] and "clip_score" in rows[0] and report["fd_metric"] in rows[0]:

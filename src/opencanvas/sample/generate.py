@@ -25,6 +25,9 @@ from opencanvas.sample.samplers import Spacing, get_sampler, get_sigmas, initial
 from opencanvas.storage import atomic_write_bytes
 
 
+GRID_MAX = 64  # images on the contact sheet
+
+
 class SamplingPipeline(Protocol):
     """What generation needs from a model (a subset of `opencanvas.train.InferencePipeline`)."""
 
@@ -109,8 +112,11 @@ def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
 
 def generate_specs(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings,
                    batch_size: int = 8, on_batch: Callable[[list[SampleSpec], list[Image.Image]], None] | None = None,
-                   ) -> list[Image.Image]:
-    """Images for `specs`, batched; `on_batch` sees each finished batch (to save as it goes)."""
+                   keep: bool = True) -> list[Image.Image]:
+    """Images for `specs`, batched; `on_batch` sees each finished batch (to save as it goes).
+
+    keep=False returns nothing, so a long run that saves as it goes holds one batch in memory.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images: list[Image.Image] = []
@@ -120,19 +126,28 @@ def generate_specs(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], sett
         decoded = pipeline.decode(latents)
         if on_batch is not None:
             on_batch(batch, decoded)
-        images.extend(decoded)
+        if keep:
+            images.extend(decoded)
     return images
 
 
 def generate(pipeline: SamplingPipeline, prompts: Sequence[str], n: int = 1, steps: int = 25,
              guidance: float = 7.5, sampler: str = "dpmpp-2m", seed: int = 0, negative_prompt: str = "",
              size: tuple[int, int] | None = None, guidance_rescale: float = 0.0, batch_size: int = 8,
-             spacing: Spacing = "leading") -> list[Image.Image]:
-    """n images per prompt (prompt-major order); size is (width, height), default the model's resolution."""
+             spacing: Spacing | None = None) -> list[Image.Image]:
+    """n images per prompt (prompt-major order); size is (width, height), default the model's resolution;
+    spacing defaults to `default_spacing`."""
     width, height = size or default_size(pipeline)
     settings = SampleSettings(steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, sampler=sampler,
-                              spacing=spacing, negative_prompt=negative_prompt, width=width, height=height)
+                              spacing=spacing or default_spacing(pipeline), negative_prompt=negative_prompt,
+                              width=width, height=height)
     return generate_specs(pipeline, plan(prompts, n, seed), settings, batch_size=batch_size)
+
+
+def default_spacing(pipeline: SamplingPipeline) -> Spacing:
+    """trailing for zero-terminal-SNR schedules (so the first step is at the pure-noise timestep,
+    Lin et al. 2023, Sec. 3.3), else SD's leading."""
+    return "trailing" if pipeline.denoiser.schedule.zero_terminal_snr else "leading"
 
 
 def default_size(pipeline: SamplingPipeline) -> tuple[int, int]:
@@ -155,7 +170,7 @@ def sample_metadata(spec: SampleSpec, settings: SampleSettings, model: str, weig
 
 def sample_to_dir(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings, out: Path,
                   model: str, provenance: dict[str, str], batch_size: int = 8) -> list[Path]:
-    """Write `<index>-s<seed>.png` per spec (with metadata) and `grid.png`; resumable.
+    """Write `<index>-s<seed>.png` per spec (with metadata) and `grid.png` (the first GRID_MAX); resumable.
 
     An existing PNG whose metadata matches is kept, so a killed run re-run with
     the same command only makes what is missing.
@@ -185,9 +200,10 @@ def sample_to_dir(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], setti
                 save_png(paths[spec.index], image, metas[spec.index])
             bar.advance(task, len(batch))
 
-        generate_specs(pipeline, todo, settings, batch_size=batch_size, on_batch=save)
-    images = [Image.open(paths[s.index]).convert("RGB") for s in specs]
-    sheet = contact_sheet(images, [f"{s.prompt} (seed {s.seed})" for s in specs])
+        generate_specs(pipeline, todo, settings, batch_size=batch_size, on_batch=save, keep=False)
+    shown = specs[:GRID_MAX]
+    images = [Image.open(paths[s.index]).convert("RGB") for s in shown]
+    sheet = contact_sheet(images, [f"{s.prompt} (seed {s.seed})" for s in shown])
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     atomic_write_bytes(out / "grid.png", buf.getvalue())

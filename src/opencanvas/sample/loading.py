@@ -128,12 +128,13 @@ def load_folder_pipeline(path: Path, device: str = "cpu", dtype: torch.dtype = t
 
 
 def load_model(ws: Workspace, run: str | None, pipeline_dir: Path | None, ema: bool = True,
-               device: str = "cpu") -> Any:
+               device: str = "cpu", dtype: str = "float32") -> Any:
     """`--run NAME` (via opencanvas.train.load_pipeline) or `--pipeline DIR`; exactly one."""
     if (run is None) == (pipeline_dir is None):
         raise ValueError("give exactly one of --run NAME or --pipeline DIR")
+    torch_dtype = getattr(torch, dtype)
     if pipeline_dir is not None:
-        return load_folder_pipeline(pipeline_dir, device=device)
+        return load_folder_pipeline(pipeline_dir, device=device, dtype=torch_dtype)
     try:
         from opencanvas.train import load_pipeline  # type: ignore[attr-defined]
     except ImportError as e:
@@ -141,7 +142,7 @@ def load_model(ws: Workspace, run: str | None, pipeline_dir: Path | None, ema: b
                            "export the run and use --pipeline DIR") from e
     if not ws.run_dir(run).is_dir():
         raise FileNotFoundError(f"no run {run!r} under {ws.run_dir(run).parent}; train one with `opencanvas train`")
-    return load_pipeline(ws, run, ema=ema, device=device)
+    return load_pipeline(ws, run, ema=ema, device=device, dtype=torch_dtype)
 
 
 def model_name(pipeline: Any, run: str | None) -> str:

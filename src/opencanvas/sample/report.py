@@ -102,6 +102,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         mem = row.get("memorization") or {}
         cells += [_fmt(mem.get("share_cosine_above")), _fmt(mem.get("share_phash_within"))]
         lines.append("| " + " | ".join(cells) + " |")
+    if "clip_gain_over_unconditional" in report:
+        lines += ["", f"Best guided CLIP score minus unconditional (g=0): "
+                  f"{report['clip_gain_over_unconditional']:+.3f}."]
     if report.get("tradeoff_plot"):
         lines += ["", f"![trade-off]({report['tradeoff_plot']})"]
     if report.get("memorization_gallery"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -141,8 +142,6 @@ def _resolve(ws: Workspace, latents: str, preset_name: str, run: str, images: in
 
 
 def _stored_config(run_dir: Path) -> dict[str, Any] | None:
-    import json
-
     path = run_dir / "config.json"
     return json.loads(path.read_text()) if path.exists() else None
 

@@ -29,8 +29,8 @@ class InputUnit:
     """One unit of resumable work: an input file, or a folder for folder-shaped sources."""
 
     source: str
-    path: str      # absolute path
-    root: str = "" # for tree sources: the library root that keys are relative to
+    path: str  # absolute path
+    root: str = ""  # for tree sources: the library root that keys are relative to
 
 
 @dataclass(frozen=True)

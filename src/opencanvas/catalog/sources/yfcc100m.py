@@ -13,10 +13,9 @@ from __future__ import annotations
 import bz2
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-
 from urllib.parse import unquote_plus
 
 import duckdb
@@ -79,8 +78,14 @@ def _license_table(batch: pa.Table) -> pa.Table:
                      "license_url_norm": lic.url, **dict(zip(
                          ("commercial_ok", "derivatives_ok", "share_alike", "attribution_required"),
                          LICENSE_FLAGS[lic.license_id]))})
-    return pa.Table.from_pylist(rows)
+    return pa.Table.from_pylist(rows, schema=_LICENSE_SCHEMA)
 
+
+_LICENSE_SCHEMA = pa.schema([
+    ("statement", pa.string()), ("license_id", pa.string()), ("license_version", pa.string()),
+    ("license_url_norm", pa.string()), ("commercial_ok", pa.bool_()), ("derivatives_ok", pa.bool_()),
+    ("share_alike", pa.bool_()), ("attribution_required", pa.bool_()),
+])
 
 _REASON = f"""
 CASE
@@ -143,10 +148,11 @@ FROM (SELECT *, {_REASON} AS reason FROM ({_DECODED}))
 def _split(table: pa.Table, path: str) -> tuple[pa.Table, pa.Table]:
     """(catalog rows, quarantine rows) of the judged batch."""
     ok = pc.is_null(table["reason"])
-    rows = table.filter(ok).select(CATALOG_SCHEMA.names).cast(CATALOG_SCHEMA)
+    rows = table.select(CATALOG_SCHEMA.names).filter(ok).cast(CATALOG_SCHEMA)
     bad = table.filter(pc.invert(ok))
+    n = bad.num_rows
     rejects = pa.table({
-        "source": pa.array([NAME] * bad.num_rows, pa.string()), "input_file": pa.array([path] * bad.num_rows, pa.string()),
+        "source": pa.array([NAME] * n, pa.string()), "input_file": pa.array([path] * n, pa.string()),
         "record_no": bad["record_no"], "raw": bad["raw"], "reason": bad["reason"], "detail": bad["detail"],
     }, schema=QUARANTINE_SCHEMA)
     return rows, rejects
@@ -225,11 +231,14 @@ def read(unit: InputUnit) -> Iterator[SourceBatch]:
     # caller writes Parquet; results come back in file order, at most 2 * JUDGE_THREADS in flight.
     with ThreadPoolExecutor(JUDGE_THREADS) as pool:
         inflight: deque[Future[SourceBatch]] = deque()
-        for record_batch in reader:
-            block_invalid, invalid = invalid, []
-            inflight.append(pool.submit(_judge, pa.Table.from_batches([record_batch]), block_invalid, unit.path))
-            if len(inflight) >= 2 * JUDGE_THREADS:
-                yield inflight.popleft().result()
+        try:
+            for record_batch in reader:
+                block_invalid, invalid = invalid, []
+                inflight.append(pool.submit(_judge, pa.Table.from_batches([record_batch]), block_invalid, unit.path))
+                if len(inflight) >= 2 * JUDGE_THREADS:
+                    yield inflight.popleft().result()
+        except (pa.ArrowInvalid, OSError, EOFError) as e:  # e.g. a truncated .bz2, binary garbage
+            raise InputFormatError(f"{unit.path}: unreadable after {e!s:.300}; expected {EXPECTED}") from None
         while inflight:
             yield inflight.popleft().result()
     if invalid:  # lines rejected after the last block was handed out
