@@ -172,3 +172,17 @@ def test_errors_say_what_to_do(ws, latents):
         open_latents(ws, "lat", resolution=512)
     with pytest.raises(ValueError, match="no full step"):
         LatentLoader(latents, batch_size=40, seed=0, world=2)
+
+
+def test_loader_leaves_out_the_heldout_split(tmp_path) -> None:
+    from opencanvas.components.images import key_fraction
+    from opencanvas.encode import LatentLoader, open_latents
+    from opencanvas.encode.synthetic import write_random_latents
+    from opencanvas.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    write_random_latents(ws, "lat", 64)
+    latents = open_latents(ws, "lat")
+    seen = {k for batch in LatentLoader(latents, 4, seed=0, holdout=0.25) for k in batch["keys"]}
+    assert seen and all(key_fraction(k) >= 0.25 for k in seen)
+    assert any(key_fraction(k) < 0.25 for k in latents.keys())

@@ -219,3 +219,41 @@ def test_recipe_defaults_and_explicit_sdpa():
     assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     apply_recipe(unet, resolve_recipe(torch.device("cpu"), sdpa=False))
     assert all(isinstance(p, AttnProcessor) for p in unet.attn_processors.values())
+
+
+def test_training_inputs_draw_caption_dropout_and_noise_deterministically(ws):
+    from opencanvas.train.data import LatentStream, step_generator, training_inputs
+
+    random_latents(ws, n=8)
+    stream = LatentStream.open(ws, "lat", 64, micro_batch=8, seed=0, rank=0, world=1, device=torch.device("cpu"))
+    batch = stream.next_batch()
+    kw = dict(num_timesteps=1000, offset_noise=0.1, use_text_mask=True)
+
+    def draw(dropout: float, images_seen: int = 0) -> dict:
+        gen = step_generator(torch.device("cpu"), 0, 0, images_seen)
+        return training_inputs(batch, stream, gen, torch.device("cpu"), caption_dropout=dropout, **kw)
+
+    kept, dropped, again, later = draw(0.0), draw(0.9999), draw(0.0), draw(0.0, images_seen=8)
+    assert torch.equal(kept["text"], batch["text"].float()) and torch.equal(kept["mask"], batch["mask"])
+    assert torch.equal(dropped["text"], stream.null_text.expand(8, -1, -1))
+    assert torch.equal(dropped["mask"], stream.null_mask.expand(8, -1))
+    for key in ("x0", "noise", "timesteps"):
+        assert torch.equal(kept[key], again[key]) and not torch.equal(kept[key], later[key])
+    # x0 is a posterior sample, normalised: close to the mean (std is 0.01-0.1 in this set), not equal.
+    assert 0 < float((kept["x0"] - batch["mean"].float()).abs().max()) < 0.5
+
+
+def test_v_prediction_with_zero_terminal_snr_and_offset_noise(ws):
+    from opencanvas.diffusion import Denoiser, NoiseSchedule
+    from opencanvas.train.to_diffusers import scheduler_for
+
+    random_latents(ws, n=8)
+    summary = loop.train(ws, "lat", "tiny", "v", images=24, batch=8, prediction_type="v_prediction",
+                         zero_terminal_snr=True, offset_noise=0.05)
+    assert summary["skipped_steps"] == 0 and all(v == v for v in losses(ws, "v"))
+    config = json.loads((ws.run_dir("v") / "config.json").read_text())
+    sched = scheduler_for(config)
+    assert sched.config.prediction_type == "v_prediction" and sched.config.rescale_betas_zero_snr
+    ours = Denoiser(torch.nn.Linear(1, 1), NoiseSchedule(zero_terminal_snr=True), "v_prediction").alphas_cumprod
+    assert torch.allclose(sched.alphas_cumprod[:-1].float(), ours[:-1], atol=1e-6)
+    assert float(sched.alphas_cumprod[-1]) < 1e-6 and float(ours[-1]) < 1e-6  # SNR ~0 at the last step

@@ -58,11 +58,27 @@ def caption_slots(available: np.ndarray, seed: int, epoch: int, indices: np.ndar
     return np.where(count > 0, slots, -1)
 
 
-def epoch_batches(latent_set: LatentSet, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+def training_indices(latent_set: LatentSet, holdout: float = 0.0) -> dict[tuple[int, int], np.ndarray]:
+    """Each bucket's record indices, less the held-out split (key hash fraction < `holdout`).
+
+    The split is the one the components and `eval --prompts heldout` use
+    (`components.images.key_fraction`), so held-out prompts are never trained on.
+    """
+    buckets = latent_set.bucket_indices()
+    if holdout <= 0:
+        return buckets
+    from opencanvas.components.images import key_fraction
+
+    keys = latent_set.keys()
+    return {b: ix[np.array([key_fraction(keys[i]) >= holdout for i in ix], dtype=bool)] for b, ix in buckets.items()}
+
+
+def epoch_batches(latent_set: LatentSet, batch_size: int, seed: int, epoch: int,
+                  indices: dict[tuple[int, int], np.ndarray] | None = None) -> list[np.ndarray]:
     """Every full batch of one epoch in global order (before the cut to a multiple of world)."""
     rng = np.random.default_rng([seed, epoch])
     batches: list[np.ndarray] = []
-    for _, indices in sorted(latent_set.bucket_indices().items()):
+    for _, indices in sorted((indices if indices is not None else latent_set.bucket_indices()).items()):
         perm = indices[rng.permutation(len(indices))]
         n = len(perm) // batch_size * batch_size
         # Ascending within a batch (order inside a batch does not matter to SGD):
@@ -78,12 +94,13 @@ class LatentLoader:
     mean/std (B, C, h, w) fp16, text (B, L, D) fp16, mask (B, L) bool, keys list[str].
     Iterating yields the remaining batches of the current epoch, then moves to the
     next epoch, so `for batch in loader` may be repeated for as many epochs as needed.
+    `holdout` > 0 leaves out the held-out split (see `training_indices`).
     `workers` > 0 gathers batches ahead on that many threads (memory-map copies
     release the GIL, and threads avoid pickling batches between processes).
     """
 
     def __init__(self, latent_set: LatentSet, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 epoch: int = 0, start: int = 0, workers: int = 0, prefetch: int = 4) -> None:
+                 epoch: int = 0, start: int = 0, workers: int = 0, prefetch: int = 4, holdout: float = 0.0) -> None:
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"need 0 <= rank < world, got rank={rank} world={world}")
         if batch_size < 1:
@@ -91,7 +108,8 @@ class LatentLoader:
         self.latent_set = latent_set
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.workers, self.prefetch = workers, max(1, prefetch)
-        full_batches = sum(len(ix) // batch_size for ix in latent_set.bucket_indices().values())
+        self.indices = training_indices(latent_set, holdout)
+        full_batches = sum(len(ix) // batch_size for ix in self.indices.values())
         self.steps_per_epoch = full_batches // world
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -121,7 +139,7 @@ class LatentLoader:
     # ---- batches --------------------------------------------------------------------
     def rank_batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's batches (record indices, (B,) each) of `epoch`, in order."""
-        batches = epoch_batches(self.latent_set, self.batch_size, self.seed, epoch)
+        batches = epoch_batches(self.latent_set, self.batch_size, self.seed, epoch, self.indices)
         return batches[: self.steps_per_epoch * self.world][self.rank :: self.world]
 
     def _load(self, indices: np.ndarray, epoch: int, out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:

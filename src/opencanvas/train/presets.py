@@ -83,7 +83,7 @@ PRESETS: dict[str, Preset] = {
         lr=1e-4, batch=2048, warmup_images=10_000 * 2048, parallel="fsdp",
     ),
     # A larger UNet in the spirit of SDXL / CommonCanvas-L: three levels, deep transformers
-    # at low resolution (2.6B parameters with a 2048-wide text encoder).
+    # at low resolution (2.4B parameters with a 1024-wide text encoder).
     "xl": Preset(
         name="xl",
         unet=UNetPreset(block_out_channels=(320, 640, 1280),
