@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-# Keep torch from oversubscribing the 2 CI cores when tests run beside each other.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One OpenMP thread per process: tests start subprocesses (torchrun ranks, kill-and-resume), and
+# two OpenMP threads per process on 2 shared cores spin-wait each other ~10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OPENCANVAS_PROGRESS", "0")

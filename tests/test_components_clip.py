@@ -61,6 +61,11 @@ def test_tiny_clip_overfits_a_fixed_batch(ws):
         opt.step()
         losses.append(loss.item())
     assert losses[0] > 2.0 and np.mean(losses[-3:]) < 0.5 * losses[0], losses
+    with torch.no_grad():  # matching pairs now score above non-matching ones
+        out = model.eval()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels)
+    sim = out.logits_per_image.numpy()
+    same = np.array([[a == b for b in enc["input_ids"].tolist()] for a in enc["input_ids"].tolist()])
+    assert sim[same].mean() > sim[~same].mean() + 1.0
 
 
 def test_train_clip_serves_as_text_encoder_and_evaluator(ws):
@@ -100,9 +105,16 @@ def test_train_clip_serves_as_text_encoder_and_evaluator(ws):
 
 
 def test_clip_bad_input(ws):
+    from typer.testing import CliRunner
+
+    from opencanvas.cli import app
+
     make_image_subset(ws, "shapes", n=48, size=64)
     with pytest.raises(FileNotFoundError, match="opencanvas caption --subset shapes --captioner metadata"):
         train_clip(ws, "shapes", "metadata", "clip", steps=1)
+    result = CliRunner().invoke(app, ["clip", "train", "-w", str(ws.root), "--subset", "shapes",
+                                      "--captioner", "blip2", "--name", "clip", "--steps", "1"])
+    assert result.exit_code == 2 and "no captions from captioner 'blip2'" in result.output
     make_captions(ws, "shapes", captioner="other")
     with pytest.raises(ValueError, match="unknown CLIP preset"):
         train_clip(ws, "shapes", "other", "clip", preset="huge", steps=1)

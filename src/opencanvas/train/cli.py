@@ -61,6 +61,9 @@ def train_command(
         "--offset-noise", min=0, help="Offset noise strength (per sample and channel), e.g. 0.05.")] = None,
     caption_dropout: Annotated[Optional[float], typer.Option(
         "--caption-dropout", min=0, max=0.99, help="Share of captions replaced by the empty prompt (CFG).")] = None,
+    holdout: Annotated[Optional[float], typer.Option(
+        "--holdout", min=0, max=0.5, help="Leave out the held-out split (key-hash fraction below this), whose "
+        "captions `opencanvas eval --prompts heldout` scores; 0 trains on every image.")] = None,
     text_mask: Annotated[Flag, typer.Option(
         "--text-mask/--no-text-mask", help="Mask padding tokens in cross-attention (off: SD convention, "
         "matches the exported diffusers pipeline).")] = None,
@@ -104,7 +107,7 @@ def train_command(
         micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, prediction_type=prediction,
         min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
-        caption_dropout=caption_dropout, use_text_mask=text_mask, seed=seed, checkpoint_every=checkpoint_every,
+        caption_dropout=caption_dropout, holdout=holdout, use_text_mask=text_mask, seed=seed, checkpoint_every=checkpoint_every,
         keep=keep, validate_every=validate_every, log_every=log_every, max_bad_steps=max_bad_steps,
         workers=workers, device=device, parallel=parallel, bf16=bf16, sdpa=sdpa,
         low_precision_norms=low_precision_norms, channels_last=channels_last, fused_adamw=fused_adamw,

@@ -50,16 +50,15 @@ class LatentStream:
     @classmethod
     def open(cls, ws: Workspace, latents: str, resolution: int, micro_batch: int, seed: int, rank: int,
              world: int, device: torch.device, position: dict[str, int] | None = None,
-             workers: int = 0) -> "LatentStream":
-        from opencanvas.encode.loader import LatentLoader
-        from opencanvas.encode.store import open_latents
+             workers: int = 0, holdout: float = 0.0) -> "LatentStream":
+        from opencanvas.encode import LatentLoader, open_latents
 
         latent_set = open_latents(ws, latents, resolution)
         epoch, start = 0, 0
         if position and position.get("resolution") == resolution:
             epoch, start = int(position["epoch"]), int(position["start"])
         loader = LatentLoader(latent_set, micro_batch, seed, rank=rank, world=world, epoch=epoch,
-                              start=start, workers=workers)
+                              start=start, workers=workers, holdout=holdout)
         meta = latent_set.meta
         null_text, null_mask = latent_set.null_text()
         view = (1, -1, 1, 1)

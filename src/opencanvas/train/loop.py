@@ -105,7 +105,7 @@ def train(ws: Workspace, latents: str, preset: str, run: str, images: int | None
 
 def _resolve(ws: Workspace, latents: str, preset_name: str, run: str, images: int | None, batch: int | None,
              resolutions: str | None, options: dict[str, Any], env: D.DistEnv) -> TrainConfig:
-    from opencanvas.encode.store import open_latents
+    from opencanvas.encode import open_latents
 
     preset = get_preset(preset_name)
     run_dir = ws.run_dir(run)
@@ -219,7 +219,8 @@ def _stream(s: Session) -> LatentStream:
     res = phase_resolution(s.cfg.resolutions, s.state.images_seen)
     if s.stream is None or s.stream.resolution != res:
         s.stream = LatentStream.open(s.ws, s.cfg.latents, res, s.cfg.micro_batch, s.cfg.seed, s.env.rank,
-                                     s.env.world, s.env.device, position=s.data_position, workers=s.cfg.workers)
+                                     s.env.world, s.env.device, position=s.data_position, workers=s.cfg.workers,
+                                     holdout=s.cfg.holdout)
     return s.stream
 
 
