@@ -23,7 +23,7 @@ def test_attribution_lists_every_by_image_grouped_by_author(tmp_path) -> None:
     assert all(r["modification"] == MODIFICATION_NOTE for r in listed)
     md = (tmp_path / "ATTRIBUTION.md").read_text()
     assert "## [Zoe](https://example.org/author) (2)" in md
-    assert "1 are public domain or CC0" in md
+    assert "1 are public domain or CC0" in md and "4 images: 4 for training and 0 held out" in md
     assert md.count(MODIFICATION_NOTE) == 4  # 3 items + the header sentence
 
 

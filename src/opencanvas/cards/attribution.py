@@ -38,7 +38,8 @@ def _license_label(r: dict[str, Any]) -> str:
     return f"{label} {r['license_version']}".strip()
 
 
-def write_attribution(cards_dir: Path, catalog_rows: list[dict[str, Any]]) -> dict[str, int]:
+def write_attribution(cards_dir: Path, catalog_rows: list[dict[str, Any]], heldout: int = 0) -> dict[str, int]:
+    """Credit every image the run used: trained on, or held out as an evaluation reference."""
     rows, no_attribution = attribution_rows(catalog_rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
@@ -52,10 +53,11 @@ def write_attribution(cards_dir: Path, catalog_rows: list[dict[str, Any]]) -> di
     lines = [
         "# Attribution",
         "",
-        f"This model was trained on {len(catalog_rows)} images. "
+        f"This model used {len(catalog_rows)} images: {len(catalog_rows) - heldout} for training and "
+        f"{heldout} held out as evaluation references. "
         f"{len(rows)} of them are under licenses that require attribution and are credited below, "
         f"grouped by author. {no_attribution} are public domain or CC0 and need no attribution "
-        "(they are credited in the data card's counts).",
+        "(the data card counts them by license).",
         "",
         f"Every image listed was {MODIFICATION_NOTE}. The same list is in `attribution.csv`.",
         "",

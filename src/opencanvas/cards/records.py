@@ -65,7 +65,7 @@ def fetch_facts(ws: Workspace, subset: str, src: Sources) -> dict[str, Any]:
     by_reason = {f"{s}: {r}": n for s, r, n in con.sql(
         "select status, split_part(reason, ':', 1), count(*) from rel where status <> 'ok' "
         "group by 1, 2 order by 3 desc").fetchall()}
-    total_bytes = con.sql("select coalesce(sum(bytes), 0) from rel where status = 'ok'").fetchone()[0]
+    total_bytes = con.sql("select coalesce(sum(bytes), 0) from rel where status = 'ok'").fetchall()[0][0]
     return {"shards": len(paths), "by_status": by_status, "by_reason": by_reason, "bytes": int(total_bytes)}
 
 

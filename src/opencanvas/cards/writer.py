@@ -48,6 +48,12 @@ def gather(ws: Workspace, run: str) -> dict[str, Any]:
         src.add(ws, p)
     keys = ok_keys(ws, subset)
     captioners = data.get("captioners") or []
+    # Training leaves out the held-out split (train/config.py `holdout`); those images are
+    # evaluation references only.
+    from opencanvas.components.images import key_fraction
+
+    holdout = float(runf["config"].get("holdout", 0.0))
+    heldout = [k for k in keys if key_fraction(k) < holdout]
     return {
         "run": run,
         "catalog": catalog_stats(ws),
@@ -59,6 +65,8 @@ def gather(ws: Workspace, run: str) -> dict[str, Any]:
         "train": runf,
         "evals": eval_reports(ws, run, src),
         "training_rows": catalog_rows(ws, keys).to_pylist() if keys else [],
+        "split": {"fetched_ok": len(keys), "heldout": len(heldout), "trained": len(keys) - len(heldout),
+                  "holdout_fraction": holdout},
         "sources": src,
     }
 
@@ -89,6 +97,9 @@ def data_card(facts: dict[str, Any], chart: str) -> str:
         ["fetched ok", ok],
         ["fetch failed", fetch["by_status"].get("failed", 0)],
         ["fetch skipped (too small, duplicates, opt-outs)", fetch["by_status"].get("skipped", 0)],
+        [f"held out for evaluation, never trained on (key-hash fraction < {facts['split']['holdout_fraction']})",
+         facts["split"]["heldout"]],
+        ["trained on", facts["split"]["trained"]],
     ])
     if fetch["by_reason"]:
         lines += ["Fetch outcomes other than ok, by reason:", ""]
@@ -173,14 +184,25 @@ def model_card(facts: dict[str, Any]) -> str:
         lines += ["Not evaluated yet: run `opencanvas eval`.", ""]
     for ev in facts["evals"]:
         lines += [f"Evaluation `{ev['id']}`: {ev['prompts']['count']} prompts ({ev['prompts']['source']}), "
+                  f"{ev['settings']['n']} images per guidance scale, "
                   f"sampler {ev['settings']['sampler']}, {ev['settings']['steps']} steps; "
                   f"CLIP score by {ev.get('clip_model')}; distribution metrics in {ev.get('features')} features.", ""]
         fd, kid = ev.get("fd_metric"), ev.get("kid_metric")
         rows = [[f"{r['guidance']:g}" + (" (unconditional)" if r["baseline"] else ""),
                  _fmt_num(r.get("clip_score")), _fmt_num(r.get(fd)) if fd else "-",
                  _fmt_num(r.get(kid)) if kid else "-",
-                 _fmt_num((r.get("memorization") or {}).get("share_cosine_above"))] for r in ev["rows"]]
-        lines += _table(["guidance", "CLIP score", fd or "FD", kid or "KID", "memorized share"], rows)
+                 _fmt_num((r.get("memorization") or {}).get("share_cosine_above")),
+                 _fmt_num((r.get("memorization") or {}).get("share_phash_within"))] for r in ev["rows"]]
+        lines += _table(["guidance", "CLIP score", fd or "FD", kid or "KID", "near a training image (features)",
+                         "near a training image (perceptual hash)"], rows)
+        gallery = ev.get("memorization_gallery") or {}
+        if gallery:
+            lines += [f"Memorization: share of samples whose nearest training image has feature cosine >= "
+                      f"{gallery.get('cosine_threshold')} or perceptual-hash distance <= "
+                      f"{gallery.get('phash_threshold')} bits; the closest pairs are in "
+                      f"`runs/{facts['run']}/eval/{ev['id']}/{gallery.get('path')}`. With a small catalog CLIP "
+                      "the feature cosine is coarse (unrelated images score high): read the perceptual-hash "
+                      "column and the gallery.", ""]
     lines += ["## Intended use", "",
               "Research and creative use where the provenance of training data matters. It is not a "
               "source of facts and should not be used to depict real people. Outputs can reflect the "
@@ -202,7 +224,7 @@ def write_cards(ws: Workspace, run: str) -> Path:
     out = ws.run_dir(run) / "cards"
     chart = license_bar_chart(facts["subset"]["by_license"], f"Licenses of subset {facts['subset']['name']}",
                               out / "license_composition.png")
-    attribution = write_attribution(out, facts["training_rows"])
+    attribution = write_attribution(out, facts["training_rows"], heldout=facts["split"]["heldout"])
     footer = _footer(facts["sources"])
     atomic_write_text(out / "DATA_CARD.md", data_card(facts, chart.name) + footer)
     atomic_write_text(out / "MODEL_CARD.md", model_card(facts) + footer)

@@ -51,7 +51,7 @@ class DemoSettings:
     train_share: float = 0.40
     eval_prompts: int = 32
     train_batch: int = 16
-    train_images_per_s: float = 60.0  # tiny UNet on 16x16x4 latents, 2 cores (benchmarks/RESULTS.md)
+    train_images_per_s: float = 50.0  # tiny UNet on 16x16x4 latents, 2 idle cores (measured by the demo)
 
 
 @dataclass

@@ -63,14 +63,16 @@ def train_autoencoder(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
 
     report = train_ae(ws, SUBSET, AUTOENCODER, preset="tiny", resolution=s.resolution,
                       minutes=s.minutes * s.autoencoder_share)
-    return {k: report[k] for k in ("psnr", "ssim", "images_seen") if k in report}
+    return {k: report[k] for k in ("heldout_psnr", "heldout_ssim", "heldout_bicubic_psnr", "images_seen", "steps")
+            if k in report}
 
 
 def train_clip(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
     from opencanvas.components import train_clip as train_c
 
     report = train_c(ws, SUBSET, CAPTIONER, CLIP, preset="tiny", minutes=s.minutes * s.clip_share)
-    return {k: report[k] for k in ("recall", "chance", "images_seen") if k in report}
+    return {k: report[k] for k in ("image_to_text_recall@5", "text_to_image_recall@5", "chance_recall@5",
+                                   "clip_score_matching", "clip_score_non_matching", "images_seen") if k in report}
 
 
 def encode_latents(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
