@@ -142,8 +142,10 @@ def test_bad_input_says_what_to_do(ws):
         train_autoencoder(ws, "nope", "ae", steps=1, **FAST)
     with pytest.raises(ValueError, match="takes resolutions"):
         train_autoencoder(ws, "nope", "ae", steps=1, resolution=50)
-    with pytest.raises(NotImplementedError, match="without --lpips-weights"):
+    with pytest.raises(FileNotFoundError, match="without --lpips-weights"):
         train_autoencoder(ws, "nope", "ae", steps=1, perceptual_weights="lpips.pth")
+    with pytest.raises(ValueError, match="need --lpips-weights"):
+        train_autoencoder(ws, "nope", "ae", steps=1, disc_weight=0.1)
     make_image_subset(ws, "few", n=6, size=32, shard_size=6)
     with pytest.raises(ValueError, match="too few images"):
         train_autoencoder(ws, "few", "ae", steps=1, **FAST)

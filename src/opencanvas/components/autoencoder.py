@@ -1,9 +1,15 @@
 """Train a diffusers AutoencoderKL on a subset's images (`opencanvas autoencoder train`).
 
-Loss (Rombach et al. 2022, without the optional perceptual and GAN terms):
+Loss (Rombach et al. 2022, sec. 3 and appendix G):
     L = mean |x - D(z)| + kl_weight * KL(q(z|x) || N(0, I)) / (3 H W),   z ~ q(z|x)
 SD sums both terms over pixels; dividing both by 3HW keeps SD's ratio (1e-6)
-with a per-pixel L1. After training, the per-channel mean and std of the
+with a per-pixel L1. With `--lpips-weights` (ImageNet-trained, so only when the
+user supplies them) two terms join, as in SD's LPIPSWithDiscriminator (taming,
+Esser et al. 2021): perceptual_weight * LPIPS(x, D(z)) in the reconstruction
+term L_rec, and from step disc_start an adaptively weighted PatchGAN term
+-lambda * mean Disc(D(z)), the discriminator trained with the hinge loss
+(components/lpips.py, components/discriminator.py). SD also learns a scalar
+log-variance dividing L_rec; it is left out here (fixed at 0). After training, the per-channel mean and std of the
 latents over a sample of the subset give the normalisation `(z - mean) / std`
 that diffusion trains on (SD's single constant 0.18215 plays this role for its VAE).
 """
@@ -11,33 +17,90 @@ that diffusion trains on (SD's single constant 0.18215 plays this role for its V
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from opencanvas.components.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from opencanvas.components.images import holdout_split, load_subset_images, to_pil, to_unit_range
+from opencanvas.components.lpips import LPIPS, load_lpips
 from opencanvas.components.metrics import psnr, ssim
 from opencanvas.components.presets import AUTOENCODER_PRESETS, get_preset, preset_dict
 from opencanvas.components.records import finished_record, publish, subset_metadata, write_record
 from opencanvas.components.reports import image_grid, markdown_table, png_bytes, write_report
 from opencanvas.components.training import CHECKPOINT_DIR, budget_met, loss_summary, run_training
+from opencanvas.storage import sha256_file
 from opencanvas.workspace import Workspace
 
 STATS_IMAGES = 512  # images whose latents set the normalisation
 GRID_IMAGES = 8
 
 
-def autoencoder_loss(vae: Any, x: torch.Tensor, kl_weight: float,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """x (B, 3, H, W) in [-1, 1] -> (loss, parts)."""
+@dataclass
+class PerceptualTerms:
+    """The LPIPS and PatchGAN terms (on only with user-supplied LPIPS weights)."""
+    lpips: LPIPS                                 # frozen
+    perceptual_weight: float
+    disc: PatchDiscriminator | None              # None when disc_weight is 0
+    disc_optimizer: torch.optim.Optimizer | None
+    disc_weight: float
+    disc_start: int
+    source: str                                  # the weights file, for the report
+
+    def describe(self, steps_done: int) -> tuple[str, str]:
+        """The report's `perceptual_loss` and `discriminator` fields."""
+        perceptual = f"lpips-vgg16 from {self.source}, weight {self.perceptual_weight:g}"
+        if self.disc is None:
+            return perceptual, "off (--disc-weight 0)"
+        disc = (f"patchgan {self.disc.n_layers} layers, hinge, from step {self.disc_start}, weight "
+                f"{self.disc_weight:g} (adaptive)")
+        return perceptual, disc + ("" if steps_done > self.disc_start else
+                                   f"; not reached: trained {steps_done} steps")
+
+
+def autoencoder_loss(vae: Any, x: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None,
+                     terms: PerceptualTerms | None = None, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    """x (B, 3, H, W) in [-1, 1] -> (loss, parts). With `terms` past disc_start, `loss` also holds the
+    discriminator's hinge loss: it reaches only the discriminator (it sees D(z) detached) while the
+    generator term is taken with the discriminator frozen, so one backward serves both optimizers;
+    parts["generator"] is the autoencoder's own loss."""
     posterior = vae.encode(x).latent_dist                      # mean, std: (B, C, H/f, W/f)
     z = posterior.sample(generator=generator)
     reconstruction = vae.decode(z).sample                      # (B, 3, H, W)
-    l1 = (reconstruction - x).abs().mean()
+    rec = l1 = (reconstruction - x).abs().mean()
     kl = posterior.kl().mean() / x[0].numel()                  # kl(): summed over latent dims, (B,)
-    return l1 + kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
+    parts = {"l1": l1.item(), "kl": kl.item()}
+    if terms is not None:
+        perceptual = terms.lpips(x, reconstruction).mean()
+        rec = l1 + terms.perceptual_weight * perceptual
+        parts["lpips"] = perceptual.item()
+    loss = rec + kl_weight * kl
+    if terms is not None and terms.disc is not None and step >= terms.disc_start:
+        terms.disc.requires_grad_(False)
+        g_loss = -terms.disc(reconstruction).mean()
+        terms.disc.requires_grad_(True)
+        weight = adaptive_weight(rec, g_loss, vae.decoder.conv_out.weight, terms.disc_weight)
+        loss = loss + weight * g_loss
+        d_loss = hinge_d_loss(terms.disc(x), terms.disc(reconstruction.detach()))
+        parts.update(g=g_loss.item(), disc_lambda=weight.item(), discriminator=d_loss.item())
+        parts["generator"] = loss.item()
+        return loss + d_loss, parts
+    parts["generator"] = loss.item()
+    return loss, parts
+
+
+def perceptual_terms(path: Path | str, perceptual_weight: float, disc_weight: float, disc_start: int,
+                     learning_rate: float) -> PerceptualTerms:
+    """LPIPS from the user's file and a fresh discriminator (seeded by the caller) with its AdamW
+    (betas 0.5, 0.9 as in taming)."""
+    disc = PatchDiscriminator() if disc_weight > 0 else None
+    optimizer = (torch.optim.AdamW(disc.parameters(), lr=learning_rate, betas=(0.5, 0.9), weight_decay=0.0)
+                 if disc is not None else None)
+    return PerceptualTerms(load_lpips(path), perceptual_weight, disc, optimizer, disc_weight, disc_start,
+                           str(path))
 
 
 def channel_statistics(latents: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -91,27 +154,48 @@ def _finished_report(out_dir: Path, identity: dict[str, Any], steps: int | None,
     return json.loads((out_dir / "report.json").read_text())
 
 
+def _perceptual_identity(path: Path | str | None, perceptual_weight: float | None, disc_weight: float | None,
+                         disc_start: int | None, preset_disc_start: int) -> dict[str, Any]:
+    """The perceptual/adversarial settings that identify a run ({} when off: older runs keep their identity)."""
+    if path is None:
+        if (perceptual_weight, disc_weight, disc_start) != (None, None, None):
+            raise ValueError("--perceptual-weight, --disc-weight and --disc-start need --lpips-weights PATH")
+        return {}
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"LPIPS weights file {path} not found: give an existing file (see "
+                                f"opencanvas/components/lpips.py for how to build one), or train without "
+                                f"--lpips-weights (L1 + KL only)")
+    settings = {"perceptual_weight": 1.0 if perceptual_weight is None else perceptual_weight,
+                "disc_weight": 0.5 if disc_weight is None else disc_weight,
+                "disc_start": preset_disc_start if disc_start is None else disc_start}
+    if min(settings.values()) < 0:
+        raise ValueError("--perceptual-weight, --disc-weight and --disc-start must be >= 0")
+    loss = "l1+kl+lpips" + ("+patchgan" if settings["disc_weight"] > 0 else "")
+    return {"loss": loss, **settings, "lpips_sha256": sha256_file(Path(path))}
+
+
 def train_autoencoder(ws: Workspace, subset: str, name: str, preset: str = "tiny", resolution: int | None = None,
                       max_images: int | None = None, *, minutes: float | None = None, steps: int | None = None,
                       batch_size: int | None = None, learning_rate: float | None = None,
                       kl_weight: float | None = None, train_crop: int | None = None,
-                      holdout: float = 0.1, seed: int = 0,
-                      perceptual_weights: Path | None = None, checkpoint_seconds: float = 60.0) -> dict[str, Any]:
-    """Train (or resume, or return the finished) autoencoder `name`; returns the report."""
+                      holdout: float = 0.1, seed: int = 0, perceptual_weights: Path | str | None = None,
+                      perceptual_weight: float | None = None, disc_weight: float | None = None,
+                      disc_start: int | None = None, checkpoint_seconds: float = 60.0) -> dict[str, Any]:
+    """Train (or resume, or return the finished) autoencoder `name`; returns the report.
+    `perceptual_weights`: an LPIPS-VGG16 file (components/lpips.py) turning on the LPIPS term
+    (`perceptual_weight`, default 1.0) and the PatchGAN (`disc_weight`, default 0.5; 0 turns it off)
+    from step `disc_start` (default: the preset's)."""
     from diffusers import AutoencoderKL
 
     spec = get_preset(AUTOENCODER_PRESETS, preset, "autoencoder")
     resolution = resolution or spec.resolution
     spec.check_resolution(resolution)
-    if perceptual_weights is not None:
-        raise NotImplementedError(
-            "the LPIPS + patch-discriminator terms are not implemented yet: train without --lpips-weights "
-            "(L1 + KL only)")
+    extra = _perceptual_identity(perceptual_weights, perceptual_weight, disc_weight, disc_start, spec.disc_start)
     out_dir = ws.autoencoder_dir(name)
     identity = {"subset": subset, "preset": preset, "resolution": resolution, "max_images": max_images,
                 "batch_size": batch_size or spec.batch_size, "learning_rate": learning_rate or spec.learning_rate,
                 "kl_weight": spec.kl_weight if kl_weight is None else kl_weight, "holdout": holdout, "seed": seed,
-                "train_crop": min(train_crop or spec.train_crop, resolution), "loss": "l1+kl"}
+                "train_crop": min(train_crop or spec.train_crop, resolution), "loss": "l1+kl", **extra}
     if identity["train_crop"] % spec.downscale:
         raise ValueError(f"--train-crop must be a multiple of the downscale {spec.downscale}")
     if (report := _finished_report(out_dir, identity, steps, minutes)) is not None:
@@ -128,6 +212,10 @@ def train_autoencoder(ws: Workspace, subset: str, name: str, preset: str = "tiny
             vae.quant_conv.bias[spec.latent_channels:].fill_(spec.initial_logvar)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=identity["learning_rate"], betas=(0.9, 0.99),
                                   weight_decay=0.0)
+    terms = None if perceptual_weights is None else perceptual_terms(
+        perceptual_weights, extra["perceptual_weight"], extra["disc_weight"], extra["disc_start"],
+        identity["learning_rate"])
+    optimizers = [optimizer] + ([terms.disc_optimizer] if terms is not None and terms.disc_optimizer else [])
     bs, crop = identity["batch_size"], identity["train_crop"]
 
     def step(index: int, generator: torch.Generator) -> float:
@@ -136,16 +224,22 @@ def train_autoencoder(ws: Workspace, subset: str, name: str, preset: str = "tiny
         x = to_unit_range(batch[:, :, top:top + crop, left:left + crop])         # (B, 3, crop, crop)
         flip = torch.rand(bs, generator=generator) < 0.5                        # horizontal-flip augmentation
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        loss, _ = autoencoder_loss(vae, x, identity["kl_weight"], generator)
-        optimizer.zero_grad(set_to_none=True)
+        loss, parts = autoencoder_loss(vae, x, identity["kl_weight"], generator, terms, index)
+        for opt in optimizers:  # the discriminator's has no gradients (so does nothing) before disc_start
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        return loss.item()
+        for opt in optimizers:
+            opt.step()
+        return parts["generator"]
+
+    checkpointed = {} if terms is None or terms.disc is None else {
+        "discriminator": terms.disc, "discriminator_optimizer": terms.disc_optimizer}
 
     state = run_training(step, vae, optimizer, out_dir, identity, steps=steps, minutes=minutes, batch_size=bs,
                          seed=seed, learning_rate=identity["learning_rate"], warmup_steps=spec.warmup_steps,
-                         checkpoint_seconds=checkpoint_seconds, description=f"autoencoder {name}")
+                         checkpoint_seconds=checkpoint_seconds, description=f"autoencoder {name}",
+                         extra=checkpointed)
 
     shift, std = latent_statistics(vae, train_pixels[:STATS_IMAGES], seed)
     scale = [1.0 / max(s, 1e-6) for s in std]
@@ -157,6 +251,8 @@ def train_autoencoder(ws: Workspace, subset: str, name: str, preset: str = "tiny
     held = images.pixels[held_idx]
     metrics, originals, recons = reconstruction_metrics(vae, held, spec.downscale)
     losses = loss_summary(state.losses)
+    perceptual, disc = (terms.describe(state.step) if terms is not None else
+                        ("off (no --lpips-weights given)", "off (needs --lpips-weights)"))
     report = {
         "name": name, **meta, "preset": preset, "resolution": resolution, "downscale": spec.downscale,
         "latent_channels": spec.latent_channels, "images_train": len(train_idx), "images_heldout": len(held_idx),
@@ -164,12 +260,12 @@ def train_autoencoder(ws: Workspace, subset: str, name: str, preset: str = "tiny
         "train_seconds": round(state.seconds, 1), "loss_first": losses["first"], "loss_last": losses["last"],
         "heldout_psnr": metrics["psnr"], "heldout_ssim": metrics["ssim"],
         "heldout_bicubic_psnr": metrics["bicubic_psnr"],
-        "perceptual_loss": "off (no LPIPS weights given; not implemented yet)", "discriminator": "off",
+        "perceptual_loss": perceptual, "discriminator": disc,
     }
     markdown = (
         f"# Autoencoder `{name}`\n\nTrained on subset `{subset}` (policy `{meta['policy']}`, catalog "
-        f"`{meta['catalog_hash']}`) with preset `{preset}` at {resolution} px: L1 + KL loss, no perceptual or "
-        f"adversarial term.\n\n"
+        f"`{meta['catalog_hash']}`) with preset `{preset}` at {resolution} px: L1 + KL loss; perceptual term: "
+        f"{perceptual}; discriminator: {disc}.\n\n"
         + markdown_table([("held-out PSNR (dB)", metrics["psnr"]), ("held-out SSIM", metrics["ssim"]),
                           (f"bicubic x{spec.downscale} down/up PSNR (baseline)", metrics["bicubic_psnr"]),
                           ("train / held-out images", f"{len(train_idx)} / {len(held_idx)}"),

@@ -58,8 +58,16 @@ def autoencoder_train_cmd(
                                                             "loss (default 1e-6).")] = None,
     train_crop: Annotated[Optional[int], typer.Option(help="Train on random crops of this side (default: the "
                                                            "preset's; the model is convolutional).")] = None,
-    lpips_weights: Annotated[Optional[Path], typer.Option(help="LPIPS weights file for a perceptual + "
-                                                               "discriminator loss (not implemented yet).")] = None,
+    lpips_weights: Annotated[Optional[Path], typer.Option(
+        help="LPIPS-VGG16 weights file (safetensors or .pth; see opencanvas/components/lpips.py for the keys): "
+             "adds the LPIPS term and a PatchGAN discriminator. Off when absent.")] = None,
+    perceptual_weight: Annotated[Optional[float], typer.Option(help="LPIPS weight (default 1.0; needs "
+                                                                    "--lpips-weights).", min=0)] = None,
+    disc_weight: Annotated[Optional[float], typer.Option(help="Discriminator weight, scaled adaptively (default "
+                                                              "0.5; 0 turns it off; needs --lpips-weights).",
+                                                        min=0)] = None,
+    disc_start: Annotated[Optional[int], typer.Option(help="Step the discriminator starts at (default: the "
+                                                           "preset's: tiny 250, sd 50001).", min=0)] = None,
     holdout: HoldoutOption = 0.1,
     seed: SeedOption = 0,
     workspace: WorkspaceOption = Path("."),
@@ -70,7 +78,8 @@ def autoencoder_train_cmd(
     report = _train("autoencoder train", workspace, train_autoencoder, subset=subset, name=name, preset=preset,
                     resolution=resolution, max_images=max_images, minutes=minutes, steps=steps,
                     batch_size=batch_size, learning_rate=learning_rate, kl_weight=kl_weight,
-                    train_crop=train_crop, holdout=holdout, seed=seed, perceptual_weights=lpips_weights)
+                    train_crop=train_crop, holdout=holdout, seed=seed, perceptual_weights=lpips_weights,
+                    perceptual_weight=perceptual_weight, disc_weight=disc_weight, disc_start=disc_start)
     console.print(
         f"autoencoders/{name}: held-out PSNR {report['heldout_psnr']:.2f} dB (bicubic baseline "
         f"{report['heldout_bicubic_psnr']:.2f}), SSIM {report['heldout_ssim']:.3f} after {report['steps']} steps, "

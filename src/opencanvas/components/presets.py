@@ -28,6 +28,7 @@ class AutoencoderPreset:
     train_crop: int                       # random crops this big train the (convolutional) model
     warmup_steps: int
     initial_logvar: float | None          # start log-variance of q(z|x); None keeps the default (0)
+    disc_start: int                       # step the patch discriminator starts at (with --lpips-weights)
 
     @property
     def downscale(self) -> int:
@@ -89,9 +90,10 @@ AUTOENCODER_PRESETS: dict[str, AutoencoderPreset] = {
     # Trained on 32 px crops: a CPU step at full 64 px costs 4x more, and the model is convolutional.
     # Starting at posterior std e^-2 instead of 1 lets the decoder see the signal from the first
     # steps: +2.5 dB held-out PSNR after 100 CPU steps on the shapes set.
-    "tiny": AutoencoderPreset("tiny", (16, 32, 32), 1, 4, 8, False, 64, 32, 256, 8, 4e-3, 1e-6, 32, 20, -4.0),
-    # Stable Diffusion's VAE architecture (factor 8, 4 latent channels, ~84M parameters).
-    "sd": AutoencoderPreset("sd", (128, 256, 512, 512), 2, 4, 32, True, 256, 64, 1024, 8, 4.5e-6, 1e-6, 256, 500, None),
+    "tiny": AutoencoderPreset("tiny", (16, 32, 32), 1, 4, 8, False, 64, 32, 256, 8, 4e-3, 1e-6, 32, 20, -4.0, 250),
+    # Stable Diffusion's VAE architecture (factor 8, 4 latent channels, ~84M parameters); the
+    # discriminator starts at step 50001 as in SD's kl-f8 config.
+    "sd": AutoencoderPreset("sd", (128, 256, 512, 512), 2, 4, 32, True, 256, 64, 1024, 8, 4.5e-6, 1e-6, 256, 500, None, 50001),
 }
 
 CLIP_PRESETS: dict[str, ClipPreset] = {

@@ -1,8 +1,9 @@
 """The training loop both components share: budget, warmup, checkpoints, resume.
 
 A run lives in `<component dir>/checkpoint/`: `model-<step>.safetensors` (the
-resolved config in its metadata), `optimizer-<step>.pt` and `state.json`,
-written in that order, each atomically; `state.json` names the step whose files
+resolved config in its metadata), `optimizer-<step>.pt`, `extra-<step>.pt` (the
+state dicts of any further modules/optimizers, e.g. a discriminator) and
+`state.json`, written in that order, each atomically; `state.json` names the step whose files
 are complete, so a run killed at any moment resumes from the last complete
 step with the same command. Batches and noise are drawn from generators seeded
 by (seed, step), so a resumed run sees the batches the interrupted one would have.
@@ -45,7 +46,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: TrainState, config: dict[str, Any]) -> None:
+                    state: TrainState, config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     from safetensors.torch import save
 
     ckpt = out_dir / CHECKPOINT_DIR
@@ -55,6 +56,10 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     buf = io.BytesIO()
     torch.save(optimizer.state_dict(), buf)
     atomic_write_bytes(ckpt / f"optimizer-{state.step:08d}.pt", buf.getvalue())
+    if extra:
+        buf = io.BytesIO()
+        torch.save({name: obj.state_dict() for name, obj in extra.items()}, buf)
+        atomic_write_bytes(ckpt / f"extra-{state.step:08d}.pt", buf.getvalue())
     atomic_write_json(ckpt / "state.json", {"config": config, **asdict(state)})  # the commit point
     for old in ckpt.glob("*-*.*"):  # earlier steps' files
         if old.stem.rsplit("-", 1)[-1] != f"{state.step:08d}":
@@ -62,7 +67,7 @@ def save_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
 
 
 def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    config: dict[str, Any]) -> TrainState:
+                    config: dict[str, Any], extra: dict[str, Any] | None = None) -> TrainState:
     """Restore the last complete step (a fresh state when there is none)."""
     from safetensors.torch import load_file
 
@@ -79,6 +84,10 @@ def load_checkpoint(out_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     state = TrainState(saved["step"], saved["images_seen"], saved["seconds"], saved["losses"])
     model.load_state_dict(load_file(ckpt / f"model-{state.step:08d}.safetensors"))
     optimizer.load_state_dict(torch.load(ckpt / f"optimizer-{state.step:08d}.pt", weights_only=True))
+    if extra:
+        saved_extra = torch.load(ckpt / f"extra-{state.step:08d}.pt", weights_only=True)
+        for name, obj in extra.items():
+            obj.load_state_dict(saved_extra[name])
     return state
 
 
@@ -86,12 +95,14 @@ def run_training(step_fn: Callable[[int, torch.Generator], float], model: torch.
                  optimizer: torch.optim.Optimizer, out_dir: Path, config: dict[str, Any], *,
                  steps: int | None, minutes: float | None, batch_size: int, seed: int,
                  learning_rate: float, warmup_steps: int = 100, checkpoint_seconds: float = 60.0,
-                 description: str = "train") -> TrainState:
-    """Call `step_fn(step, generator) -> loss` until `steps` or `minutes` (whichever comes first)."""
+                 description: str = "train", extra: dict[str, Any] | None = None) -> TrainState:
+    """Call `step_fn(step, generator) -> loss` until `steps` or `minutes` (whichever comes first).
+    `extra`: further objects with state_dict/load_state_dict (a discriminator and its optimizer)
+    checkpointed with the model."""
     if steps is None and minutes is None:
         raise ValueError("give a training budget: --steps N and/or --minutes M")
     config = json.loads(json.dumps(config, sort_keys=True, default=str))
-    state = load_checkpoint(out_dir, model, optimizer, config)
+    state = load_checkpoint(out_dir, model, optimizer, config, extra)
 
     def done() -> bool:
         return budget_met(state.step, state.seconds, steps, minutes)
@@ -113,9 +124,9 @@ def run_training(step_fn: Callable[[int, torch.Generator], float], model: torch.
             state.losses.append(float(loss))
             bar.update(task, advance=1, description=f"{description} loss {loss:.4f}")
             if time.monotonic() - last_save >= checkpoint_seconds and not done():
-                save_checkpoint(out_dir, model, optimizer, state, config)
+                save_checkpoint(out_dir, model, optimizer, state, config, extra)
                 last_save = time.monotonic()
-    save_checkpoint(out_dir, model, optimizer, state, config)
+    save_checkpoint(out_dir, model, optimizer, state, config, extra)
     model.eval()
     return state
 
