@@ -68,6 +68,8 @@ def test_fetch_writes_shards_every_key_once_with_reasons(ws: Workspace, server) 
     index = {r["key"]: r for r in read_index(ws.images_dir("s")).to_pylist()}
     assert len(index) == 12 and stats.complete and stats.shards == 3
     assert sum(stats.counts.values()) == 12
+    statuses = [r["status"] for r in index.values()]
+    assert stats.final_counts == {s: statuses.count(s) for s in ("failed", "ok", "skipped")}
     want = {0: ("ok", ""), 1: ("ok", ""), 2: ("skipped", "too-small: 200x900 < 256"),
             3: ("skipped", "x-robots-tag: noai"), 4: ("skipped", "robots-txt: disallowed for OpenCanvas"),
             5: ("failed", "truncated-body"), 6: ("failed", "undecodable"),

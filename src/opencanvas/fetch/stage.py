@@ -29,7 +29,7 @@ from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient
 from opencanvas.fetch.process import Processed, Unusable, process_image
 from opencanvas.fetch.subset_rows import subset_rows
 from opencanvas.progress import progress_bar
-from opencanvas.shards import INDEX_SCHEMA, ShardWriter, shard_name
+from opencanvas.shards import INDEX_SCHEMA, ShardWriter, read_index, shard_name
 from opencanvas.storage import atomic_write_parquet, parquet_metadata, sha256_bytes
 from opencanvas.workspace import Workspace
 
@@ -65,6 +65,7 @@ class FetchStats:
     seconds: float = 0.0
     complete: bool = False          # every shard of the plan has its index
     duplicates_across_shards: int = 0
+    final_counts: dict[str, int] = field(default_factory=dict)  # status -> rows over all shards, after dedup
 
     @property
     def images_per_s(self) -> float:
@@ -129,6 +130,7 @@ def fetch(ws: Workspace, subset: str, shard_size: int = 1000, workers: int = 1, 
         # Needs every shard, so whichever rank finds the job complete does it; two ranks doing it
         # at once is safe: the decisions are deterministic and every write is an atomic replace.
         stats.duplicates_across_shards = reconcile_duplicates(out_dir, opts.near_dup_distance)
+        stats.final_counts = dict(sorted(Counter(read_index(out_dir).column("status").to_pylist()).items()))
     stats.seconds = time.perf_counter() - start
     return stats
 
