@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from opencanvas.demo.pipeline import AUTOENCODER, CAPTIONER, CLIP, LATENTS, PROMPTS, RUN, SUBSET
 from opencanvas.workspace import Workspace
 
 if TYPE_CHECKING:
     from opencanvas.demo.pipeline import DemoSettings
-
-from opencanvas.demo.pipeline import AUTOENCODER, CAPTIONER, CLIP, LATENTS, PROMPTS, RUN, SUBSET
 
 
 def ingest_clipart(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
@@ -54,8 +53,7 @@ def fetch_images(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
 def caption_metadata(ws: Workspace) -> dict[str, Any]:
     from opencanvas.caption import caption
 
-    stats = caption(ws, SUBSET, CAPTIONER)
-    return stats.to_dict() if hasattr(stats, "to_dict") else dict(vars(stats))
+    return caption(ws, SUBSET, CAPTIONER).to_dict()
 
 
 def train_autoencoder(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
