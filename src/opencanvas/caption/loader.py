@@ -29,25 +29,19 @@ def describe_preprocessing(crop_size: int) -> str:
 
 def decode_rgb(data: bytes, draft_size: int = 0) -> Image.Image:
     """Decode to RGB; transparent pixels go onto white (clip art is mostly transparent PNG)."""
+    from opencanvas.components.images import flatten_alpha  # imports torch: kept out of CLI start-up
+
     img = Image.open(io.BytesIO(data))
     if draft_size and img.format == "JPEG":
         img.draft("RGB", (draft_size, draft_size))  # DCT-domain downscale: decodes large JPEGs ~4x faster
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    return img.convert("RGB")
+    return flatten_alpha(img)
 
 
 def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
     """The largest centred square, resized to `size` x `size` (bicubic); `size` 0 keeps the image."""
-    if size <= 0:
-        return img
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    from opencanvas.components.images import center_crop_resize as crop_resize  # imports torch
+
+    return crop_resize(img, size) if size > 0 else img
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ ones for a sample of images, the comparison CommonCanvas makes in its Fig. 3.
 
 from __future__ import annotations
 
+import io
 import re
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 from opencanvas.caption.captioners import RESERVED_NAMES, metadata_caption
 from opencanvas.caption.stage import read_captions
 from opencanvas.shards import iter_shard, read_index
-from opencanvas.storage import atomic_write_json, atomic_write_text
+from opencanvas.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 from opencanvas.workspace import Workspace
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -50,7 +51,7 @@ def _percentiles(values: list[int]) -> dict[str, float]:
 
 def text_stats(captions: list[str], flagged: list[str], count_tokens) -> dict[str, Any]:
     """Counts, length distributions, vocabulary and duplicate share of one captioner's captions."""
-    usable = [c for c, f in zip(captions, flagged) if c.strip()]
+    usable = [c for c in captions if c.strip()]
     words = [len(c.split()) for c in usable]
     tokens = [count_tokens(c) for c in usable]
     normalised = Counter(" ".join(c.lower().split()) for c in usable)
@@ -109,11 +110,10 @@ def _plot_lengths(per_captioner: dict[str, dict[str, Any]], path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("Caption length by captioner")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def caption_stats(ws: Workspace, subset: str, sample: int = 8, seed: int = 0,

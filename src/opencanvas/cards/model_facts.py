@@ -10,6 +10,7 @@ from typing import Any
 from safetensors import safe_open
 
 from opencanvas.cards.records import Sources, read_json
+from opencanvas.train.checkpoint import latest_checkpoint
 from opencanvas.workspace import Workspace
 
 
@@ -25,11 +26,6 @@ def count_parameters(files: list[Path], prefix: str = "") -> int:
                         n *= d
                     total += n
     return total
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.safetensors"))
-    return ckpts[-1] if ckpts else None
 
 
 def component_facts(ws: Workspace, spec: str, kind: str, src: Sources) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from opencanvas.caption.stage import read_captions
 from opencanvas.shards import index_paths
 from opencanvas.storage import parquet_metadata
 from opencanvas.workspace import Workspace
@@ -41,11 +42,9 @@ def subset_facts(ws: Workspace, subset: str, src: Sources) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"subset {subset!r} not found at {path}: run `opencanvas catalog subset` first")
     src.add(ws, path)
-    table = pq.read_table(path)
+    table = pq.read_table(path, columns=["license_id"])
     meta = parquet_metadata(path)
-    by_license: dict[str, int] = {}
-    for lic in table.column("license_id").to_pylist():
-        by_license[lic] = by_license.get(lic, 0) + 1
+    by_license = {c["values"]: c["counts"] for c in pc.value_counts(table.column("license_id")).to_pylist()}
     return {"name": subset, "count": table.num_rows, "by_license": by_license,
             "policy": meta.get("policy", ""), "policy_text": meta.get("policy_text", ""),
             "catalog_hash": meta.get("catalog_hash", "")}
@@ -84,19 +83,16 @@ def caption_facts(ws: Workspace, captioner: str, keys: list[str] | None, src: So
         src.add(ws, p)
     if not parts:
         return {"captioner": captioner, "count": 0}
-    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
-    if keys is not None:
-        wanted = set(keys)
-        rows = [r for r in table.to_pylist() if r["key"] in wanted]
-    else:
-        rows = table.to_pylist()
-    words = [len((r["caption"] or "").split()) for r in rows]
+    table = read_captions(ws, captioner, keys)
+    captions = table.column("caption").to_pylist()
+    words = [len((c or "").split()) for c in captions]
+    flagged = pc.fill_null(pc.not_equal(table.column("flagged"), ""), False)
     return {
         "captioner": captioner,
-        "count": len(rows),
-        "flagged": sum(1 for r in rows if r.get("flagged")),
-        "model_id": sorted({r["model_id"] or "" for r in rows}),
-        "model_revision": sorted({r["model_revision"] or "" for r in rows}),
+        "count": table.num_rows,
+        "flagged": int(pc.sum(flagged).as_py() or 0),
+        "model_id": sorted({v or "" for v in pc.unique(table.column("model_id")).to_pylist()}),
+        "model_revision": sorted({v or "" for v in pc.unique(table.column("model_revision")).to_pylist()}),
         "mean_words": round(sum(words) / len(words), 2) if words else 0.0,
-        "distinct_captions": len({r["caption"] for r in rows}),
+        "distinct_captions": len(set(captions)),
     }

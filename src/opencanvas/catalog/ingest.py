@@ -196,10 +196,10 @@ def _commit(ws: Workspace, task: UnitTask, result: UnitResult, seen: set[str] | 
     if seen is not None:
         dup_tables = []
         for name in result.parts:
-            rows = pq.read_table(source_dir / name)
-            keys = rows["key"].to_pylist()
+            keys = pq.read_table(source_dir / name, columns=["key"])["key"].to_pylist()
             dup_mask = pa.array([k in seen for k in keys])
-            if pc.any(dup_mask).as_py():
+            if pc.any(dup_mask).as_py():  # rare: only then is the whole part read and rewritten
+                rows = pq.read_table(source_dir / name)
                 dup_tables.append(_duplicates_to_quarantine(rows, dup_mask, task.unit.path,
                                                             "key already ingested from another input"))
                 atomic_write_parquet(source_dir / name, rows.filter(pc.invert(dup_mask)))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from opencanvas.caption.stage import read_captions
 from opencanvas.components.images import holdout_split, load_subset_images
 from opencanvas.components.loading import CLIP_MEAN, CLIP_STD, ClipEvaluator, from_source, resolve
 from opencanvas.components.metrics import chance_recall_at_k, recall_at_k
@@ -26,7 +27,7 @@ from opencanvas.components.records import finished_record, publish, subset_metad
 from opencanvas.components.reports import markdown_table, similarity_png, write_report
 from opencanvas.components.tokenizer import train_caption_tokenizer
 from opencanvas.components.training import CHECKPOINT_DIR, budget_met, loss_summary, run_training
-from opencanvas.storage import atomic_write_json, read_parquet_files
+from opencanvas.storage import atomic_write_json
 from opencanvas.workspace import Workspace
 
 KS = (1, 5, 10)
@@ -42,7 +43,7 @@ def read_caption_lists(ws: Workspace, captioner: str, subset: str) -> dict[str, 
             f"no captions from captioner {captioner!r} in {ws.captions_dir(captioner)}: run "
             f"`opencanvas caption --subset {subset} --captioner {captioner}` first (the `metadata` captioner "
             f"needs no model)")
-    table = read_parquet_files(paths).select(["key", "caption", "flagged"]).to_pydict()
+    table = read_captions(ws, captioner).select(["key", "caption", "flagged"]).to_pydict()
     captions: dict[str, list[str]] = {}
     for key, text, flagged in zip(table["key"], table["caption"], table["flagged"]):
         if text and text.strip() and not flagged:
@@ -112,7 +113,8 @@ def heldout_evaluation(evaluator: ClipEvaluator, pixels: torch.Tensor,
     image = F.normalize(image.float(), dim=-1).numpy()
     text = evaluator.text_features(texts)
     similarity = image @ text.T                                            # (N images, N captions)
-    relevant = np.array([[a == b for b in texts] for a in texts])
+    _, caption_ids = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    relevant = caption_ids[:, None] == caption_ids[None, :]               # (N, N) same caption
     i2t, t2i = recall_at_k(similarity, KS, relevant), recall_at_k(similarity.T, KS, relevant)
     chance = chance_recall_at_k(relevant, KS)
     scores = 100.0 * np.clip(similarity, 0.0, None)

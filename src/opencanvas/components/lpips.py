@@ -18,8 +18,8 @@ taming-transformers naming, which keeps torchvision's index N) and `lins.K.model
 from the public weights (on a machine with internet):
 
     import torch; from safetensors.torch import save_file
-    vgg = torch.load("vgg16-397923af.pth")       # download.pytorch.org/models/vgg16-397923af.pth
-    lin = torch.load("vgg.pth")                  # github.com/richzhang/PerceptualSimilarity lpips/weights/v0.1/vgg.pth
+    vgg = torch.load("vgg16-397923af.pth", weights_only=True)  # download.pytorch.org/models/vgg16-397923af.pth
+    lin = torch.load("vgg.pth", weights_only=True)             # github.com/richzhang/PerceptualSimilarity lpips/weights/v0.1/vgg.pth
     save_file({k: v for k, v in vgg.items() if k.startswith("features.")} | lin, "lpips_vgg16.safetensors")
 """
 

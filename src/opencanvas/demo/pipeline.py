@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,6 @@ class DemoSettings:
     eval_prompts: int = 32
     train_batch: int = 16
     train_images_per_s: float = 50.0  # tiny UNet on 16x16x4 latents, 2 idle cores (measured by the demo)
-
-
-@dataclass
-class DemoReport:
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _stage(state: DemoState, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:

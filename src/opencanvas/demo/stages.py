@@ -33,7 +33,8 @@ def cut_subset(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
     full = table.num_rows
     if s.max_images and full > s.max_images:
         # Sample by key hash so the choice is stable across runs and machines.
-        order = sorted(range(full), key=lambda i: hashlib.sha256(table["key"][i].as_py().encode()).hexdigest())
+        keys = table.column("key").to_pylist()
+        order = sorted(range(full), key=lambda i: hashlib.sha256(keys[i].encode()).hexdigest())
         meta = parquet_metadata(path)
         meta["sampled"] = f"{s.max_images} of {full} (lowest sha256 of key)"
         atomic_write_parquet(path, table.take(sorted(order[: s.max_images])), metadata=meta)

@@ -156,10 +156,12 @@ class LatentBatcher:
     def _flush(self, size: Bucket) -> None:
         import torch
 
+        from opencanvas.components.images import to_unit_range
+
         queue = self._queue.pop(size, [])
         if not queue:
             return
-        x = torch.from_numpy(np.stack([p for _, _, p in queue])).float().div(127.5).sub(1.0)  # (B, 3, h, w)
+        x = to_unit_range(torch.from_numpy(np.stack([p for _, _, p in queue])))  # (B, 3, h, w)
         mean, std = self.ae.encode(x)  # (B, C, h/f, w/f) each
         group = self.buckets.setdefault(size, BucketLatents([], [], np.empty(0), np.empty(0)))
         group.keys.extend(k for k, _, _ in queue)
@@ -179,7 +181,7 @@ def encode_shard(ws: Workspace, root: Path, plan: ShardPlan, ae: "LoadedAutoenco
                  captioners: Sequence[str], batch_size: int, stats: EncodeStats,
                  advance: Callable[[int], None], decode_workers: int = DEFAULT_DECODE_WORKERS) -> None:
     """Write the missing parts of one image shard: text first (latent parts point into it)."""
-    from opencanvas.components.images import decode_rgb
+    from opencanvas.components.images import decode_rgb, to_uint8_chw
 
     started = time.time()
     text_keys = plan.text_keys
@@ -209,8 +211,7 @@ def encode_shard(ws: Workspace, root: Path, plan: ShardPlan, ae: "LoadedAutoenco
             img = decode_rgb(image.data)
         except Exception as err:  # noqa: BLE001 - fetch accepted it but PIL rejects it now: count, go on
             return image.key, f"{type(err).__name__}: {err}"
-        return image.key, [(res, size, np.asarray(crop_resize(img, size), dtype=np.uint8).transpose(2, 0, 1))
-                           for res, size in targets]
+        return image.key, [(res, size, to_uint8_chw(crop_resize(img, size))) for res, size in targets]
 
     images = (im for im in iter_shard(plan.index.with_suffix(".tar")) if im.key in ok_keys)
     # PIL decodes and resizes without the GIL: threads keep the autoencoder fed on a GPU.

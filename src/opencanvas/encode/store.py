@@ -26,8 +26,6 @@ are rewritten by a resumed encode.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from opencanvas.storage import atomic_write_json, atomic_write_parquet
+from opencanvas.storage import atomic_path, atomic_write_json, atomic_write_parquet
 from opencanvas.workspace import Workspace
 
 FORMAT_VERSION = 1
@@ -63,17 +61,12 @@ def parse_bucket(name: str) -> Bucket:
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save to a temp file beside `path`, then rename (readers never see half an array)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """np.save to a temp file beside `path`, then rename (readers never see half an array).
+
+    Streamed to disk, not through atomic_write_bytes: a text part can be hundreds of MB.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def is_done(part: Path) -> bool:

@@ -82,8 +82,8 @@ def run_fetch(
                              "workers": workers, "rank/world": f"{rank}/{world}", "engine": engine,
                              **{k: v for k, v in vars(options).items() if k != "http"}, **vars(http)})
     try:
-        stats = fetch(ws, subset, shard_size=shard_size, workers=workers, max_side=max_side, min_side=min_side,
-                      options=options, rank=rank, world=world, engine=engine)  # type: ignore[arg-type]
+        stats = fetch(ws, subset, shard_size=shard_size, workers=workers, options=options, rank=rank, world=world,
+                      engine=engine)  # type: ignore[arg-type]
     except (FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from None
     print_settings("fetched", stats.to_dict())

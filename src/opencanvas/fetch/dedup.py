@@ -27,9 +27,7 @@ channel within LAYOUT_TOLERANCE.
 
 from __future__ import annotations
 
-import os
 import tarfile
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +38,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from opencanvas.shards import INDEX_SCHEMA, key_from_stem, read_index
-from opencanvas.storage import atomic_write_parquet, parquet_metadata
+from opencanvas.storage import atomic_path, atomic_write_parquet, parquet_metadata
 
 HASH_BITS = 64
 # Re-encodes and resizes land at 0-2 bits; at 4, distinct Open Clip Art warning signs and
@@ -167,13 +165,8 @@ def reconcile_duplicates(images_dir: Path, max_distance: int = DEFAULT_DISTANCE)
 
 def _drop_members(tar_path: Path, keys: set[str]) -> None:
     """Rewrite a tar without the members of `keys` (atomically)."""
-    fd, name = tempfile.mkstemp(prefix=f".{tar_path.name}.", suffix=".dedup.tmp", dir=tar_path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f, tarfile.open(tar_path, "r") as src, tarfile.open(fileobj=f, mode="w") as dst:
-            for member in src:
-                if key_from_stem(member.name.rpartition(".")[0]) not in keys:
-                    dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-        os.replace(tmp, tar_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(tar_path) as tmp, open(tmp, "wb") as f, tarfile.open(tar_path, "r") as src, \
+            tarfile.open(fileobj=f, mode="w") as dst:
+        for member in src:
+            if key_from_stem(member.name.rpartition(".")[0]) not in keys:
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)

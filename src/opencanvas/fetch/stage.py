@@ -9,7 +9,6 @@ from scratch, so every key ends up in exactly one index row.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
 from collections import Counter, deque
@@ -29,7 +28,7 @@ from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient
 from opencanvas.fetch.process import Processed, Unusable, process_image
 from opencanvas.fetch.subset_rows import subset_rows
 from opencanvas.progress import progress_bar
-from opencanvas.shards import INDEX_SCHEMA, ShardWriter, read_index, shard_name
+from opencanvas.shards import INDEX_SCHEMA, ShardWriter, index_paths, read_index, shard_name
 from opencanvas.storage import atomic_write_parquet, parquet_metadata, sha256_bytes
 from opencanvas.workspace import Workspace
 
@@ -141,7 +140,7 @@ def _index_path(out_dir: Path, shard: int) -> Path:
 
 def _check_existing(out_dir: Path, plan: list[list[str]]) -> None:
     """Finished shards must be the plan's shards, else resuming would drop or duplicate keys."""
-    for index in sorted(out_dir.glob("shard-*.parquet")):
+    for index in index_paths(out_dir):
         number = int(index.stem.split("-")[1])
         recorded = parquet_metadata(index).get("keys_sha256")
         if number >= len(plan) or recorded != keys_digest(plan[number]):

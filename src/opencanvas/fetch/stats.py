@@ -21,7 +21,8 @@ def reason_kind(reason: str) -> str:
 def fetch_stats(ws: Workspace, subset: str, plot: bool = True) -> dict[str, Any]:
     """Counts by status and reason kind, bytes, resolutions; writes stats.json (+ a histogram PNG)."""
     images_dir = ws.images_dir(subset)
-    if not index_paths(images_dir):
+    shards = index_paths(images_dir)
+    if not shards:
         raise FileNotFoundError(f"no finished shards under {images_dir}: run `opencanvas fetch --subset {subset}`")
     rows = read_index(images_dir).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
@@ -35,7 +36,7 @@ def fetch_stats(ws: Workspace, subset: str, plot: bool = True) -> dict[str, Any]
             examples.setdefault(reason_kind(r["reason"]), r["reason"])
     report: dict[str, Any] = {
         "subset": subset,
-        "shards": len(index_paths(images_dir)),
+        "shards": len(shards),
         "rows": len(rows),
         "counts": dict(Counter(r["status"] for r in rows)),
         "reasons": {status: dict(c.most_common()) for status, c in by_reason.items()},

@@ -33,14 +33,14 @@ def heldout_prompts(ws: Workspace, config: dict[str, Any], fraction: float = HEL
     subset, captioners = data.get("subset"), list(data.get("captioners") or [])
     if not subset or not captioners:
         raise ValueError("the run config names no training subset/captioners: pass --prompts FILE instead of heldout")
-    keys = set(pq.read_table(ws.subset_path(subset), columns=["key"]).column("key").to_pylist())
+    from opencanvas.caption.stage import read_captions
+
+    keys = pq.read_table(ws.subset_path(subset), columns=["key"]).column("key").to_pylist()
     for captioner in captioners:
-        parts = sorted(ws.captions_dir(captioner).glob("part-*.parquet"))
-        if not parts:
-            continue
-        rows = [r for p in parts for r in pq.read_table(p, columns=["key", "caption", "flagged"]).to_pylist()]
-        prompts = sorted((r["key"], r["caption"]) for r in rows
-                         if r["key"] in keys and not r["flagged"] and r["caption"] and is_heldout(r["key"], fraction))
+        table = read_captions(ws, captioner, keys)
+        rows = zip(*(table.column(c).to_pylist() for c in ("key", "caption", "flagged")))
+        prompts = sorted((key, caption) for key, caption, flagged in rows
+                         if not flagged and caption and is_heldout(key, fraction))
         if prompts:
             return [caption for _, caption in prompts]
     raise ValueError(f"no held-out captions for subset {subset!r} (captioners {captioners}, fraction {fraction}): "

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from opencanvas.components.images import to_pil
 from opencanvas.workspace import Workspace
 
 FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -24,9 +25,7 @@ def decode_latents(vae: Any, shift: torch.Tensor, scale: torch.Tensor, latents: 
     """Normalised latents (B, C, h, w) -> RGB images; normalised latents are (z - shift) * scale."""
     dtype = next(vae.parameters()).dtype
     z = latents / scale.to(latents) + shift.to(latents)
-    pixels = vae.decode(z.to(dtype)).sample.float()                 # (B, 3, H, W) in [-1, 1]
-    arrays = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arrays]
+    return to_pil(vae.decode(z.to(dtype)).sample)                   # (B, 3, H, W) in [-1, 1]
 
 
 @dataclass
@@ -135,11 +134,8 @@ def load_model(ws: Workspace, run: str | None, pipeline_dir: Path | None, ema: b
     torch_dtype = getattr(torch, dtype)
     if pipeline_dir is not None:
         return load_folder_pipeline(pipeline_dir, device=device, dtype=torch_dtype)
-    try:
-        from opencanvas.train import load_pipeline  # type: ignore[attr-defined]
-    except ImportError as e:
-        raise RuntimeError("opencanvas.train.load_pipeline is not available in this build; "
-                           "export the run and use --pipeline DIR") from e
+    from opencanvas.train import load_pipeline
+
     if not ws.run_dir(run).is_dir():
         raise FileNotFoundError(f"no run {run!r} under {ws.run_dir(run).parent}; train one with `opencanvas train`")
     return load_pipeline(ws, run, ema=ema, device=device, dtype=torch_dtype)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from opencanvas.storage import atomic_path
 
 CHECKPOINT_RE = re.compile(r"^ckpt-(\d{12})\.safetensors$")
 
@@ -85,14 +86,10 @@ def save_checkpoint(run_dir: Path, config: dict[str, Any], state: TrainState, mo
     metadata = {"config": json.dumps(config, sort_keys=True), "state": json.dumps(asdict(state)),
                 "optim_groups": json.dumps(optimizer["param_groups"]), "format": "opencanvas-train-1"}
     out = checkpoint_dir(run_dir) / f"ckpt-{state.images_seen:012d}.safetensors"
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Written with save_file beside the target rather than through bytes in memory:
     # an sd2-base checkpoint (model + EMA + AdamW) is ~14 GB.
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     prune_checkpoints(run_dir, keep)
     return out
 

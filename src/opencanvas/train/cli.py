@@ -120,9 +120,7 @@ def train_command(
                                  "images": images, "batch": batch, "resolutions": resolutions, **options})
     try:
         summary = train(ws, latents, preset, run, images=images, batch=batch, resolutions=resolutions, **options)
-    except TrainingDiverged as err:
-        raise fail(str(err)) from None
-    except (FileNotFoundError, ValueError) as err:
+    except (TrainingDiverged, FileNotFoundError, ValueError) as err:
         raise fail(str(err)) from None
     if main:
         print_settings("train summary", summary)

@@ -115,8 +115,10 @@ def _resolve(ws: Workspace, latents: str, preset_name: str, run: str, images: in
     elif stored is not None:
         schedule = tuple(tuple(r) for r in stored["resolutions"])
     else:
-        schedule = ((int(open_latents(ws, latents).resolution), 0),)
-    first = open_latents(ws, latents, schedule[0][0])
+        schedule = None
+    # Opened once: a LatentSet reads every part's keys (None: the set's only resolution).
+    first = open_latents(ws, latents, schedule[0][0] if schedule else None)
+    schedule = schedule or ((int(first.resolution), 0),)
     if images is None:
         images = stored["images"] if stored else None
     if images is None:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from opencanvas.components.images import to_pil
+from opencanvas.components.reports import image_grid
 from opencanvas.diffusion import Denoiser, NoiseSchedule
 from opencanvas.workspace import Workspace
 
@@ -42,25 +44,6 @@ def sample_euler_cfg(denoiser: Denoiser, text: torch.Tensor, mask: torch.Tensor 
         d = (x - x0) / sigma  # dx/dsigma of the probability-flow ODE
         x = x + d * (sigma_next - sigma)
     return x
-
-
-def to_pil(pixels: torch.Tensor) -> list["Image.Image"]:
-    """(B, 3, H, W) in [-1, 1] -> PIL images."""
-    from PIL import Image
-
-    arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
-
-
-def image_grid(images: list["Image.Image"], cols: int) -> "Image.Image":
-    from PIL import Image
-
-    w, h = images[0].size
-    rows = (len(images) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * w, rows * h), "white")
-    for i, img in enumerate(images):
-        grid.paste(img, ((i % cols) * w, (i // cols) * h))
-    return grid
 
 
 class Validator:
@@ -107,4 +90,5 @@ class Validator:
         shape = (int(self.cfg.unet["in_channels"]), size, size)
         latents = sample_euler_cfg(denoiser, text, masks[0], self.null_text, masks[1], shape,
                                    seeds * len(self.text), steps=steps, guidance=guidance)
-        return image_grid(to_pil(self.autoencoder.decode(latents)), cols=len(seeds))
+        images = to_pil(self.autoencoder.decode(latents))
+        return image_grid([images[i:i + len(seeds)] for i in range(0, len(images), len(seeds))], pad=0)

@@ -22,7 +22,7 @@ from xml.etree.ElementTree import Element
 from defusedxml import ElementTree as SafeET
 
 from opencanvas.catalog.records import BatchBuilder, SourceBatch, clean_text, extra_json
-from opencanvas.catalog.sources.base import InputFormatError, InputUnit, Rejected, SourceAdapter
+from opencanvas.catalog.sources.base import InputFormatError, InputUnit, Rejected, SourceAdapter, open_license
 from opencanvas.licenses import License, normalize
 
 NAME = "openclipart"
@@ -141,9 +141,7 @@ def _record(svg: str, root: str, collection: License | None) -> tuple[str, dict,
     lic_el = _child(work, "license")
     lic_text = None if lic_el is None else (lic_el.get(f"{{{RDF}}}resource") or lic_el.text or "").strip()
     if lic_text:
-        lic, origin = normalize(lic_text), "item"
-        if not lic.is_open:
-            raise Rejected("license:other", f"cc:license {lic_text!r} is not a known open license")
+        lic, origin = open_license(lic_text, "cc:license"), "item"
     elif collection is not None:
         lic, origin = collection, "collection"
     else:
