@@ -135,6 +135,60 @@ def test_duplicate_across_batches_of_one_file(ws: Workspace, tmp_path: Path, mon
     assert (stats.read, stats.ingested, stats.reasons) == (6, 4, {"duplicate": 2})
 
 
+def test_yfcc_in_many_chunks_and_parts(ws: Workspace, tmp_path: Path, monkeypatch) -> None:
+    """Small chunks and parts: line numbers of short lines count across chunks, a key repeated
+    in a later part is quarantined (the first one stays), and nothing is lost or doubled."""
+    import opencanvas.catalog.ingest as ingest_module
+    import opencanvas.catalog.sources.yfcc100m as yfcc
+
+    monkeypatch.setattr(yfcc, "BLOCK_BYTES", 2_000)  # ~3 lines per chunk
+    monkeypatch.setattr(ingest_module, "PART_ROWS", 7)
+    monkeypatch.setattr(ingest_module, "ROW_GROUP_ROWS", 2)
+    t = "\t".join
+    lines = [t(yfcc_fields(i)) for i in range(40)]
+    lines[11] = t(yfcc_fields(11)[:5])   # 12th line: 5 fields
+    lines[30] = t(yfcc_fields(30)[:24])  # 31st line: 24 fields
+    lines[35] = t(yfcc_fields(3))        # repeats line 4's key, many parts later
+    path = tmp_path / "yfcc100m_dataset"
+    path.write_bytes(("\n".join(lines)).encode())  # no newline after the last line
+    stats = ingest(ws, "yfcc100m", [path])
+    assert (stats.read, stats.ingested, stats.quarantined) == (40, 37, 3)
+    assert stats.reasons == {"duplicate": 1, "malformed": 2}
+    keys = [r["key"] for r in catalog_rows(ws).to_pylist()]
+    assert len(keys) == len(set(keys)) == 37 and "yfcc100m:5000039" in keys
+    short = {q["record_no"]: q["raw"] for q in quarantine_rows(ws) if q["reason"] == "malformed"}
+    assert short == {12: lines[11], 31: lines[30]}
+    record = done_records(ws, "yfcc100m")[0]
+    assert len(record["parts"]) >= 4 and record["reasons"] == stats.reasons
+    assert not [p.name for p in ws.source_dir("yfcc100m").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_read_leaves_no_part_or_temp_file(ws: Workspace, tmp_path: Path, monkeypatch) -> None:
+    import opencanvas.catalog.ingest as ingest_module
+    import opencanvas.catalog.sources.yfcc100m as yfcc
+
+    monkeypatch.setattr(yfcc, "BLOCK_BYTES", 2_000)
+    monkeypatch.setattr(ingest_module, "PART_ROWS", 10)
+    monkeypatch.setattr(ingest_module, "ROW_GROUP_ROWS", 2)
+    real_judge, calls = yfcc._judge, []
+
+    def failing_judge(batch, path):
+        calls.append(1)
+        if len(calls) == 4:  # ~18 rows read by then: one part done, the next one open
+            raise OSError("disk went away")
+        return real_judge(batch, path)
+
+    monkeypatch.setattr(yfcc, "_judge", failing_judge)
+    path = write_yfcc(tmp_path / "yfcc100m_dataset", ["\t".join(yfcc_fields(i)) for i in range(60)])
+    with pytest.raises(Exception, match="disk went away"):
+        ingest(ws, "yfcc100m", [path])
+    leftovers = [p.name for d in (ws.source_dir("yfcc100m"), ws.quarantine_dir) if d.is_dir() for p in d.iterdir()]
+    assert not [n for n in leftovers if n.endswith(".tmp")]
+    assert done_records(ws, "yfcc100m") == []
+    monkeypatch.setattr(yfcc, "_judge", real_judge)
+    assert ingest(ws, "yfcc100m", [path]).ingested == 60  # the same command then finishes it
+
+
 def test_unfinished_parts_of_other_inputs_do_not_count(ws: Workspace, tmp_path: Path) -> None:
     t = "\t".join
     x = write_yfcc(tmp_path / "x.tsv", [t(yfcc_fields(1))])

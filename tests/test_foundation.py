@@ -56,3 +56,21 @@ def test_map_shards_process_pool_matches_serial() -> None:
 def test_cli_help_lists_stage_verbs() -> None:
     out = subprocess.run([sys.executable, "-m", "opencanvas", "--help"], capture_output=True, text=True, check=True)
     assert "Usage" in out.stdout
+
+
+def test_keep_freed_memory_reuses_large_blocks() -> None:
+    """After `keep_freed_memory`, freeing and reallocating a 16 MB block causes no page faults."""
+    script = (
+        "import resource, sys\n"
+        "from opencanvas.allocator import keep_freed_memory\n"
+        "assert keep_freed_memory()\n"
+        "b = b'x' * (16 << 20); del b\n"
+        "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(20):\n"
+        "    b = b'x' * (16 << 20); del b\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n"
+    )
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert int(out) < 100  # 16 MB is 4,096 pages: each fresh one would fault

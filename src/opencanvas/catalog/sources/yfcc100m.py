@@ -1,11 +1,13 @@
 """YFCC100M's `yfcc100m_dataset` file: 25 tab-separated columns, plain or .bz2.
 
-The file has ~100M lines, so nothing here loops over rows in Python: Arrow's
-CSV reader parses blocks in C++ (no quoting: fields are URL-encoded, tabs never
-appear inside them), and DuckDB decodes the URL-encoded text, maps the handful
-of distinct license URLs through `opencanvas.licenses` and assigns quarantine
-reasons, column-wise. Lines with the wrong field count reach quarantine through
-Arrow's invalid-row handler with their raw text.
+The file has ~100M lines, so nothing here loops over rows in Python. The main
+thread only cuts the file into chunks at line ends; worker threads parse each
+chunk with Arrow's CSV reader (no quoting: fields are URL-encoded, tabs never
+appear inside them) and judge it with DuckDB, which decodes the URL-encoded
+text, maps the handful of distinct license URLs through `opencanvas.licenses`
+and assigns quarantine reasons, column-wise. Lines with the wrong field count
+reach quarantine through Arrow's invalid-row handler with their raw text and
+line number.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from opencanvas.allocator import keep_freed_memory
 from opencanvas.catalog.records import SourceBatch
 from opencanvas.catalog.schema import CATALOG_SCHEMA, QUARANTINE_SCHEMA
 from opencanvas.catalog.sources.base import InputFormatError, InputUnit, SourceAdapter, plan_files
@@ -121,9 +124,11 @@ _SELECT = f"""
 SELECT 'yfcc100m:' || photo_id AS key, 'yfcc100m' AS source, photo_id AS source_id,
   nullif(d_title, '') AS title,
   nullif(d_description, '') AS description,
-  CASE WHEN reason IS NULL THEN
-    list_transform(list_filter(string_split(user_tags, ','), lambda t: t <> ''),
-                   lambda t: url_decode(replace(t, '+', ' '))) END AS tags,
+  CASE WHEN reason IS NOT NULL THEN NULL
+    WHEN contains(user_tags, '%') OR contains(user_tags, '+') THEN
+      list_transform(list_filter(string_split(user_tags, ','), lambda t: t <> ''),
+                     lambda t: url_decode(replace(t, '+', ' ')))
+    ELSE list_filter(string_split(user_tags, ','), lambda t: t <> '') END AS tags,
   NULL::VARCHAR AS category,
   nullif(d_user_nickname, '') AS creator,
   CASE WHEN user_nsid <> '' THEN 'https://www.flickr.com/photos/' || user_nsid || '/' END AS creator_url,
@@ -131,12 +136,11 @@ SELECT 'yfcc100m:' || photo_id AS key, 'yfcc100m' AS source, photo_id AS source_
   license_id, license_version, license_url_norm AS license_url, 'item' AS license_origin,
   commercial_ok, derivatives_ok, share_alike, attribution_required,
   NULL::BIGINT AS width, NULL::BIGINT AS height,
-  json_object('photo_hash', nullif(photo_hash, ''), 'user_nsid', nullif(user_nsid, ''),
-              'date_taken', nullif(date_taken, ''), 'date_uploaded', nullif(date_uploaded, ''),
-              'capture_device', nullif(d_capture_device, ''),
-              'machine_tags', nullif(d_machine_tags, ''),
-              'longitude', nullif(longitude, ''), 'latitude', nullif(latitude, ''),
-              'accuracy', nullif(accuracy, ''))::VARCHAR AS extra,
+  to_json(struct_pack(photo_hash := nullif(photo_hash, ''), user_nsid := nullif(user_nsid, ''),
+              date_taken := nullif(date_taken, ''), date_uploaded := nullif(date_uploaded, ''),
+              capture_device := nullif(d_capture_device, ''), machine_tags := nullif(d_machine_tags, ''),
+              longitude := nullif(longitude, ''), latitude := nullif(latitude, ''),
+              accuracy := nullif(accuracy, '')))::VARCHAR AS extra,
   reason,
   CASE WHEN reason IS NOT NULL THEN try_cast(line_number AS BIGINT) END AS record_no,
   CASE WHEN reason IS NOT NULL THEN concat_ws(chr(9), {', '.join(COLUMNS)}) END AS raw,
@@ -191,8 +195,8 @@ def _thread_connection() -> duckdb.DuckDBPyConnection:
     return _local.con
 
 
-def _judge(batch: pa.Table, invalid: list[dict], path: str) -> SourceBatch:
-    """One parsed block -> catalog rows + quarantine rows (runs in a worker thread)."""
+def _judge(batch: pa.Table, path: str) -> SourceBatch:
+    """One parsed chunk -> catalog rows + quarantine rows (runs in a worker thread)."""
     batch, bad_utf8 = _split_invalid_utf8(batch, path)
     con = _thread_connection()
     con.register("batch", batch)
@@ -202,48 +206,85 @@ def _judge(batch: pa.Table, invalid: list[dict], path: str) -> SourceBatch:
     finally:
         con.unregister("batch")
         con.unregister("lic")
-    if invalid or bad_utf8:
-        rejects = pa.concat_tables([rejects, pa.Table.from_pylist(invalid + bad_utf8, schema=QUARANTINE_SCHEMA)])
+    if bad_utf8:
+        rejects = pa.concat_tables([rejects, pa.Table.from_pylist(bad_utf8, schema=QUARANTINE_SCHEMA)])
     return SourceBatch(rows, rejects, rows.num_rows + rejects.num_rows)
 
 
-def read(unit: InputUnit) -> Iterator[SourceBatch]:
+def _line_chunks(path: str) -> Iterator[bytes]:
+    """The (decompressed) file in pieces of about BLOCK_BYTES that each end at a line end."""
+    stream = pa.input_stream(path, compression="bz2" if path.endswith(".bz2") else None)
+    with stream:
+        rest = b""
+        while block := stream.read(BLOCK_BYTES):
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:  # one line longer than a block: keep reading
+                rest += block
+                continue
+            yield b"".join((rest, memoryview(block)[:cut]))  # one copy, ~2 ms per block
+            rest = block[cut:]
+        if rest:
+            yield rest
+
+
+_CONVERT = pacsv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS}, check_utf8=False,
+                                null_values=[], strings_can_be_null=False)
+
+
+def _parse(chunk: bytes, path: str) -> tuple[pa.Table, list[dict]]:
+    """Lines -> a table of 25 string columns + quarantine rows for lines with the wrong field count.
+
+    Their `record_no` is the line's number within the chunk (1-based, empty lines not
+    counted); `read` shifts it by the lines of the chunks before.
+    """
     invalid: list[dict] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
-        invalid.append({"source": NAME, "input_file": unit.path,
-                        "record_no": row.number if row.number and row.number > 0 else None,
-                        "raw": row.text, "reason": "malformed",
+        invalid.append({"source": NAME, "input_file": path, "record_no": row.number, "raw": row.text,
+                        "reason": "malformed",
                         "detail": f"{row.actual_columns} tab-separated fields, expected {row.expected_columns}"})
         return "skip"
 
-    stream = pa.input_stream(unit.path, compression="bz2" if unit.path.endswith(".bz2") else None)
-    reader = pacsv.open_csv(
-        stream,
-        read_options=pacsv.ReadOptions(column_names=list(COLUMNS), block_size=BLOCK_BYTES),
-        parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
-                                         double_quote=False, newlines_in_values=False,
-                                         ignore_empty_lines=True, invalid_row_handler=on_invalid),
-        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS}, check_utf8=False,
-                                             null_values=[], strings_can_be_null=False),
-    )
-    # Blocks are judged on JUDGE_THREADS threads (DuckDB and Arrow release the GIL) while the
-    # caller writes Parquet; results come back in file order, at most 2 * JUDGE_THREADS in flight.
+    parse = pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, double_quote=False,
+                               newlines_in_values=False, ignore_empty_lines=True, invalid_row_handler=on_invalid)
+    read = pacsv.ReadOptions(column_names=list(COLUMNS), use_threads=False, block_size=len(chunk) + 1)
+    table = pacsv.read_csv(pa.py_buffer(chunk), read_options=read, parse_options=parse, convert_options=_CONVERT)
+    return table, invalid
+
+
+def _parse_and_judge(chunk: bytes, path: str) -> tuple[SourceBatch, list[dict]]:
+    table, invalid = _parse(chunk, path)
+    return _judge(table, path), invalid
+
+
+def read(unit: InputUnit) -> Iterator[SourceBatch]:
+    # The main thread only cuts the file at line ends; JUDGE_THREADS threads parse and judge
+    # the chunks (Arrow and DuckDB release the GIL) while the caller writes Parquet. Results
+    # come back in file order, at most 2 * JUDGE_THREADS chunks in flight.
+    keep_freed_memory()  # chunks are allocated and freed over and over: reuse, not page faults
+    lines_before = 0
+
+    def in_order(done: SourceBatch, invalid: list[dict]) -> SourceBatch:
+        nonlocal lines_before
+        for row in invalid:
+            row["record_no"] = lines_before + row["record_no"] if row["record_no"] and row["record_no"] > 0 else None
+        lines_before += done.read + len(invalid)
+        if not invalid:
+            return done
+        rejects = pa.concat_tables([done.quarantine, pa.Table.from_pylist(invalid, schema=QUARANTINE_SCHEMA)])
+        return SourceBatch(done.catalog, rejects, done.read + len(invalid))
+
     with ThreadPoolExecutor(JUDGE_THREADS) as pool:
-        inflight: deque[Future[SourceBatch]] = deque()
+        inflight: deque[Future[tuple[SourceBatch, list[dict]]]] = deque()
         try:
-            for record_batch in reader:
-                block_invalid, invalid = invalid, []
-                inflight.append(pool.submit(_judge, pa.Table.from_batches([record_batch]), block_invalid, unit.path))
+            for chunk in _line_chunks(unit.path):
+                inflight.append(pool.submit(_parse_and_judge, chunk, unit.path))
                 if len(inflight) >= 2 * JUDGE_THREADS:
-                    yield inflight.popleft().result()
+                    yield in_order(*inflight.popleft().result())
+            while inflight:
+                yield in_order(*inflight.popleft().result())
         except (pa.ArrowInvalid, OSError, EOFError) as e:  # e.g. a truncated .bz2, binary garbage
             raise InputFormatError(f"{unit.path}: unreadable after {e!s:.300}; expected {EXPECTED}") from None
-        while inflight:
-            yield inflight.popleft().result()
-    if invalid:  # lines rejected after the last block was handed out
-        yield SourceBatch(CATALOG_SCHEMA.empty_table(), pa.Table.from_pylist(invalid, schema=QUARANTINE_SCHEMA),
-                          len(invalid))
 
 
 ADAPTER = SourceAdapter(NAME, "YFCC100M yfcc100m_dataset (tab-separated, plain or .bz2)", plan, read)
