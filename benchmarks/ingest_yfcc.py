@@ -117,6 +117,7 @@ def run_once(base: Path, data: Path, rows: int, keep: bool) -> dict:
         # CPU seconds (all threads) say how much work it was, whatever else ran on the host.
         "cpu_s": round(cpu, 2), "rows_per_cpu_s": round(rows / cpu),
         "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        # The process's peak so far (file generation and earlier runs included).
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "ingested": stats.ingested, "quarantined": stats.quarantined, "reasons": stats.reasons,
         "balanced": stats.read == stats.ingested + stats.quarantined == rows,

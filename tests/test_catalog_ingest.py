@@ -198,3 +198,19 @@ def test_unfinished_parts_of_other_inputs_do_not_count(ws: Workspace, tmp_path: 
     stats = ingest(ws, "yfcc100m", [y])
     assert (stats.ingested, stats.quarantined) == (2, 0)
     assert catalog_rows(ws).num_rows == 2
+
+
+def test_temp_files_of_a_killed_run_are_removed(ws: Workspace, tmp_path: Path) -> None:
+    """A writer killed mid-part leaves `.part-<unit>-NNNNN.parquet.*.tmp`; the next run removes it."""
+    path = write_yfcc(tmp_path / "yfcc100m_dataset", ["\t".join(yfcc_fields(i)) for i in range(3)])
+    uid = unit_id(ADAPTERS["yfcc100m"].plan([path])[0])
+    source_dir = ws.source_dir("yfcc100m")
+    source_dir.mkdir(parents=True)
+    ws.quarantine_dir.mkdir(parents=True)
+    leftovers = [source_dir / f".part-{uid}-00000.parquet.x1y2.tmp",
+                 ws.quarantine_dir / f".yfcc100m-{uid}-00000.parquet.z3.tmp"]
+    for p in leftovers:
+        p.write_bytes(b"half a part")
+    (source_dir / f".part-{uid}-00000.duckdb.tmp").mkdir()  # DuckDB's spill folder
+    assert ingest(ws, "yfcc100m", [path]).ingested == 3
+    assert not [p.name for d in (source_dir, ws.quarantine_dir) for p in d.iterdir() if p.name.endswith(".tmp")]

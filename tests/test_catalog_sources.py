@@ -314,3 +314,23 @@ def test_yfcc_truncated_bz2_names_the_file(ws: Workspace, tmp_path: Path) -> Non
     with pytest.raises(InputFormatError, match=r"cut\.bz2"):
         ingest(ws, "yfcc100m", [path])
     assert not ws.source_dir("yfcc100m").joinpath("_done").exists()  # nothing half-ingested counts as done
+
+
+# pyarrow prints the UnicodeDecodeError of its own invalid-row callback before giving up on the chunk
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_yfcc_short_line_with_bad_bytes_and_undecodable_license(ws: Workspace, tmp_path: Path) -> None:
+    """A short line that is not UTF-8 (Arrow cannot report it) and a license URL whose %-escapes are
+    not UTF-8 are each quarantined with their reason; the rest of the file is ingested."""
+    t = "\t".join
+    lines: list[str | bytes] = [
+        t(yfcc_fields(0)),
+        b"caf\xe9\tonly two fields",
+        t(yfcc_fields(2, license_url="http://example.com/licence/%FF")),
+        t(yfcc_fields(3)),
+    ]
+    stats = ingest(ws, "yfcc100m", [write_yfcc(tmp_path / "yfcc100m_dataset", lines)])
+    assert (stats.read, stats.ingested, stats.quarantined) == (4, 2, 2)
+    assert set(ingested(ws, "yfcc100m")) == {"yfcc100m:5000000", "yfcc100m:5000003"}
+    lic, short = sorted(quarantined(ws, "yfcc100m"), key=lambda q: q["reason"])
+    assert (short["reason"], short["record_no"], short["raw"]) == ("malformed", 2, "caf\ufffd\tonly two fields")
+    assert lic["reason"] == "license:other" and "http://example.com/licence/%FF" in lic["detail"]

@@ -1,10 +1,11 @@
 """Process-wide malloc settings for stages that churn through large buffers.
 
-The YFCC reader allocates and frees a 16 MB chunk, and the tables parsed from it,
-about 25 times per million lines. By default glibc hands blocks that large back to
-the kernel (mmap / heap trim), so every reuse page-faults freshly zeroed memory:
-on this 2-core VM that was ~375k minor faults and ~10% of the CPU time per million
-lines (`benchmarks/RESULTS.md`). Keeping freed memory in the heap removes most of it.
+The YFCC reader allocates and frees a 16 MB chunk about 25 times per million lines,
+and DuckDB allocates its result buffers for each chunk. By default glibc hands blocks
+that large back to the kernel (mmap / heap trim), so every reuse page-faults freshly
+zeroed memory: on this 2-core VM that was ~375k minor faults and ~10% of the CPU time
+per million lines (`benchmarks/RESULTS.md`). Keeping freed memory in the heap removes
+most of it. (Arrow's own pool, mimalloc, is not affected by these settings.)
 """
 
 from __future__ import annotations

@@ -2,12 +2,14 @@
 
 Unit of work = one input file (a folder for folder-shaped sources). A worker
 turns a unit into `catalog/<source>/part-<unit>-NNNNN.parquet` plus
-`catalog/quarantine/<source>-<unit>-NNNNN.parquet`; the parent then removes
-keys already ingested from other units (quarantined as `duplicate`) and writes
-the unit's done-record `catalog/<source>/_done/<unit>.json` last, atomically.
-A killed ingest therefore resumes per input file with the same command: parts
-of unfinished units are deleted and redone, finished units are skipped, and
-every record read ends up exactly once in the catalog or in quarantine.
+`catalog/quarantine/<source>-<unit>-NNNNN.parquet`, then moves keys repeated
+within the unit to `<source>-<unit>-repeated.parquet`; the parent removes keys
+already ingested from other units (`-duplicates.parquet`, both with reason
+`duplicate`) and writes the unit's done-record `catalog/<source>/_done/<unit>.json`
+last, atomically. A killed ingest therefore resumes per input file with the
+same command: parts (and temp files) of unfinished units are deleted and redone,
+finished units are skipped, and every record read ends up exactly once in the
+catalog or in quarantine.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
@@ -38,7 +41,7 @@ from opencanvas.storage import atomic_path, atomic_write_json, atomic_write_parq
 from opencanvas.workspace import Workspace
 
 PART_ROWS = 250_000  # rows per catalog part: ~10-20 MB of Parquet
-ROW_GROUP_ROWS = 20_000  # smallest row group written (the YFCC reader hands over ~40k rows at a time)
+ROW_GROUP_ROWS = 20_000  # rows buffered before a row group is written (the YFCC reader hands ~40k at a time)
 # Dictionary pages and min/max statistics only where they pay: on the repetitive columns and
 # the key. Trying both on every text column costs ~20% of the write time for nothing.
 CATALOG_PARQUET = {
@@ -103,8 +106,8 @@ def _duplicates_to_quarantine(rows: pa.Table, dup: pa.Array, input_file: str, de
 class _PartWriter:
     """Streams tables into numbered Parquet parts of about PART_ROWS rows.
 
-    Rows are written as row groups of at least ROW_GROUP_ROWS as they arrive, on one
-    background thread (Arrow releases the GIL): the input keeps being parsed while
+    Rows are written as row groups of at least ROW_GROUP_ROWS (the last one may be
+    smaller) as they arrive, on one background thread (Arrow releases the GIL): the input keeps being parsed while
     earlier rows are compressed, and when it ends little is left to write. A part
     appears under its name (atomically) once it is complete.
     """
@@ -172,15 +175,17 @@ class _PartWriter:
     def _finish(self) -> None:
         stack, writer = self._open
         self._open = None
-        writer.close()
-        stack.close()  # fsync + rename onto the part's name
+        with stack:  # on leaving: fsync + rename onto the part's name, or remove the temp file if close failed
+            writer.close()
 
     def _discard(self) -> None:
         if self._open is not None:
             stack, writer = self._open
             self._open = None
-            writer.close()
-            stack.__exit__(RuntimeError, RuntimeError("ingest failed"), None)  # removes the temp file
+            try:
+                writer.close()
+            finally:
+                stack.__exit__(RuntimeError, RuntimeError("ingest failed"), None)  # removes the temp file
 
 
 def ingest_unit(task: UnitTask, on_batch: Callable[[int], None] | None = None) -> UnitResult:
@@ -194,11 +199,12 @@ def ingest_unit(task: UnitTask, on_batch: Callable[[int], None] | None = None) -
         quarantine = _PartWriter(Path(task.quarantine_dir), f"{unit.source}-{task.uid}", QUARANTINE_SCHEMA, writer)
         try:
             _read_unit(unit, catalog, quarantine, result, on_batch)
+            result.parts, result.quarantine_parts = catalog.close(), quarantine.close()
         except BaseException:
-            catalog.abort()
-            quarantine.abort()
+            for part_writer in (catalog, quarantine):
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    part_writer.abort()
             raise
-        result.parts, result.quarantine_parts = catalog.close(), quarantine.close()
     source_dir = Path(task.source_dir)
     repeated = _repeated_rows(source_dir, result.parts)
     _quarantine_duplicates(source_dir, Path(task.quarantine_dir), task, result, repeated,
@@ -233,7 +239,8 @@ def _repeated_rows(source_dir: Path, parts: Sequence[str]) -> dict[str, pa.Array
     """
     if not parts:
         return {}
-    con = duckdb.connect(config={"threads": 2})
+    spill = source_dir / f".{Path(parts[0]).stem}.duckdb.tmp"  # 100M keys may not fit in memory
+    con = duckdb.connect(config={"threads": 2, "temp_directory": str(spill)})
     try:
         scan = [str(source_dir / name) for name in parts]
         if con.execute("SELECT count(*) = count(DISTINCT key) FROM read_parquet(?)", [scan]).fetchone()[0]:
@@ -249,6 +256,7 @@ def _repeated_rows(source_dir: Path, parts: Sequence[str]) -> dict[str, pa.Array
             WHERE n > 1""", [scan]).fetchall()
     finally:
         con.close()
+        shutil.rmtree(spill, ignore_errors=True)
     masks: dict[str, np.ndarray] = {}
     for filename, row in found:
         name = Path(filename).name
@@ -265,7 +273,8 @@ def _quarantine_duplicates(source_dir: Path, quarantine_dir: Path, task: UnitTas
     for name, mask in drop.items():
         rows = pq.read_table(source_dir / name)
         tables.append(_duplicates_to_quarantine(rows, mask, task.unit.path, detail))
-        atomic_write_parquet(source_dir / name, rows.filter(pc.invert(mask)))
+        with atomic_path(source_dir / name) as tmp:
+            pq.write_table(rows.filter(pc.invert(mask)), tmp, **CATALOG_PARQUET)
     if not tables:
         return
     dups = pa.concat_tables(tables)
@@ -288,9 +297,12 @@ def done_records(ws: Workspace, source: str) -> list[dict]:
 
 
 def _remove_unfinished(ws: Workspace, source: str, uid: str) -> None:
-    stale = [*ws.source_dir(source).glob(f"part-{uid}-*.parquet"), *ws.quarantine_dir.glob(f"{source}-{uid}-*.parquet")]
+    """Parts of a unit without a done-record, and the temp files a killed writer left (`.<part>.*.tmp`)."""
+    source_dir, quarantine_dir = ws.source_dir(source), ws.quarantine_dir
+    stale = [*source_dir.glob(f"part-{uid}-*.parquet"), *source_dir.glob(f".part-{uid}-*.tmp"),
+             *quarantine_dir.glob(f"{source}-{uid}-*.parquet"), *quarantine_dir.glob(f".{source}-{uid}-*.tmp")]
     for p in stale:
-        p.unlink()
+        shutil.rmtree(p) if p.is_dir() else p.unlink()  # a directory: DuckDB's spill folder
 
 
 def _commit(ws: Workspace, task: UnitTask, result: UnitResult, seen: set[str] | None) -> None:
@@ -350,7 +362,7 @@ def ingest(ws: Workspace, source: str, paths: Sequence[Path | str], *, workers: 
     # Keys of finished parts, for cross-input dedupe; not needed for a lone input into an empty source.
     done_parts = [source_dir / name for r in finished for name in r["parts"]]
     seen: set[str] | None = None
-    if done_parts or len(tasks) > 1:
+    if tasks and (done_parts or len(tasks) > 1):
         seen = set()
         for p in done_parts:
             seen.update(pq.read_table(p, columns=["key"])["key"].to_pylist())

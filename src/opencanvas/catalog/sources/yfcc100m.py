@@ -7,7 +7,7 @@ appear inside them) and judge it with DuckDB, which decodes the URL-encoded
 text, maps the handful of distinct license URLs through `opencanvas.licenses`
 and assigns quarantine reasons, column-wise. Lines with the wrong field count
 reach quarantine through Arrow's invalid-row handler with their raw text and
-line number.
+line number (1-based, empty lines not counted).
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ CASE reason
   WHEN 'malformed' THEN 'marker must be 0 (photo) or 1 (video), got ' || marker
   WHEN 'encoding' THEN 'a URL-encoded text field does not decode to UTF-8'
   WHEN 'license:missing' THEN 'no license name or URL'
-  WHEN 'license:other' THEN 'license ' || url_decode(replace(statement, '+', ' ')) || ' is not a known open license'
+  WHEN 'license:other' THEN 'license ' || coalesce(try(url_decode(replace(statement, '+', ' '))), statement)
+    || ' is not a known open license'
   ELSE 'required field empty'
 END"""
 
@@ -237,12 +238,22 @@ def _parse(chunk: bytes, path: str) -> tuple[pa.Table, list[dict]]:
     Their `record_no` is the line's number within the chunk (1-based, empty lines not
     counted); `read` shifts it by the lines of the chunks before.
     """
+    try:
+        return _parse_arrow(chunk, path)
+    except pa.ArrowInvalid:  # Arrow cannot hand a short line that is not UTF-8 to the handler
+        return _parse_line_by_line(chunk, path)
+
+
+def _malformed(path: str, number: int | None, raw: str, fields: int) -> dict:
+    return {"source": NAME, "input_file": path, "record_no": number, "raw": raw, "reason": "malformed",
+            "detail": f"{fields} tab-separated fields, expected {len(COLUMNS)}"}
+
+
+def _parse_arrow(chunk: bytes, path: str) -> tuple[pa.Table, list[dict]]:
     invalid: list[dict] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
-        invalid.append({"source": NAME, "input_file": path, "record_no": row.number, "raw": row.text,
-                        "reason": "malformed",
-                        "detail": f"{row.actual_columns} tab-separated fields, expected {row.expected_columns}"})
+        invalid.append(_malformed(path, row.number, row.text, row.actual_columns))
         return "skip"
 
     parse = pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, double_quote=False,
@@ -250,6 +261,24 @@ def _parse(chunk: bytes, path: str) -> tuple[pa.Table, list[dict]]:
     read = pacsv.ReadOptions(column_names=list(COLUMNS), use_threads=False, block_size=len(chunk) + 1)
     table = pacsv.read_csv(pa.py_buffer(chunk), read_options=read, parse_options=parse, convert_options=_CONVERT)
     return table, invalid
+
+
+def _parse_line_by_line(chunk: bytes, path: str) -> tuple[pa.Table, list[dict]]:
+    """The rare slow path: split lines in Python, quarantine the short ones, parse the rest."""
+    lines = [line.rstrip(b"\r") for line in chunk.split(b"\n")]
+    good, invalid = [], []
+    for number, line in enumerate((ln for ln in lines if ln), start=1):
+        fields = line.count(b"\t") + 1
+        if fields == len(COLUMNS):
+            good.append(line)
+        else:
+            invalid.append(_malformed(path, number, line.decode("utf-8", "replace"), fields))
+    table, _ = _parse_arrow(b"\n".join(good) + b"\n", path) if good else (_empty_table(), [])
+    return table, invalid
+
+
+def _empty_table() -> pa.Table:
+    return pa.schema([(c, pa.string()) for c in COLUMNS]).empty_table()
 
 
 def _parse_and_judge(chunk: bytes, path: str) -> tuple[SourceBatch, list[dict]]:
@@ -283,7 +312,7 @@ def read(unit: InputUnit) -> Iterator[SourceBatch]:
                     yield in_order(*inflight.popleft().result())
             while inflight:
                 yield in_order(*inflight.popleft().result())
-        except (pa.ArrowInvalid, OSError, EOFError) as e:  # e.g. a truncated .bz2, binary garbage
+        except (pa.ArrowInvalid, OSError, EOFError, duckdb.Error) as e:  # e.g. a truncated .bz2, binary garbage
             raise InputFormatError(f"{unit.path}: unreadable after {e!s:.300}; expected {EXPECTED}") from None
 
 
