@@ -11,7 +11,8 @@ from PIL import Image
 from opencanvas.caption.captioners import (
     CaptionInput, CommonCatalogCaptioner, GenerationSettings, MetadataCaptioner, degeneracy, metadata_caption,
 )
-from opencanvas.caption.loader import center_crop_resize, collate, decode_rgb, ImageRecords
+from opencanvas.caption.loader import center_crop_resize, collate, ImageRecords
+from opencanvas.fetch.decode import load_rgb
 
 
 @pytest.mark.parametrize("text, flag", [
@@ -69,7 +70,7 @@ def test_decode_puts_transparency_on_white_and_collate_keeps_failures() -> None:
     rgba = Image.new("RGBA", (20, 20), (0, 0, 0, 0))
     buf = io.BytesIO()
     rgba.save(buf, format="PNG")
-    assert decode_rgb(buf.getvalue()).getpixel((5, 5)) == (255, 255, 255)
+    assert load_rgb(buf.getvalue()).getpixel((5, 5)) == (255, 255, 255)
     records = ImageRecords([buf.getvalue(), b"not an image"], crop_size=16)
     batch = collate([records[0], records[1]])
     assert batch.indices == [0] and batch.failed[0][0] == 1 and batch.failed[0][1].startswith("unreadable")

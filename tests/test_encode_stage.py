@@ -88,7 +88,8 @@ def test_every_ok_image_once_per_qualifying_resolution(encoded):
 
 
 def test_latents_and_text_round_trip(encoded):
-    from opencanvas.components.images import center_crop_resize, decode_rgb, to_uint8_chw
+    from opencanvas.components.images import center_crop_resize, to_uint8_chw
+    from opencanvas.fetch.decode import load_rgb
     from opencanvas.components.loading import load_autoencoder, load_text_encoder
 
     ws, models, _ = encoded
@@ -97,7 +98,7 @@ def test_latents_and_text_round_trip(encoded):
     images = {im.key: im for tar in ws.images_dir("shapes").glob("shard-*.tar") for im in iter_shard(tar)}
     for i in (0, 5, len(lat) - 1):
         rec = lat.get(i)
-        pixels = torch.from_numpy(to_uint8_chw(center_crop_resize(decode_rgb(images[rec.key].data), 32)))
+        pixels = torch.from_numpy(to_uint8_chw(center_crop_resize(load_rgb(images[rec.key].data), 32)))
         mean, std = ae.encode(pixels[None].float() / 127.5 - 1)  # (1, 4, 16, 16)
         np.testing.assert_allclose(rec.mean.astype(np.float32), mean[0].numpy(), rtol=2e-3, atol=2e-3)
         np.testing.assert_allclose(rec.std.astype(np.float32), std[0].numpy(), rtol=2e-3, atol=2e-3)

@@ -90,5 +90,24 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
+
+
+def weights_sha256(directory: Path) -> str | None:
+    """SHA-256 over a model folder's weight files, recursively (relative names + each file's SHA-256).
+
+    It pins exact weights on a card or a caption row; None when the folder has no weight file.
+    """
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(directory).as_posix().encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

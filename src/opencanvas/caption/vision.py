@@ -12,19 +12,16 @@ sha256 of the weight files when no commit is known.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opencanvas.caption.captioners import CaptionInput, GenerationSettings, Provenance, degeneracy
-from opencanvas.storage import sha256_file
+from opencanvas.storage import weights_sha256
 
 if TYPE_CHECKING:  # heavy imports stay inside functions (fast CLI start)
     import torch
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 
 
 class CaptionModelError(RuntimeError):
@@ -32,15 +29,11 @@ class CaptionModelError(RuntimeError):
 
 
 def weights_revision(model_dir: Path) -> str:
-    """"sha256:<hex>" over the weight files of a local model dir (names and contents)."""
-    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    if not files:
+    """"sha256:<hex>" over the weight files of a local model dir (`storage.weights_sha256`)."""
+    digest = weights_sha256(model_dir)
+    if digest is None:
         raise CaptionModelError(f"no weight files (*.safetensors, *.bin) in {model_dir}: is it a model directory?")
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.relative_to(model_dir).as_posix().encode())
-        h.update(sha256_file(p).encode())
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + digest
 
 
 def resolve_model(model: str) -> tuple[str, bool]:

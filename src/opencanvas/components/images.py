@@ -8,7 +8,6 @@ they are decoded once into one uint8 tensor (N, 3, H, W) kept in memory
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,22 +17,10 @@ from PIL import Image
 
 import pyarrow.parquet as pq
 
+from opencanvas.fetch.decode import DecodeError, load_rgb
 from opencanvas.progress import progress_bar
 from opencanvas.shards import index_paths, iter_shard
 from opencanvas.workspace import Workspace
-
-# Decoding guard: the fetch stage already drops huge files, but a stray 40+ MP
-# image must not stall training.
-MAX_PIXELS = 40_000_000
-
-
-def decode_rgb(data: bytes) -> Image.Image:
-    """Encoded image bytes -> RGB, transparency composited onto white (clip art is mostly RGBA)."""
-    img = Image.open(io.BytesIO(data))
-    if img.width * img.height > MAX_PIXELS:
-        raise ValueError(f"image of {img.width}x{img.height} px is over {MAX_PIXELS:,} px")
-    return flatten_alpha(img)
-
 
 def flatten_alpha(img: Image.Image) -> Image.Image:
     """RGB; transparent pixels become white, not the black that a bare convert("RGB") gives."""
@@ -98,8 +85,9 @@ def load_subset_images(ws: Workspace, subset: str, resolution: int, max_images: 
                 if item.key not in ok or (wanted is not None and item.key not in wanted):
                     continue
                 try:
-                    arrays.append(to_uint8_chw(center_crop_resize(decode_rgb(item.data), resolution)))
-                except (OSError, ValueError, Image.DecompressionBombError):
+                    arrays.append(to_uint8_chw(center_crop_resize(load_rgb(item.data, min_side=resolution),
+                                                                  resolution)))
+                except DecodeError:
                     skipped += 1
                     continue
                 out_keys.append(item.key)

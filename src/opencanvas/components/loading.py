@@ -15,7 +15,6 @@ autoencoders trained here store per-channel mean and 1/std of their latents
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 import warnings
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from opencanvas.storage import weights_sha256
 from opencanvas.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -63,22 +63,11 @@ class ComponentSource:
                 out["path"] = ws.relative(self.path) if ws and self.origin == "workspace" else str(self.path)
             except ValueError:
                 out["path"] = str(self.path)
-            out["weights_sha256"] = weights_digest(self.path)
+            out["weights_sha256"] = weights_sha256(self.path)
         else:
             out.update(hub_id=self.hub_id, subfolder=self.subfolder,
                        training_data="not recorded here: see the hub model card")
         return out
-
-
-def weights_digest(directory: Path) -> str:
-    """SHA-256 over the directory's weight files (names + bytes), so a card pins exact weights."""
-    h = hashlib.sha256()
-    for p in sorted(Path(directory).glob("*.safetensors")) + sorted(Path(directory).glob("*.bin")):
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
 
 
 def read_record(directory: Path) -> dict[str, Any]:

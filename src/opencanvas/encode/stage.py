@@ -181,7 +181,8 @@ def encode_shard(ws: Workspace, root: Path, plan: ShardPlan, ae: "LoadedAutoenco
                  captioners: Sequence[str], batch_size: int, stats: EncodeStats,
                  advance: Callable[[int], None], decode_workers: int = DEFAULT_DECODE_WORKERS) -> None:
     """Write the missing parts of one image shard: text first (latent parts point into it)."""
-    from opencanvas.components.images import decode_rgb, to_uint8_chw
+    from opencanvas.components.images import to_uint8_chw
+    from opencanvas.fetch.decode import load_rgb
 
     started = time.time()
     text_keys = plan.text_keys
@@ -208,7 +209,7 @@ def encode_shard(ws: Workspace, root: Path, plan: ShardPlan, ae: "LoadedAutoenco
         if not targets:
             return image.key, []
         try:
-            img = decode_rgb(image.data)
+            img = load_rgb(image.data)
         except Exception as err:  # noqa: BLE001 - fetch accepted it but PIL rejects it now: count, go on
             return image.key, f"{type(err).__name__}: {err}"
         return image.key, [(res, size, to_uint8_chw(crop_resize(img, size))) for res, size in targets]

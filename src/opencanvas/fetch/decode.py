@@ -50,9 +50,16 @@ class Decoded:
     drafted: bool = False       # decoded at a reduced JPEG DCT scale
 
 
-def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode untrusted bytes to an upright 8-bit RGB image (raises DecodeError)."""
-    return decode_image(data, max_pixels).image
+def load_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 0) -> Image.Image:
+    """Decode untrusted bytes to an upright 8-bit RGB image (raises DecodeError).
+
+    Every stage that reads shard images decodes them here, so they see the pixels
+    (and the pixel cap) the fetch stage accepted. With `min_side`, a large JPEG is
+    decoded at a reduced DCT scale whose short side is still >= `min_side` (a centre
+    crop of that side needs no more).
+    """
+    target = (lambda w, h: -(-min_side * max(w, h) // min(w, h))) if min_side else None
+    return decode_image(data, max_pixels, target_long_side=target).image
 
 
 DraftTarget = Callable[[int, int], "int | None"]

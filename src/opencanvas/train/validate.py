@@ -1,7 +1,7 @@
 """Validation grids during training: fixed prompts and seeds, so grids compare across time.
 
-A deliberately small sampler (Euler in sigma space, Karras et al. 2022 Alg. 1
-with classifier-free guidance); the full samplers live in opencanvas.sample.
+They are drawn with the sampling stage's own pieces (Euler on trailing sigmas,
+classifier-free guidance), so a grid shows what `opencanvas sample` would give.
 """
 
 from __future__ import annotations
@@ -13,17 +13,12 @@ import torch
 from opencanvas.components.images import to_pil
 from opencanvas.components.reports import image_grid
 from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.sample.guidance import cfg_denoiser
+from opencanvas.sample.samplers import get_sigmas, initial_noise_scale, sample_euler
 from opencanvas.workspace import Workspace
 
 if TYPE_CHECKING:
     from PIL import Image
-
-
-def trailing_sigmas(denoiser: Denoiser, steps: int) -> torch.Tensor:
-    """`steps` training sigmas from sigma_max down, evenly spaced in timesteps, then 0: (steps + 1,)."""
-    n = denoiser.sigmas.numel()
-    t = torch.linspace(n - 1, 0, steps).round().long()
-    return torch.cat([denoiser.sigmas[t], denoiser.sigmas.new_zeros(1)])
 
 
 @torch.no_grad()
@@ -32,18 +27,13 @@ def sample_euler_cfg(denoiser: Denoiser, text: torch.Tensor, mask: torch.Tensor 
                      steps: int = 20, guidance: float = 5.0) -> torch.Tensor:
     """Normalised latents (B, C, h, w) for text (B, L, D), one fixed seed per image."""
     device = text.device
-    sigmas = trailing_sigmas(denoiser, steps).to(device)
+    sigmas = get_sigmas(denoiser, steps, "trailing").to(device)
     noise = [torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    x = torch.stack(noise).to(device) * sigmas[0]  # (B, C, h, w)
+    x = torch.stack(noise).to(device) * initial_noise_scale(sigmas)  # (B, C, h, w)
     b = x.shape[0]
-    ehs = torch.cat([null_text.expand(b, -1, -1), text])  # (2B, L, D): unconditional first
-    ehs_mask = None if mask is None or null_mask is None else torch.cat([null_mask.expand(b, -1), mask])
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        x0_uncond, x0_cond = denoiser(torch.cat([x, x]), sigma, ehs, ehs_mask).chunk(2)
-        x0 = x0_uncond + guidance * (x0_cond - x0_uncond)
-        d = (x - x0) / sigma  # dx/dsigma of the probability-flow ODE
-        x = x + d * (sigma_next - sigma)
-    return x
+    extra = {"cond": text, "cond_mask": mask, "uncond": null_text.expand(b, -1, -1),
+             "uncond_mask": None if null_mask is None else null_mask.expand(b, -1)}
+    return sample_euler(cfg_denoiser(denoiser, guidance), x, sigmas, extra)
 
 
 class Validator:
