@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 from PIL import Image
 
-from opencanvas.captions_schema import CAPTION_SCHEMA
+from opencanvas.captions import CAPTION_SCHEMA
 from opencanvas.catalog.schema import CATALOG_SCHEMA, SUBSET_SCHEMA
 from opencanvas.shards import INDEX_SCHEMA, ShardWriter, shard_name
 from opencanvas.storage import atomic_write_parquet, sha256_bytes

@@ -25,8 +25,8 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from opencanvas.diffusion import Denoiser, NoiseSchedule
-from opencanvas.sample.guidance import CFGDenoiser
-from opencanvas.sample.samplers import CALLS_PER_STEP, SAMPLERS, get_sigmas, initial_noise_scale
+from opencanvas.diffusion.guidance import CFGDenoiser
+from opencanvas.diffusion.samplers import CALLS_PER_STEP, SAMPLERS, get_sigmas, initial_noise_scale
 from opencanvas.train.presets import build_unet, get_preset
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
-from opencanvas.captions_schema import CAPTION_SCHEMA
+from opencanvas.captions import CAPTION_SCHEMA
 from opencanvas.catalog.ingest import write_done_record
 from opencanvas.catalog.schema import CATALOG_SCHEMA, SUBSET_SCHEMA
 from opencanvas.shards import INDEX_SCHEMA, ShardWriter, shard_name

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from opencanvas.caption.stage import caption, read_captions
+from opencanvas.caption.stage import caption
+from opencanvas.captions import read_captions
 from opencanvas.caption.vision import CaptionModelError, load_model_captioner, weights_revision
 from opencanvas.caption.captioners import GenerationSettings
 from opencanvas.caption.tiny_models import save_tiny_blip, save_tiny_blip2, save_tiny_llava

@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from opencanvas.caption.stage import caption, read_captions
-from opencanvas.captions_schema import CAPTION_SCHEMA
+from opencanvas.caption.stage import caption
+from opencanvas.captions import read_captions
+from opencanvas.captions import CAPTION_SCHEMA
 from opencanvas.shards import INDEX_SCHEMA, ShardWriter, shard_name
 from opencanvas.storage import atomic_write_parquet, parquet_metadata
 from opencanvas.workspace import Workspace

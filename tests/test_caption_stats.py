@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from opencanvas.caption.stage import caption
 from opencanvas.caption.stats import caption_stats, text_stats
-from opencanvas.captions_schema import CAPTION_SCHEMA
+from opencanvas.captions import CAPTION_SCHEMA
 from opencanvas.cli import app
 from opencanvas.storage import atomic_write_parquet
 from opencanvas.workspace import Workspace

@@ -11,7 +11,8 @@ import torch
 
 from opencanvas.components import load_clip_evaluator, load_text_encoder
 from opencanvas.components.clip import build_clip, clip_pixels, contrastive_loss, read_caption_lists, train_clip
-from opencanvas.components.images import load_subset_images, to_pil
+from opencanvas.components.images import load_subset_images
+from opencanvas.pixels import to_pil
 from opencanvas.components.metrics import chance_recall_at_k, recall_at_k
 from opencanvas.components.presets import CLIP_PRESETS
 from opencanvas.components.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_caption_tokenizer

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from opencanvas.catalog.ingest import done_records
-from opencanvas.demo.pipeline import CAPTIONER, RUN, SUBSET, DemoSettings, run_demo
+from opencanvas.demo.pipeline import run_demo
+from opencanvas.demo.settings import CAPTIONER, RUN, SUBSET, DemoSettings
 from opencanvas.shards import read_index
 from opencanvas.workspace import Workspace
 

@@ -175,7 +175,7 @@ def test_errors_say_what_to_do(ws, latents):
 
 
 def test_loader_leaves_out_the_heldout_split(tmp_path) -> None:
-    from opencanvas.components.images import key_fraction
+    from opencanvas.splits import key_fraction
     from opencanvas.encode import LatentLoader, open_latents
     from opencanvas.encode.synthetic import write_random_latents
     from opencanvas.workspace import Workspace

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opencanvas.catalog.schema import LICENSE_IDS
+from opencanvas.licenses import LICENSE_IDS
 from opencanvas.licenses import LICENSE_FLAGS, normalize, normalize_pair
 
 TABLE = [

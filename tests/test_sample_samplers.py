@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from opencanvas.diffusion import Denoiser, NoiseSchedule
-from opencanvas.sample.guidance import CFGDenoiser, rescale_guidance
-from opencanvas.sample.samplers import SAMPLERS, get_sampler, get_sigmas, initial_noise_scale
+from opencanvas.diffusion.guidance import CFGDenoiser, rescale_guidance
+from opencanvas.diffusion.samplers import SAMPLERS, get_sampler, get_sigmas, initial_noise_scale
 from opencanvas.sample.tiny import TEXT_DIM, tiny_unet
 
 SCHEDULE_KW = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")

@@ -14,7 +14,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from opencanvas.catalog.schema import LICENSE_IDS
+# The canonical license ids of the catalog's `license_id` column (architecture.md).
+LICENSE_IDS = (
+    "cc0", "pdm", "cc-by", "cc-by-sa", "cc-by-nc", "cc-by-nc-sa", "cc-by-nd", "cc-by-nc-nd", "other",
+)
 
 # license_id -> (commercial_ok, derivatives_ok, share_alike, attribution_required).
 # `other` is the conservative reading: nothing is allowed, attribution is owed.

@@ -18,6 +18,7 @@ from typing import Any
 
 from PIL import Image
 
+from opencanvas import pixels
 from opencanvas.fetch.decode import load_rgb
 
 
@@ -28,9 +29,7 @@ def describe_preprocessing(crop_size: int) -> str:
 
 def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
     """The largest centred square, resized to `size` x `size` (bicubic); `size` 0 keeps the image."""
-    from opencanvas.components.images import center_crop_resize as crop_resize  # imports torch
-
-    return crop_resize(img, size) if size > 0 else img
+    return pixels.center_crop_resize(img, size) if size > 0 else img
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ from opencanvas.caption.captioners import (
     CommonCatalogCaptioner, GenerationSettings, MetadataCaptioner,
 )
 from opencanvas.caption.loader import decoded_batches, describe_preprocessing
-from opencanvas.captions_schema import CAPTION_SCHEMA
-from opencanvas.engines import Engine, shard_share
+from opencanvas.captions import CAPTION_SCHEMA
+from opencanvas.engines import Engine, map_shards_on_actors, shard_share
 from opencanvas.progress import progress_bar
 from opencanvas.shards import index_paths, iter_shard
 from opencanvas.storage import atomic_write_parquet, parquet_metadata, read_parquet_files
@@ -283,11 +283,10 @@ def caption(ws: Workspace, subset: str, captioner: str, model: str | None = None
     with progress_bar() as bar:
         task_id = bar.add_task(f"caption {job.name}", total=total, unit="img")
         if engine == "ray":  # shards stream back whole, so the bar moves per shard
-            from opencanvas.caption.ray_engine import map_shards_on_actors
-
             cpus = max(1, loader_workers) if captioner in MODEL_CAPTIONERS else 1  # + decoding processes
             results: Iterator[ShardResult] = map_shards_on_actors(
-                pending, num_gpus=1.0 if device.startswith("cuda") else 0.0, num_cpus=cpus, actors=ray_actors)
+                caption_shard, pending, num_gpus=1.0 if device.startswith("cuda") else 0.0, num_cpus=cpus,
+                actors=ray_actors)
         else:
             results = (caption_shard(t, on_images=lambda n: bar.advance(task_id, n)) for t in pending)
         for result in results:
@@ -298,11 +297,3 @@ def caption(ws: Workspace, subset: str, captioner: str, model: str | None = None
                 on_shard(result)
     stats.seconds = time.perf_counter() - start
     return stats
-
-
-def read_captions(ws: Workspace, captioner: str, keys: list[str] | None = None) -> pa.Table:
-    """All rows of captions/<captioner>/ (CAPTION_SCHEMA), optionally only `keys`."""
-    table = read_parquet_files(ws.captions_dir(captioner).glob("part-*.parquet"), CAPTION_SCHEMA)
-    if keys is not None:
-        table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(list(keys), pa.string())))
-    return table

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from opencanvas.caption.captioners import RESERVED_NAMES, metadata_caption
-from opencanvas.caption.stage import read_captions
+from opencanvas.captions import read_captions
 from opencanvas.shards import iter_shard, read_index
 from opencanvas.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 from opencanvas.workspace import Workspace

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from opencanvas.caption.stage import read_captions
+from opencanvas.captions import read_captions
 from opencanvas.shards import index_paths
 from opencanvas.storage import parquet_metadata
 from opencanvas.workspace import Workspace

@@ -50,7 +50,7 @@ def gather(ws: Workspace, run: str) -> dict[str, Any]:
     captioners = data.get("captioners") or []
     # Training leaves out the held-out split (train/config.py `holdout`); those images are
     # evaluation references only.
-    from opencanvas.components.images import key_fraction
+    from opencanvas.splits import key_fraction
 
     holdout = float(runf["config"].get("holdout", 0.0))
     heldout = [k for k in keys if key_fraction(k) < holdout]

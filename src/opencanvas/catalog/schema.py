@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-LICENSE_IDS = (
-    "cc0", "pdm", "cc-by", "cc-by-sa", "cc-by-nc", "cc-by-nc-sa", "cc-by-nd", "cc-by-nc-nd", "other",
-)
+from opencanvas.licenses import LICENSE_IDS  # noqa: F401 (re-exported)
+
 
 CATALOG_SCHEMA = pa.schema([
     ("key", pa.string()),              # "<source>:<source_id>", stable across re-ingests

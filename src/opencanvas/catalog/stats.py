@@ -11,7 +11,7 @@ from typing import Any
 
 from opencanvas.catalog.ingest import done_records
 from opencanvas.catalog.query import catalog_sources, query
-from opencanvas.catalog.schema import LICENSE_IDS
+from opencanvas.licenses import LICENSE_IDS
 from opencanvas.catalog.subset import POLICIES, catalog_hash
 from opencanvas.workspace import Workspace
 

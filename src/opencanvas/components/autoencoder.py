@@ -25,7 +25,9 @@ import torch
 from PIL import Image
 
 from opencanvas.components.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
-from opencanvas.components.images import holdout_split, load_subset_images, to_pil, to_unit_range
+from opencanvas.components.images import load_subset_images
+from opencanvas.pixels import to_pil, to_unit_range
+from opencanvas.splits import holdout_split
 from opencanvas.components.lpips import LPIPS, load_lpips
 from opencanvas.components.metrics import psnr, ssim
 from opencanvas.components.presets import AUTOENCODER_PRESETS, get_preset, preset_dict

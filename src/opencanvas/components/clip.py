@@ -18,8 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from opencanvas.caption.stage import read_captions
-from opencanvas.components.images import holdout_split, load_subset_images
+from opencanvas.captions import read_captions
+from opencanvas.components.images import load_subset_images
+from opencanvas.splits import holdout_split
 from opencanvas.components.loading import CLIP_MEAN, CLIP_STD, ClipEvaluator, from_source, resolve
 from opencanvas.components.metrics import chance_recall_at_k, recall_at_k
 from opencanvas.components.presets import CLIP_PRESETS, ClipPreset, get_preset, preset_dict

@@ -313,7 +313,7 @@ class ClipEvaluator:
 
     def pixel_values(self, images: Sequence["Image.Image"]) -> torch.Tensor:
         """PIL images -> CLIP input (N, 3, S, S): center crop, resize, normalise."""
-        from opencanvas.components.images import center_crop_resize, flatten_alpha, to_uint8_chw
+        from opencanvas.pixels import center_crop_resize, flatten_alpha, to_uint8_chw
 
         arr = np.stack([to_uint8_chw(center_crop_resize(flatten_alpha(im), self.image_size)) for im in images])
         return (torch.from_numpy(arr).float() / 255.0 - self.mean) / self.std

@@ -26,7 +26,8 @@ def demo_command(
 
     Offline, on a CPU. Re-running skips finished stages.
     """
-    from opencanvas.demo.pipeline import DemoSettings, run_demo
+    from opencanvas.demo.pipeline import run_demo
+    from opencanvas.demo.settings import DemoSettings
     from opencanvas.demo.summary import print_summary
 
     ws = open_workspace(workspace)

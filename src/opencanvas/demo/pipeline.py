@@ -14,45 +14,14 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opencanvas.demo import stages
+from opencanvas.demo.settings import DemoSettings
 from opencanvas.demo.state import DemoState
 from opencanvas.progress import console
 from opencanvas.workspace import Workspace
-
-CLIPART_ROOT = Path("/usr/share/openclipart")
-SUBSET = "clipart-c"
-CAPTIONER = "metadata"
-AUTOENCODER = "clipart-ae"
-CLIP = "clipart-clip"
-LATENTS = "clipart-latents"
-RUN = "clipart-tiny"
-PROMPTS = (
-    "a red apple", "a black cat", "a house with a red roof", "a yellow sun",
-    "a blue car", "a christmas tree", "a smiling face", "a world map",
-)
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Sizes for a 2-core CPU (see benchmarks/RESULTS.md for the figures behind them)."""
-
-    minutes: float = 15.0
-    resolution: int = 64          # pixels; latents are resolution / 4 with the tiny autoencoder
-    max_images: int | None = None  # cap on the subset (None: the whole library)
-    clipart_root: Path = CLIPART_ROOT
-    categories: tuple[str, ...] = ()  # top-level folders to ingest (default: all)
-    workers: int = 2
-    # Shares of the time budget for the stages that train; the rest is fixed-cost work.
-    autoencoder_share: float = 0.14
-    clip_share: float = 0.14
-    train_share: float = 0.40
-    eval_prompts: int = 32
-    train_batch: int = 16
-    train_images_per_s: float = 50.0  # tiny UNet on 16x16x4 latents, 2 idle cores (measured by the demo)
-
 
 def _stage(state: DemoState, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     if state.is_done(name):
@@ -69,8 +38,6 @@ def _stage(state: DemoState, name: str, fn: Callable[[], dict[str, Any]]) -> dic
 
 def run_demo(ws: Workspace, settings: DemoSettings = DemoSettings(), fresh: bool = False) -> dict[str, Any]:
     """Run (or finish) the demo in `ws`; returns each stage's summary."""
-    from opencanvas.demo import stages
-
     if fresh:
         for child in ws.root.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()

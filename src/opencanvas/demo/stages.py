@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from opencanvas.demo.pipeline import AUTOENCODER, CAPTIONER, CLIP, LATENTS, PROMPTS, RUN, SUBSET
+from opencanvas.demo.settings import AUTOENCODER, CAPTIONER, CLIP, LATENTS, PROMPTS, RUN, SUBSET
 from opencanvas.workspace import Workspace
 
 if TYPE_CHECKING:
-    from opencanvas.demo.pipeline import DemoSettings
+    from opencanvas.demo.settings import DemoSettings
 
 
 def ingest_clipart(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:

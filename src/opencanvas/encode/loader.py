@@ -62,12 +62,12 @@ def training_indices(latent_set: LatentSet, holdout: float = 0.0) -> dict[tuple[
     """Each bucket's record indices, less the held-out split (key hash fraction < `holdout`).
 
     The split is the one the components and `eval --prompts heldout` use
-    (`components.images.key_fraction`), so held-out prompts are never trained on.
+    (`splits.key_fraction`), so held-out prompts are never trained on.
     """
     buckets = latent_set.bucket_indices()
     if holdout <= 0:
         return buckets
-    from opencanvas.components.images import key_fraction
+    from opencanvas.splits import key_fraction
 
     keys = latent_set.keys()
     return {b: ix[np.array([key_fraction(keys[i]) >= holdout for i in ix], dtype=bool)] for b, ix in buckets.items()}

@@ -156,7 +156,7 @@ class LatentBatcher:
     def _flush(self, size: Bucket) -> None:
         import torch
 
-        from opencanvas.components.images import to_unit_range
+        from opencanvas.pixels import to_unit_range
 
         queue = self._queue.pop(size, [])
         if not queue:
@@ -181,7 +181,7 @@ def encode_shard(ws: Workspace, root: Path, plan: ShardPlan, ae: "LoadedAutoenco
                  captioners: Sequence[str], batch_size: int, stats: EncodeStats,
                  advance: Callable[[int], None], decode_workers: int = DEFAULT_DECODE_WORKERS) -> None:
     """Write the missing parts of one image shard: text first (latent parts point into it)."""
-    from opencanvas.components.images import to_uint8_chw
+    from opencanvas.pixels import to_uint8_chw
     from opencanvas.fetch.decode import load_rgb
 
     started = time.time()

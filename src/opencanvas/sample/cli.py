@@ -47,7 +47,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def _check_choices(sampler: str, spacing: str | None, dtype: str) -> None:
-    from opencanvas.sample.samplers import SAMPLERS, SPACINGS
+    from opencanvas.diffusion.samplers import SAMPLERS, SPACINGS
 
     if sampler not in SAMPLERS:
         raise fail(f"unknown --sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")

@@ -2,7 +2,7 @@
 
 The held-out split is the components stage's: a key is held out when the first
 8 bytes of its SHA-256, as a fraction of 2^64, fall below `fraction`
-(`opencanvas.components.images.key_fraction`), so it is stable across runs,
+(`opencanvas.splits.key_fraction`), so it is stable across runs,
 machines and subset growth.
 """
 
@@ -22,7 +22,7 @@ HELDOUT_FRACTION = 0.1
 
 
 def is_heldout(key: str, fraction: float = HELDOUT_FRACTION) -> bool:
-    from opencanvas.components.images import key_fraction
+    from opencanvas.splits import key_fraction
 
     return key_fraction(key) < fraction
 
@@ -33,7 +33,7 @@ def heldout_prompts(ws: Workspace, config: dict[str, Any], fraction: float = HEL
     subset, captioners = data.get("subset"), list(data.get("captioners") or [])
     if not subset or not captioners:
         raise ValueError("the run config names no training subset/captioners: pass --prompts FILE instead of heldout")
-    from opencanvas.caption.stage import read_captions
+    from opencanvas.captions import read_captions
 
     keys = pq.read_table(ws.subset_path(subset), columns=["key"]).column("key").to_pylist()
     for captioner in captioners:

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from opencanvas.sample.guidance import CFGDenoiser
-from opencanvas.sample.samplers import Spacing, get_sampler, get_sigmas, initial_noise_scale
+from opencanvas.diffusion.guidance import CFGDenoiser
+from opencanvas.diffusion.samplers import Spacing, get_sampler, get_sigmas, initial_noise_scale
 from opencanvas.storage import atomic_write_bytes
 
 

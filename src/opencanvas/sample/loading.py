@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from opencanvas.components.images import to_pil
+from opencanvas.pixels import to_pil
 from opencanvas.workspace import Workspace
 
 FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")

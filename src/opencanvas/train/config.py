@@ -54,7 +54,7 @@ class TrainConfig:
     offset_noise: float = 0.0  # Guttenberg 2023: adds offset * N(0,1) per (sample, channel)
     caption_dropout: float = 0.1  # share of captions replaced by the empty prompt (for CFG)
     # Images whose key hash fraction is below this are never trained on: the held-out split that
-    # the components and `eval --prompts heldout` use (components.images.key_fraction).
+    # the components and `eval --prompts heldout` use (splits.key_fraction).
     holdout: float = 0.1
     # Stable Diffusion pipelines attend to padding tokens; with a mask the exported diffusers
     # pipeline (which passes none) would see a different model, so the default is off.

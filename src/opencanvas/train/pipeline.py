@@ -59,7 +59,7 @@ class InferencePipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list["Image.Image"]:
         """Normalised latents (B, C, h, w) -> PIL images."""
-        from opencanvas.components.images import to_pil
+        from opencanvas.pixels import to_pil
 
         return to_pil(self.autoencoder.decode(latents))
 

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from opencanvas.components.images import to_pil
+from opencanvas.pixels import to_pil
 from opencanvas.components.reports import image_grid
 from opencanvas.diffusion import Denoiser, NoiseSchedule
-from opencanvas.sample.guidance import cfg_denoiser
-from opencanvas.sample.samplers import get_sigmas, initial_noise_scale, sample_euler
+from opencanvas.diffusion.guidance import cfg_denoiser
+from opencanvas.diffusion.samplers import get_sigmas, initial_noise_scale, sample_euler
 from opencanvas.workspace import Workspace
 
 if TYPE_CHECKING:
