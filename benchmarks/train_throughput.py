@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.train.metrics import peak_flops, train_flops_per_image
 from opencanvas.train.presets import build_unet, get_preset
 from opencanvas.train.recipe import Recipe, apply_recipe, autocast, make_optimizer, resolve_recipe, to_memory_format

@@ -14,11 +14,11 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from opencanvas.caption.stage import caption
-from opencanvas.captions import read_captions
-from opencanvas.caption.vision import CaptionModelError, load_model_captioner, weights_revision
 from opencanvas.caption.captioners import GenerationSettings
+from opencanvas.caption.stage import caption
 from opencanvas.caption.tiny_models import save_tiny_blip, save_tiny_blip2, save_tiny_llava
+from opencanvas.caption.vision import CaptionModelError, load_model_captioner, weights_revision
+from opencanvas.captions import read_captions
 from opencanvas.cli import app
 from opencanvas.shards import INDEX_SCHEMA, ShardWriter
 from opencanvas.storage import atomic_write_parquet, sha256_file
@@ -151,7 +151,8 @@ def test_killed_run_resumes_without_duplicates_or_gaps(ws: Workspace, blip2_dir:
            "-w", str(ws.root)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENCANVAS_PROGRESS": "0"}
     out = ws.captions_dir("blip2")
-    proc = subprocess.Popen([sys.executable, "-m", "opencanvas", *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "opencanvas", *args], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)

@@ -142,7 +142,8 @@ def test_yfcc_decodes_and_quarantines(ws: Workspace, tmp_path: Path, name: str) 
     assert r["title"] == "Red barn #0" and r["description"] == "A barn, 100% red & tall"
     assert r["tags"] == ["barn", "new york", "a,b"]
     assert r["creator"] == "Jane Doe 0" and r["creator_url"] == "https://www.flickr.com/photos/1000@N00/"
-    assert (r["license_id"], r["license_version"], r["commercial_ok"], r["share_alike"]) == ("cc-by-sa", "2.0", True, True)
+    license_facts = (r["license_id"], r["license_version"], r["commercial_ok"], r["share_alike"])
+    assert license_facts == ("cc-by-sa", "2.0", True, True)
     assert json.loads(r["extra"])["capture_device"] == "Canon EOS 5D"
     assert rows["yfcc100m:5000001"]["license_id"] == "cc-by-nc-nd"
     assert rows["yfcc100m:5000007"]["license_id"] == "cc-by"  # from the name when the URL is empty
@@ -183,7 +184,8 @@ def test_commoncatalog_keeps_blip2_caption_and_jpg_location(ws: Workspace, tmp_p
     assert (r["width"], r["height"], r["tags"]) == (1200, 800, ["boat", "lake"])
     assert r["creator_url"] == "http://www.flickr.com/photos/99@N00/"
     q = quarantined(ws, "commoncatalog")[0]
-    assert q["reason"] == "license:other" and json.loads(q["raw"])["photoid"] == 7003 and "jpg" not in json.loads(q["raw"])
+    raw = json.loads(q["raw"])
+    assert q["reason"] == "license:other" and raw["photoid"] == 7003 and "jpg" not in raw
 
 
 def test_commoncatalog_rejects_non_parquet(ws: Workspace, tmp_path: Path) -> None:
@@ -286,7 +288,8 @@ def test_folder_sidecar_xmp_exif(ws: Workspace, tmp_path: Path) -> None:
     assert (a["title"], a["tags"], a["creator"], a["license_id"]) == ("Sunset", ["sky", "sun"], "Cleo", "cc-by")
     assert a["local_path"] == str(root / "a.jpg") and (a["width"], a["height"]) == (12, 8)
     b = rows["folder:photos/trips/b.jpg"]
-    assert (b["license_id"], b["category"], json.loads(b["extra"])["license_from"]) == ("cc-by-sa", "trips", "EXIF Copyright")
+    b_facts = (b["license_id"], b["category"], json.loads(b["extra"])["license_from"])
+    assert b_facts == ("cc-by-sa", "trips", "EXIF Copyright")
     c = rows["folder:photos/c.png"]
     assert (c["license_id"], c["title"]) == ("cc0", "Green field")
     assert [q["reason"] for q in quarantined(ws, "folder")] == ["license:missing", "malformed", "unreadable"]

@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from opencanvas.components import load_autoencoder
 from opencanvas.components.autoencoder import autoencoder_loss, channel_statistics, train_autoencoder
 from opencanvas.components.images import load_subset_images
-from opencanvas.pixels import to_unit_range
+from opencanvas.components.loading import load_autoencoder
 from opencanvas.components.metrics import psnr, ssim
 from opencanvas.components.presets import AUTOENCODER_PRESETS
+from opencanvas.pixels import to_unit_range
 from tests.factories import make_image_subset
 
 FAST = dict(resolution=32, batch_size=4, holdout=0.25)

@@ -43,7 +43,7 @@ def eval_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 
 def _evaluate(ws: Workspace, models: dict[str, Path], reference: str = "shapes", **kw) -> dict:
-    from opencanvas.components import load_clip_evaluator
+    from opencanvas.components.loading import load_clip_evaluator
 
     pipe = load_folder_pipeline(models["folder"])
     args = dict(metrics=("fid", "kid", "clip", "pr", "memorization"), guidance_scales=(3.0,), n=6, steps=2,

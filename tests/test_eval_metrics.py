@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from opencanvas.sample.metrics import (feature_stats, frechet_distance, frechet_distance_features, hamming,
-                                       kernel_distance, knn_radii, memorization, phash_ints, polynomial_mmd2,
-                                       precision_recall)
+from opencanvas.sample.metrics import (
+    feature_stats,
+    frechet_distance,
+    frechet_distance_features,
+    hamming,
+    kernel_distance,
+    knn_radii,
+    memorization,
+    phash_ints,
+    polynomial_mmd2,
+    precision_recall,
+)
 from tests.factories import draw_shape
 
 

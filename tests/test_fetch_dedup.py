@@ -7,8 +7,8 @@ import random
 
 from PIL import Image, ImageDraw
 
-from opencanvas.fetch.dedup import DuplicateIndex, hash_thumbnail, perceptual_hash
 from opencanvas.fetch.decode import load_rgb
+from opencanvas.fetch.dedup import DuplicateIndex, hash_thumbnail, perceptual_hash
 from opencanvas.fetch.testing import noise_image
 
 

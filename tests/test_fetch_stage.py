@@ -6,7 +6,6 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -149,6 +148,7 @@ def test_missing_subset_and_catalog_keys(ws: Workspace, server) -> None:
     subset = pq.read_table(ws.subset_path("s")).to_pylist()
     subset.append({"key": "synthetic:gone", "source": "synthetic", "license_id": "cc0"})
     import pyarrow as pa
+
     from opencanvas.catalog.schema import SUBSET_SCHEMA
     pq.write_table(pa.Table.from_pylist(subset, schema=SUBSET_SCHEMA), ws.subset_path("s"))
     fetch(ws, "s", options=OPTIONS)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
@@ -53,9 +55,26 @@ def test_map_shards_process_pool_matches_serial() -> None:
     assert sorted(map_shards(_square, [1, 2, 3], workers=2)) == [1, 4, 9]
 
 
+# Every verb of docs/architecture.md's pipeline, plus the component trainers, export and the demo.
+STAGE_VERBS = {"catalog", "fetch", "caption", "autoencoder", "clip", "encode", "train", "export", "sample", "eval",
+               "card", "demo"}
+
+
 def test_cli_help_lists_stage_verbs() -> None:
-    out = subprocess.run([sys.executable, "-m", "opencanvas", "--help"], capture_output=True, text=True, check=True)
-    assert "Usage" in out.stdout
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    out = subprocess.run([sys.executable, "-m", "opencanvas", "--help"], capture_output=True, text=True, check=True,
+                         env=env).stdout
+    commands = out.split("Commands")[1]
+    listed = set(re.findall(r"^\W\s(\w+)\s{2,}", commands, flags=re.MULTILINE))
+    assert listed == STAGE_VERBS
+
+
+def test_cli_help_imports_no_torch() -> None:
+    """`opencanvas --help` stays fast: no stage may import torch (or the models) at CLI registration."""
+    script = "import sys\nimport opencanvas.cli\nprint(sorted(m for m in ('torch', 'diffusers', 'transformers') " \
+             "if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_keep_freed_memory_reuses_large_blocks() -> None:

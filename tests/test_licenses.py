@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opencanvas.licenses import LICENSE_IDS
-from opencanvas.licenses import LICENSE_FLAGS, normalize, normalize_pair
+from opencanvas.licenses import LICENSE_FLAGS, LICENSE_IDS, normalize, normalize_pair
 
 TABLE = [
     # CC URLs: scheme, www, trailing slash, jurisdiction ports, deed/legalcode suffixes

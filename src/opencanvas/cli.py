@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,7 @@ app = typer.Typer(
 @app.callback()
 def _root(
     workspace: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("-w", "--workspace", help="Workspace directory for every verb (default: current directory).",
                      file_okay=False),
     ] = None,
@@ -44,15 +44,15 @@ def _root(
 
 
 def _register_stages() -> None:
-    from opencanvas.catalog import cli as catalog_cli
-    from opencanvas.fetch import cli as fetch_cli
     from opencanvas.caption import cli as caption_cli
-    from opencanvas.components import cli as components_cli
-    from opencanvas.encode import cli as encode_cli
-    from opencanvas.train import cli as train_cli
-    from opencanvas.sample import cli as sample_cli
     from opencanvas.cards import cli as cards_cli
+    from opencanvas.catalog import cli as catalog_cli
+    from opencanvas.components import cli as components_cli
     from opencanvas.demo import cli as demo_cli
+    from opencanvas.encode import cli as encode_cli
+    from opencanvas.fetch import cli as fetch_cli
+    from opencanvas.sample import cli as sample_cli
+    from opencanvas.train import cli as train_cli
 
     for module in (catalog_cli, fetch_cli, caption_cli, components_cli, encode_cli,
                    train_cli, sample_cli, cards_cli, demo_cli):

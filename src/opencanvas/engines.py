@@ -14,12 +14,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 Engine = Literal["local", "ray"]
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 
 def shard_share(tasks: Sequence[T], rank: int = 0, world: int = 1) -> list[T]:
@@ -44,7 +45,7 @@ def map_shards(
         yield from _map_ray(fn, tasks, ray_options or {})
         return
     if engine != "local":
-        raise ValueError(f"unknown engine {engine!r}: use 'local' or 'ray'")
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     if workers <= 1:
         for task in tasks:
             yield fn(task)

@@ -34,6 +34,28 @@ LICENSE_FLAGS: dict[str, tuple[bool, bool, bool, bool]] = {
 }
 assert tuple(LICENSE_FLAGS) == LICENSE_IDS
 
+# License policies (architecture.md): the license ids each admits, and the one sentence that states it.
+# Subsets, model cards and the CLI all read these, so the wording lives here only.
+_COMMERCIAL = frozenset({"cc0", "pdm", "cc-by", "cc-by-sa"})
+POLICIES: dict[str, frozenset[str]] = {
+    "commercial": _COMMERCIAL,
+    "noncommercial": _COMMERCIAL | {"cc-by-nc", "cc-by-nc-sa"},
+}
+POLICY_TEXT: dict[str, str] = {
+    "commercial": "CommonCatalog-C: CC0, Public Domain Mark, CC BY and CC BY-SA images; commercial use allowed, "
+                  "attribution owed for BY licenses, BY-SA terms apply to adaptations. "
+                  "ND and unknown licenses excluded.",
+    "noncommercial": "CommonCatalog-NC: the commercial set plus CC BY-NC and CC BY-NC-SA images; non-commercial "
+                     "use only, attribution owed, BY-NC-SA terms apply to adaptations. "
+                     "ND and unknown licenses excluded.",
+}
+assert set(POLICY_TEXT) == set(POLICIES)
+
+
+def policy_choices() -> str:
+    """'commercial (cc0, pdm, cc-by, cc-by-sa) or noncommercial (...)': the policies for help texts."""
+    return " or ".join(f"{name} ({', '.join(i for i in LICENSE_IDS if i in ids)})" for name, ids in POLICIES.items())
+
 # Versions Creative Commons has published for the BY family.
 CC_VERSIONS = frozenset({"1.0", "2.0", "2.1", "2.5", "3.0", "4.0"})
 CC0_URL = "https://creativecommons.org/publicdomain/zero/1.0/"

@@ -29,7 +29,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def open(cls, root: str | Path) -> "Workspace":
+    def open(cls, root: str | Path) -> Workspace:
         """Open (and create if needed) a workspace directory."""
         path = Path(root).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)

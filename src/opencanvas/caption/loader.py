@@ -54,7 +54,7 @@ class ImageRecords:
         try:
             # A large JPEG is decoded at a reduced DCT scale (~4x faster) that still covers the crop.
             img = center_crop_resize(load_rgb(self.images[i], min_side=self.crop_size), self.crop_size)
-        except Exception as e:  # corrupt bytes: the row is kept and flagged, the batch goes on
+        except Exception as e:  # noqa: BLE001 -- corrupt bytes: the row is kept and flagged, the batch goes on
             return DecodedItem(i, None, f"unreadable: {type(e).__name__}")
         if self.image_processor is None:
             return DecodedItem(i, img)

@@ -42,8 +42,13 @@ def _save(model_class, config, processor, out_dir: Path, seed: int) -> Path:
 
 def save_tiny_blip2(out_dir: Path, image_size: int = 32, num_query_tokens: int = 4, seed: int = 0) -> Path:
     """A BLIP-2 (ViT + Q-Former + OPT) of a few thousand parameters, saved with its processor."""
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                              BlipImageProcessorPil, OPTConfig)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessorPil,
+        OPTConfig,
+    )
 
     # OPT's tokenizer prepends "</s>" as BOS; id 2 as in the real vocabulary.
     tokenizer = tiny_tokenizer(["<pad>", "<unk>", "</s>"], "</s> $A", bos_token="</s>", eos_token="</s>",
@@ -94,8 +99,14 @@ LLAVA_CHAT_TEMPLATE = (
 
 def save_tiny_llava(out_dir: Path, image_size: int = 28, seed: int = 0) -> Path:
     """A LLaVA (CLIP ViT + Llama) chat model, for the generic `hf` captioner with a prompt."""
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tokenizer = tiny_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], "<s> $A", bos_token="<s>", eos_token="</s>",
                                pad_token="<pad>", unk_token="<unk>")

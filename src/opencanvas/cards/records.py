@@ -58,7 +58,7 @@ def fetch_facts(ws: Workspace, subset: str, src: Sources) -> dict[str, Any]:
     if not paths:
         return {"shards": 0, "by_status": {}, "by_reason": {}}
     con = duckdb.connect()
-    rel = con.read_parquet([str(p) for p in paths])
+    con.read_parquet([str(p) for p in paths]).create_view("rel")
     by_status = dict(con.sql("select status, count(*) from rel group by 1").fetchall())
     # Reasons carry details after ':' (sizes, keys): group by the family before it.
     by_reason = {f"{s}: {r}": n for s, r, n in con.sql(
@@ -73,7 +73,7 @@ def ok_keys(ws: Workspace, subset: str) -> list[str]:
     if not paths:
         return []
     con = duckdb.connect()
-    rel = con.read_parquet([str(p) for p in paths])
+    con.read_parquet([str(p) for p in paths]).create_view("rel")
     return [k for (k,) in con.sql("select key from rel where status = 'ok' order by key").fetchall()]
 
 

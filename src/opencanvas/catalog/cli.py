@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.licenses import policy_choices
 
 catalog_app = typer.Typer(help="The license-aware catalog (CommonCatalog builder): ingest sources, cut "
                                "license-policy subsets, report stats.", no_args_is_help=True)
@@ -45,8 +46,7 @@ def ingest_cmd(
 
 @catalog_app.command("subset")
 def subset_cmd(
-    policy: Annotated[str, typer.Option(help="commercial (CommonCatalog-C: cc0, pdm, cc-by, cc-by-sa) or "
-                                             "noncommercial (CommonCatalog-NC: adds cc-by-nc, cc-by-nc-sa).")],
+    policy: Annotated[str, typer.Option(help=f"License policy: {policy_choices()}.")],
     name: Annotated[str, typer.Option(help="Subset name: writes subsets/NAME.parquet.")],
     workspace: WorkspaceOption = Path("."),
 ) -> None:

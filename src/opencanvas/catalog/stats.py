@@ -11,8 +11,8 @@ from typing import Any
 
 from opencanvas.catalog.ingest import done_records
 from opencanvas.catalog.query import catalog_sources, query
-from opencanvas.licenses import LICENSE_IDS
-from opencanvas.catalog.subset import POLICIES, catalog_hash
+from opencanvas.catalog.subset import catalog_hash
+from opencanvas.licenses import LICENSE_IDS, POLICIES
 from opencanvas.workspace import Workspace
 
 CHART_NAME = "license_composition.png"

@@ -26,14 +26,14 @@ from PIL import Image
 
 from opencanvas.components.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from opencanvas.components.images import load_subset_images
-from opencanvas.pixels import to_pil, to_unit_range
-from opencanvas.splits import holdout_split
 from opencanvas.components.lpips import LPIPS, load_lpips
 from opencanvas.components.metrics import psnr, ssim
 from opencanvas.components.presets import AUTOENCODER_PRESETS, get_preset, preset_dict
 from opencanvas.components.records import finished_record, publish, subset_metadata, write_record
 from opencanvas.components.reports import image_grid, markdown_table, png_bytes, write_report
 from opencanvas.components.training import CHECKPOINT_DIR, budget_met, loss_summary, run_training
+from opencanvas.pixels import to_pil, to_unit_range
+from opencanvas.splits import holdout_split
 from opencanvas.storage import sha256_file
 from opencanvas.workspace import Workspace
 

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.components.presets import AUTOENCODER_PRESETS, CLIP_PRESETS
 
 SubsetOption = Annotated[str, typer.Option("--subset", "-s", help="Subset whose fetched images to train on.")]
 NameOption = Annotated[str, typer.Option("--name", help="Component name: the output folder under the workspace.")]
-MaxImagesOption = Annotated[Optional[int], typer.Option(help="Use at most this many images (default: all).", min=1)]
-MinutesOption = Annotated[Optional[float], typer.Option(
+MaxImagesOption = Annotated[int | None, typer.Option(help="Use at most this many images (default: all).", min=1)]
+MinutesOption = Annotated[float | None, typer.Option(
     help="Training time budget in minutes (cumulative over resumes). Default 3 when --steps is not given.", min=0)]
-StepsOption = Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.", min=1)]
-BatchOption = Annotated[Optional[int], typer.Option("--batch-size", help="Images per step (default: the preset's).",
+StepsOption = Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.", min=1)]
+BatchOption = Annotated[int | None, typer.Option("--batch-size", help="Images per step (default: the preset's).",
                                                     min=1)]
-LrOption = Annotated[Optional[float], typer.Option("--learning-rate", help="Peak AdamW learning rate "
+LrOption = Annotated[float | None, typer.Option("--learning-rate", help="Peak AdamW learning rate "
                                                                            "(default: the preset's).")]
 HoldoutOption = Annotated[float, typer.Option(help="Fraction of images held out for the report (by key hash).",
                                               min=0.0, max=0.9)]
@@ -46,27 +47,27 @@ clip_app = typer.Typer(help="A CLIP (text + vision towers) trained only on the c
 def autoencoder_train_cmd(
     subset: SubsetOption,
     name: NameOption,
-    preset: Annotated[str, typer.Option(help="tiny (CPU, 64-128 px, factor 4) or sd (SD's 4-channel "
-                                             "factor-8 VAE).")] = "tiny",
-    resolution: Annotated[Optional[int], typer.Option(help="Image side in px (default: the preset's).")] = None,
+    preset: Annotated[str, typer.Option(help=f"Preset: {' or '.join(AUTOENCODER_PRESETS)} "
+                                             "(opencanvas/components/presets.py).")] = "tiny",
+    resolution: Annotated[int | None, typer.Option(help="Image side in px (default: the preset's).")] = None,
     max_images: MaxImagesOption = None,
     minutes: MinutesOption = None,
     steps: StepsOption = None,
     batch_size: BatchOption = None,
     learning_rate: LrOption = None,
-    kl_weight: Annotated[Optional[float], typer.Option(help="KL weight, relative to SD's per-pixel-summed "
+    kl_weight: Annotated[float | None, typer.Option(help="KL weight, relative to SD's per-pixel-summed "
                                                             "loss (default 1e-6).")] = None,
-    train_crop: Annotated[Optional[int], typer.Option(help="Train on random crops of this side (default: the "
+    train_crop: Annotated[int | None, typer.Option(help="Train on random crops of this side (default: the "
                                                            "preset's; the model is convolutional).")] = None,
-    lpips_weights: Annotated[Optional[Path], typer.Option(
+    lpips_weights: Annotated[Path | None, typer.Option(
         help="LPIPS-VGG16 weights file (safetensors or .pth; see opencanvas/components/lpips.py for the keys): "
              "adds the LPIPS term and a PatchGAN discriminator. Off when absent.")] = None,
-    perceptual_weight: Annotated[Optional[float], typer.Option(help="LPIPS weight (default 1.0; needs "
+    perceptual_weight: Annotated[float | None, typer.Option(help="LPIPS weight (default 1.0; needs "
                                                                     "--lpips-weights).", min=0)] = None,
-    disc_weight: Annotated[Optional[float], typer.Option(help="Discriminator weight, scaled adaptively (default "
+    disc_weight: Annotated[float | None, typer.Option(help="Discriminator weight, scaled adaptively (default "
                                                               "0.5; 0 turns it off; needs --lpips-weights).",
                                                         min=0)] = None,
-    disc_start: Annotated[Optional[int], typer.Option(help="Step the discriminator starts at (default: the "
+    disc_start: Annotated[int | None, typer.Option(help="Step the discriminator starts at (default: the "
                                                            "preset's: tiny 250, sd 50001).", min=0)] = None,
     holdout: HoldoutOption = 0.1,
     seed: SeedOption = 0,
@@ -91,14 +92,14 @@ def clip_train_cmd(
     subset: SubsetOption,
     captioner: Annotated[str, typer.Option(help="Captioner whose captions/<C>/ pair with the images.")],
     name: NameOption,
-    preset: Annotated[str, typer.Option(help="tiny (CPU, 64 px ViT, 4-layer text tower) or base "
-                                             "(ViT-B/32 at 224 px).")] = "tiny",
+    preset: Annotated[str, typer.Option(help=f"Preset: {' or '.join(CLIP_PRESETS)} "
+                                             "(opencanvas/components/presets.py).")] = "tiny",
     max_images: MaxImagesOption = None,
     minutes: MinutesOption = None,
     steps: StepsOption = None,
     batch_size: BatchOption = None,
     learning_rate: LrOption = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="Pretrained tokenizer (dir or hub id); default: "
+    tokenizer: Annotated[str | None, typer.Option(help="Pretrained tokenizer (dir or hub id); default: "
                                                           "train a BPE tokenizer on the captions.")] = None,
     text_layer: Annotated[str, typer.Option(help="Hidden states the text encoder hands to diffusion: last or "
                                                  "penultimate (recorded with the CLIP).")] = "last",

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from opencanvas.captions import read_captions
 from opencanvas.components.images import load_subset_images
-from opencanvas.splits import holdout_split
 from opencanvas.components.loading import CLIP_MEAN, CLIP_STD, ClipEvaluator, from_source, resolve
 from opencanvas.components.metrics import chance_recall_at_k, recall_at_k
 from opencanvas.components.presets import CLIP_PRESETS, ClipPreset, get_preset, preset_dict
@@ -28,6 +27,7 @@ from opencanvas.components.records import finished_record, publish, subset_metad
 from opencanvas.components.reports import markdown_table, similarity_png, write_report
 from opencanvas.components.tokenizer import train_caption_tokenizer
 from opencanvas.components.training import CHECKPOINT_DIR, budget_met, loss_summary, run_training
+from opencanvas.splits import holdout_split
 from opencanvas.storage import atomic_write_json
 from opencanvas.workspace import Workspace
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,10 +14,10 @@ def demo_command(
     minutes: Annotated[float, typer.Option("--minutes", min=3, help="Total time budget; the training stages "
                                            "(autoencoder, CLIP, UNet) share it.")] = 15.0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the workspace's contents and start over.")] = False,
-    max_images: Annotated[Optional[int], typer.Option(
+    max_images: Annotated[int | None, typer.Option(
         "--max-images", min=50, help="Use a fixed sample of this many images (default: the whole library).")]
     = None,
-    categories: Annotated[Optional[str], typer.Option(
+    categories: Annotated[str | None, typer.Option(
         "--categories", help="Comma-separated top-level folders of the library, e.g. 'food,animals' "
         "(default: all).")] = None,
     workspace: WorkspaceOption = Path("."),

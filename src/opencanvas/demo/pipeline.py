@@ -14,7 +14,6 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from opencanvas.demo import stages
@@ -22,6 +21,7 @@ from opencanvas.demo.settings import DemoSettings
 from opencanvas.demo.state import DemoState
 from opencanvas.progress import console
 from opencanvas.workspace import Workspace
+
 
 def _stage(state: DemoState, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     if state.is_done(name):

@@ -66,7 +66,8 @@ def encode_command(
     print_settings("encode", {
         "workspace": str(ws.root), "subset": subset, "autoencoder": autoencoder, "text_encoder": text_encoder,
         "captioners": names, "name": name, "resolutions": resolutions, "buckets": buckets,
-        "batch_size": batch_size, "decode_workers": decode_workers, "device": device, "dtype": dtype, "rank/world": f"{rank}/{world}",
+        "batch_size": batch_size, "decode_workers": decode_workers, "device": device, "dtype": dtype,
+        "rank/world": f"{rank}/{world}",
         "output": ws.relative(ws.latents_dir(name)) if ws.latents_dir(name).exists() else f"latents/{name}",
     })
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import email.utils
 import http.client
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -211,7 +210,7 @@ class PoliteClient:
             except BlockedAddress as e:
                 self._drop(conn)
                 raise FetchFailure("failed", str(e)) from None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 self._drop(conn)
                 raise _Retryable("timeout") from None
             except (OSError, http.client.HTTPException) as e:
@@ -221,7 +220,7 @@ class PoliteClient:
             try:
                 yield resp
                 clean = resp.isclosed()  # fully read: the connection can serve the next request
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 raise _Retryable("timeout") from None
             except (OSError, http.client.HTTPException) as e:
                 raise _Retryable(f"connection-error: {type(e).__name__}") from None

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,7 @@ def _record(outcome: Outcome, dups: DuplicateIndex, writer: ShardWriter, agent: 
     """The index row of one key; an ok image that duplicates an earlier one becomes 'skipped'."""
     img, size = outcome.image, outcome.original_size
     status, reason = outcome.status, outcome.reason
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if img is not None:
         match = dups.add(outcome.key, img.sha256, img.phash)
         if match:

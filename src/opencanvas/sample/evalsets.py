@@ -56,7 +56,7 @@ class ReferenceImages:
 
 def load_reference(ws: Workspace, reference: str, limit: int) -> ReferenceImages:
     """Up to `limit` RGB images from a subset's fetched shards, or from a directory of image files."""
-    from opencanvas.fetch.decode import DecodeError, load_rgb   # the fetch stage's decoder: same RGB as training saw
+    from opencanvas.fetch.decode import DecodeError, load_rgb  # the fetch stage's decoder: same RGB as training saw
     from opencanvas.shards import finished_shards, iter_shard
 
     images_dir = ws.images_dir(reference)

@@ -24,8 +24,13 @@ import numpy as np
 from PIL import Image
 
 from opencanvas.sample.generate import SampleSettings, SampleSpec, SamplingPipeline, generate_specs
-from opencanvas.sample.metrics import (frechet_distance_features, kernel_distance, memorization, phash_ints,
-                                       precision_recall)
+from opencanvas.sample.metrics import (
+    frechet_distance_features,
+    kernel_distance,
+    memorization,
+    phash_ints,
+    precision_recall,
+)
 from opencanvas.storage import atomic_write_json
 from opencanvas.workspace import Workspace
 
@@ -193,7 +198,7 @@ def resolve_prompts(ws: Workspace, prompts: str | Path | Sequence[str], config: 
 
 def load_clip(ws: Workspace, config: dict[str, Any], spec: str | None, device: str) -> Any:
     """The CLIP evaluator: `spec`, else the run's text encoder when it is a catalog CLIP under clips/."""
-    from opencanvas.components import load_clip_evaluator
+    from opencanvas.components.loading import load_clip_evaluator
 
     if spec is None:
         text_encoder = str(config.get("data", {}).get("text_encoder") or "")

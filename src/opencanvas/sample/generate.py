@@ -24,14 +24,13 @@ from opencanvas.diffusion.guidance import CFGDenoiser
 from opencanvas.diffusion.samplers import Spacing, get_sampler, get_sigmas, initial_noise_scale
 from opencanvas.storage import atomic_write_bytes
 
-
 GRID_MAX = 64  # images on the contact sheet
 
 
 class SamplingPipeline(Protocol):
     """What generation needs from a model (a subset of `opencanvas.train.InferencePipeline`)."""
 
-    denoiser: Any            # opencanvas.diffusion.Denoiser
+    denoiser: Any            # opencanvas.diffusion.denoiser.Denoiser
     config: dict
     weights_hash: str
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-
 # ---- Frechet distance -----------------------------------------------------------------
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,7 @@ class TrainState:
     wall_seconds: float = 0.0
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
         return cls(**d)
 
 

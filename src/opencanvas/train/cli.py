@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.train.presets import PRESETS
 
 TRAIN_HELP = """Train a UNet on a precomputed latent set (opencanvas encode), or resume one.
 
@@ -19,7 +20,7 @@ sd2-base/xl; spell --run as --run-name there, since torchrun's own parser claims
 Example: opencanvas train --latents shapes256 --preset tiny --run demo --images 20000 --batch 32
 """
 
-Flag = Optional[bool]
+Flag = bool | None
 
 
 def train_command(
@@ -27,62 +28,62 @@ def train_command(
     run: Annotated[str, typer.Option(
         "--run", "--run-name", help="Run name: writes runs/<run>/; an existing run resumes. Under torchrun write "
         "--run-name (torchrun's parser takes --run for its own --run-path).")],
-    preset: Annotated[str, typer.Option("--preset", help="UNet preset: tiny, small, sd2-base or xl.")] = "tiny",
-    images: Annotated[Optional[int], typer.Option(
+    preset: Annotated[str, typer.Option("--preset", help=f"UNet preset: {', '.join(PRESETS)}.")] = "tiny",
+    images: Annotated[int | None, typer.Option(
         "--images", min=1, help="Total training images over all ranks (default for a resume: the stored value).")]
     = None,
-    batch: Annotated[Optional[int], typer.Option(
+    batch: Annotated[int | None, typer.Option(
         "--batch", min=1, help="Global batch per optimizer step (default: the preset's).")] = None,
-    micro_batch: Annotated[Optional[int], typer.Option(
+    micro_batch: Annotated[int | None, typer.Option(
         "--micro-batch", min=1, help="Per-rank batch per forward pass; batch / (micro-batch x ranks) "
         "micro-batches accumulate into a step (default: batch / ranks).")] = None,
-    resolutions: Annotated[Optional[str], typer.Option(
+    resolutions: Annotated[str | None, typer.Option(
         "--resolutions", help="Resolution schedule, e.g. 256 or '256,512@1000000' (512 px from 1M images on); "
         "each must be encoded in the latent set. Default: its only resolution.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak AdamW learning rate (default: the preset's).")]
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak AdamW learning rate (default: the preset's).")]
     = None,
-    lr_schedule: Annotated[Optional[str], typer.Option(
+    lr_schedule: Annotated[str | None, typer.Option(
         "--lr-schedule", help="After warmup: constant or cosine (to 0 at --images).")] = None,
-    warmup_images: Annotated[Optional[int], typer.Option(
+    warmup_images: Annotated[int | None, typer.Option(
         "--warmup-images", min=0, help="Linear LR warmup length in images (default: the preset's).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="AdamW weight decay.")] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="AdamW weight decay.")] = None,
+    grad_clip: Annotated[float | None, typer.Option(
         "--grad-clip", min=0, help="Clip the global gradient norm to this (0: no clipping).")] = None,
-    ema_decay: Annotated[Optional[float], typer.Option(
+    ema_decay: Annotated[float | None, typer.Option(
         "--ema-decay", help="EMA decay per step (default: the preset's).")] = None,
-    prediction: Annotated[Optional[str], typer.Option(
+    prediction: Annotated[str | None, typer.Option(
         "--prediction", help="UNet target: epsilon or v_prediction.")] = None,
-    min_snr_gamma: Annotated[Optional[float], typer.Option(
+    min_snr_gamma: Annotated[float | None, typer.Option(
         "--min-snr-gamma", min=0, help="Min-SNR-gamma loss weighting (Hang et al. 2023); 0 for plain MSE.")] = None,
     zero_terminal_snr: Annotated[Flag, typer.Option(
         "--zero-terminal-snr/--no-zero-terminal-snr", help="Rescale the schedule to SNR 0 at the last step "
         "(Lin et al. 2023; needs --prediction v_prediction).")] = None,
-    offset_noise: Annotated[Optional[float], typer.Option(
+    offset_noise: Annotated[float | None, typer.Option(
         "--offset-noise", min=0, help="Offset noise strength (per sample and channel), e.g. 0.05.")] = None,
-    caption_dropout: Annotated[Optional[float], typer.Option(
+    caption_dropout: Annotated[float | None, typer.Option(
         "--caption-dropout", min=0, max=0.99, help="Share of captions replaced by the empty prompt (CFG).")] = None,
-    holdout: Annotated[Optional[float], typer.Option(
+    holdout: Annotated[float | None, typer.Option(
         "--holdout", min=0, max=0.5, help="Leave out the held-out split (key-hash fraction below this), whose "
         "captions `opencanvas eval --prompts heldout` scores; 0 trains on every image.")] = None,
     text_mask: Annotated[Flag, typer.Option(
         "--text-mask/--no-text-mask", help="Mask padding tokens in cross-attention (off: SD convention, "
         "matches the exported diffusers pipeline).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of weights, data order and noise.")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of weights, data order and noise.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(
         "--checkpoint-every", min=0, help="Checkpoint every N images (0: only at the end).")] = None,
-    keep: Annotated[Optional[int], typer.Option(
+    keep: Annotated[int | None, typer.Option(
         "--keep", min=0, help="Keep the N newest checkpoints (0: keep all).")] = None,
-    validate_every: Annotated[Optional[int], typer.Option(
+    validate_every: Annotated[int | None, typer.Option(
         "--validate-every", min=0, help="Validation grid (fixed prompts and seeds) every N images; needs "
         "the latent set's autoencoder and text encoder (0: none).")] = None,
-    log_every: Annotated[Optional[int], typer.Option(
+    log_every: Annotated[int | None, typer.Option(
         "--log-every", min=0, help="Log metrics every N images (0: every step).")] = None,
-    max_bad_steps: Annotated[Optional[int], typer.Option(
+    max_bad_steps: Annotated[int | None, typer.Option(
         "--max-bad-steps", min=1, help="Stop after this many consecutive non-finite steps.")] = None,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         "--workers", min=0, help="Loader threads gathering batches ahead (0: in the training thread).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    parallel: Annotated[Optional[str], typer.Option(
+    parallel: Annotated[str | None, typer.Option(
         "--parallel", help="ddp or fsdp (FSDP2 fully_shard) under torchrun (default: the preset's).")] = None,
     bf16: Annotated[Flag, typer.Option("--bf16/--no-bf16", help="bf16 autocast (default: on CUDA with bf16).")]
     = None,
@@ -107,7 +108,8 @@ def train_command(
         micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, prediction_type=prediction,
         min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
-        caption_dropout=caption_dropout, holdout=holdout, use_text_mask=text_mask, seed=seed, checkpoint_every=checkpoint_every,
+        caption_dropout=caption_dropout, holdout=holdout, use_text_mask=text_mask, seed=seed,
+        checkpoint_every=checkpoint_every,
         keep=keep, validate_every=validate_every, log_every=log_every, max_bad_steps=max_bad_steps,
         workers=workers, device=device, parallel=parallel, bf16=bf16, sdpa=sdpa,
         low_precision_norms=low_precision_norms, channels_last=channels_last, fused_adamw=fused_adamw,
@@ -131,7 +133,7 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", help="New directory for the diffusers pipeline folder.",
                                       file_okay=False)],
     raw: Annotated[bool, typer.Option("--raw", help="Export the raw weights instead of the EMA.")] = False,
-    checkpoint: Annotated[Optional[str], typer.Option(
+    checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", help="Images count or file name of a checkpoint (default: the newest).")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:

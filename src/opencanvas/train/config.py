@@ -83,7 +83,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         check_known(values, cls)
         values = dict(values)
         values["resolutions"] = tuple(tuple(r) for r in values["resolutions"])
@@ -96,7 +96,7 @@ class TrainConfig:
         """Micro-batches per optimizer step on each of `world` ranks."""
         return self.batch // (self.micro_batch * world)
 
-    def validate(self, world: int) -> "TrainConfig":
+    def validate(self, world: int) -> TrainConfig:
         """Check values and the batch arithmetic for `world` ranks; returns self."""
         per_step = self.micro_batch * world
         if self.batch % per_step:

@@ -21,12 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.progress import progress_bar
 from opencanvas.storage import atomic_write_json
 from opencanvas.train import distributed as D
 from opencanvas.train.checkpoint import (
-    TrainState, latest_checkpoint, load_checkpoint, remove_partial_files, save_checkpoint, tensors_hash,
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_partial_files,
+    save_checkpoint,
+    tensors_hash,
 )
 from opencanvas.train.config import TrainConfig, config_changes, parse_resolutions, resolve_config
 from opencanvas.train.data import LatentStream, phase_resolution, step_generator, training_inputs
@@ -194,7 +199,9 @@ def _load_optimizer(unet: nn.Module, optimizer: torch.optim.Optimizer, osd: dict
 def _gather_state(s: Session) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     """Full (unsharded, CPU) model, EMA and optimizer state; collective under FSDP."""
     from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
     )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -14,23 +14,27 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.train.checkpoint import (
-    CHECKPOINT_RE, latest_checkpoint, list_checkpoints, load_checkpoint, tensors_hash,
+    CHECKPOINT_RE,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    tensors_hash,
 )
 from opencanvas.workspace import Workspace
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from opencanvas.components import LoadedAutoencoder, LoadedTextEncoder
+    from opencanvas.components.loading import LoadedAutoencoder, LoadedTextEncoder
 
 
 @dataclass
 class InferencePipeline:
     denoiser: Denoiser  # x0-prediction in sigma space (opencanvas.diffusion)
-    autoencoder: "LoadedAutoencoder"
-    text_encoder: "LoadedTextEncoder"
+    autoencoder: LoadedAutoencoder
+    text_encoder: LoadedTextEncoder
     config: dict[str, Any]  # the run's resolved TrainConfig (as stored in the checkpoint)
     weights_hash: str  # sha256 over the loaded UNet tensors (names, dtypes, bytes)
     checkpoint: Path
@@ -57,7 +61,7 @@ class InferencePipeline:
         return hidden.float().to(self.device), (mask.to(self.device) if self.use_text_mask else None)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> list["Image.Image"]:
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Normalised latents (B, C, h, w) -> PIL images."""
         from opencanvas.pixels import to_pil
 
@@ -111,9 +115,9 @@ def load_pipeline(ws: Workspace, run: str, ema: bool = True, device: str | torch
 
 
 def load_components(ws: Workspace, config: dict[str, Any], device: str | torch.device = "cpu"
-                    ) -> tuple["LoadedTextEncoder", "LoadedAutoencoder"]:
+                    ) -> tuple[LoadedTextEncoder, LoadedAutoencoder]:
     """The text encoder and autoencoder a run's latent set was encoded with, checked against the run."""
-    from opencanvas.components import load_autoencoder, load_text_encoder
+    from opencanvas.components.loading import load_autoencoder, load_text_encoder
 
     data = config["data"]
     te = load_text_encoder(ws, data["text_encoder"], device, layer=data.get("text_layer"),

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from opencanvas.licenses import POLICY_TEXT
 from opencanvas.storage import atomic_write_text
 from opencanvas.train.pipeline import InferencePipeline, load_pipeline
 from opencanvas.workspace import Workspace
@@ -61,7 +62,7 @@ def scheduler_for(config: dict[str, Any]) -> Any:
     """A DDIM scheduler with the run's training schedule and prediction type."""
     from diffusers import DDIMScheduler
 
-    from opencanvas.diffusion import NoiseSchedule
+    from opencanvas.diffusion.denoiser import NoiseSchedule
 
     ns = NoiseSchedule(zero_terminal_snr=bool(config.get("zero_terminal_snr", False)))
     return DDIMScheduler(num_train_timesteps=ns.num_train_timesteps, beta_start=ns.beta_start,
@@ -126,12 +127,7 @@ def model_card(ws: Workspace, run: str, pipe: InferencePipeline, normalization: 
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     params = sum(p.numel() for p in pipe.denoiser.unet.parameters())
     policy = data.get("policy") or "unknown"
-    obligations = {
-        "commercial": "CommonCatalog-C licenses (CC0, PDM, CC-BY, CC-BY-SA): commercial use allowed; "
-                      "attribution is owed to the creators of CC-BY/CC-BY-SA images.",
-        "noncommercial": "CommonCatalog-NC licenses (adds CC-BY-NC, CC-BY-NC-SA): non-commercial use only; "
-                         "attribution is owed to the creators of BY images.",
-    }.get(policy, "see the subset's policy text in the workspace.")
+    obligations = POLICY_TEXT.get(policy, "see the subset's policy text in the workspace.")
     return f"""---
 library_name: diffusers
 pipeline_tag: text-to-image
@@ -163,7 +159,8 @@ recorded for every training image.
 - Images seen: {summary.get('images_seen', 'n/a')}; global batch {cfg['batch']}; lr {cfg['lr']} ({cfg['lr_schedule']},
   warmup {cfg['warmup_images']} images); caption dropout {cfg['caption_dropout']}; min-SNR gamma
   {cfg['min_snr_gamma']}; resolutions {cfg['resolutions']}.
-- Device: {summary.get('device', 'n/a')} x {summary.get('world_size', 1)}; recipe: {json.dumps(summary.get('recipe', {}))}.
+- Device: {summary.get('device', 'n/a')} x {summary.get('world_size', 1)};
+  recipe: {json.dumps(summary.get('recipe', {}))}.
 
 ## Use
 ```python

@@ -15,11 +15,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from opencanvas.catalog.records import BatchBuilder, SourceBatch, as_int, clean_text, extra_json
 from opencanvas.catalog.sources.base import (
-    InputFormatError, InputUnit, Rejected, SourceAdapter, open_license, plan_files, require,
+    InputFormatError,
+    InputUnit,
+    Rejected,
+    SourceAdapter,
+    open_license,
+    plan_files,
+    require,
 )
 
 NAME = "commoncatalog"
@@ -31,7 +38,7 @@ _FLICKR_USER = re.compile(r"^(https?://(?:www\.)?flickr\.com/photos/[^/]+/)")
 def check(path: Path) -> None:
     try:
         names = set(pq.read_schema(path).names)
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet files
+    except (pa.ArrowException, OSError) as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet files
         raise InputFormatError(f"{path}: not a Parquet file ({e}); expected {EXPECTED}") from None
     if not ({"photoid", "key"} & names) or not ({"licenseurl", "licensename"} & names):
         raise InputFormatError(f"{path}: columns {sorted(names)} lack the id/license columns; expected {EXPECTED}")

@@ -14,7 +14,14 @@ from typing import Any
 
 from opencanvas.catalog.records import SourceBatch, as_int, clean_text, extra_json
 from opencanvas.catalog.sources.base import (
-    InputUnit, Rejected, SourceAdapter, check_jsonl, open_license, plan_files, read_jsonl, require,
+    InputUnit,
+    Rejected,
+    SourceAdapter,
+    check_jsonl,
+    open_license,
+    plan_files,
+    read_jsonl,
+    require,
 )
 from opencanvas.licenses import License, normalize_pair
 

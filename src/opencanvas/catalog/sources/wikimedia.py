@@ -16,7 +16,13 @@ from typing import Any
 
 from opencanvas.catalog.records import SourceBatch, as_int, clean_text, extra_json
 from opencanvas.catalog.sources.base import (
-    InputUnit, Rejected, SourceAdapter, check_jsonl, open_license, plan_files, read_jsonl,
+    InputUnit,
+    Rejected,
+    SourceAdapter,
+    check_jsonl,
+    open_license,
+    plan_files,
+    read_jsonl,
 )
 from opencanvas.licenses import License
 
