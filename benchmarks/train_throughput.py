@@ -56,8 +56,9 @@ def sd2_text_encoder(device: torch.device, layers: int) -> Any:
     return CLIPTextModel(cfg).to(device).eval().requires_grad_(False)
 
 
-def make_trainer(preset: str, recipe: Recipe, device: torch.device, latent: int) -> tuple[Denoiser, Any]:
-    unet = build_unet(get_preset(preset).unet.unet_config(4, 1024, latent))
+def make_trainer(preset: str, recipe: Recipe, device: torch.device, latent: int,
+                 text_dim: int = 1024) -> tuple[Denoiser, Any]:
+    unet = build_unet(get_preset(preset).unet.unet_config(4, text_dim, latent))
     apply_recipe(unet, recipe)
     denoiser = Denoiser(unet.to(device), NoiseSchedule()).to(device)
     opt = make_optimizer(unet.parameters(), recipe, lr=1e-4, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)

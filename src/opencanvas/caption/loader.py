@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
@@ -88,7 +88,8 @@ def decoded_batches(images: Sequence[bytes], *, batch_size: int, crop_size: int,
 
     dataset = ImageRecords(images, crop_size, image_processor)
     workers = min(workers, max(1, len(images) // max(1, batch_size)))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    # ImageRecords is a map-style dataset without torch's base class (this module loads without torch).
+    loader: DataLoader[Any] = DataLoader(cast(Any, dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate, prefetch_factor=prefetch if workers > 0 else None,
                         pin_memory=False)
     yield from loader

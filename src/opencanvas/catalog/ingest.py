@@ -20,7 +20,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -173,6 +173,7 @@ class _PartWriter:
         self._open[1].write_table(table, row_group_size=table.num_rows)
 
     def _finish(self) -> None:
+        assert self._open is not None, "_finish without an open part"
         stack, writer = self._open
         self._open = None
         with stack:  # on leaving: fsync + rename onto the part's name, or remove the temp file if close failed
@@ -243,7 +244,7 @@ def _repeated_rows(source_dir: Path, parts: Sequence[str]) -> dict[str, pa.Array
     con = duckdb.connect(config={"threads": 2, "temp_directory": str(spill)})
     try:
         scan = [str(source_dir / name) for name in parts]
-        if con.execute("SELECT count(*) = count(DISTINCT key) FROM read_parquet(?)", [scan]).fetchone()[0]:
+        if (con.execute("SELECT count(*) = count(DISTINCT key) FROM read_parquet(?)", [scan]).fetchone() or [0])[0]:
             return {}  # the usual case, and half the work of the query below
         found = con.execute("""
             WITH r AS (SELECT key, filename, file_row_number
@@ -373,6 +374,7 @@ def ingest(ws: Workspace, source: str, paths: Sequence[Path | str], *, workers: 
     by_uid = {t.uid: t for t in tasks}
     with progress_bar() as bar:
         job = bar.add_task(f"ingest {source}", total=len(tasks), unit="file")
+        results: Iterator[UnitResult]
         if workers <= 1:  # in-process: also count records as they are read (one file may be 100M lines)
             records = bar.add_task("records", total=None, unit="rec")
             results = (ingest_unit(t, lambda n: bar.advance(records, n)) for t in tasks)

@@ -70,6 +70,9 @@ class LinLayer(nn.Module):
 class LPIPS(nn.Module):
     """Frozen LPIPS-VGG16: forward(x, y) with x, y (B, 3, H, W) in [-1, 1] -> distances (B,)."""
 
+    shift: torch.Tensor  # buffers, (1, 3, 1, 1)
+    scale: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.features = vgg16_features()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -46,7 +47,7 @@ def encode_command(
     rank: Annotated[int, typer.Option("--rank", min=0, help="This process's share: shards rank, rank+world, ...")]
     = 0,
     world: Annotated[int, typer.Option("--world", min=1, help="Number of processes sharing the shards.")] = 1,
-    workspace: WorkspaceOption = ".",
+    workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Precompute autoencoder latents (mean, std) and text embeddings of every caption, resumably."""
     import torch

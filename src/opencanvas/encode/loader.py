@@ -49,7 +49,7 @@ def caption_slots(available: np.ndarray, seed: int, epoch: int, indices: np.ndar
     available: (B, K) bool for the records `indices` (B,).
     """
     with np.errstate(over="ignore"):
-        h = _splitmix64(np.uint64(seed & (2**64 - 1)) * _GOLDEN + np.uint64(epoch))
+        h = _splitmix64(np.asarray(np.uint64(seed & (2**64 - 1)) * _GOLDEN + np.uint64(epoch)))
         h = _splitmix64(h ^ np.asarray(indices, dtype=np.uint64))
     count = available.sum(axis=1)
     choice = (h % np.maximum(count, 1).astype(np.uint64)).astype(np.int64)  # (B,)

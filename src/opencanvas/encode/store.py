@@ -306,10 +306,10 @@ class LatentSet:
         """
         indices = np.asarray(indices, dtype=np.int64)
         caption_slots = np.asarray(caption_slots, dtype=np.int64)
-        order = np.argsort(indices, kind="stable")
-        if np.all(order[1:] > order[:-1]):
-            order = None  # already ascending: gather in place
-        else:
+        perm = np.argsort(indices, kind="stable")
+        order: np.ndarray | None = None  # None: already ascending, gather in place
+        if not np.all(perm[1:] > perm[:-1]):
+            order = perm
             indices, caption_slots = indices[order], caption_slots[order]
         parts = self.part_of[indices]
         first = self.parts[parts[0]]

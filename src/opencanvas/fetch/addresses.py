@@ -38,20 +38,20 @@ def blocked_reason(ip: str) -> str | None:
 def guarded_connect(allow_private: bool) -> Callable[..., socket.socket]:
     """A `socket.create_connection` replacement that checks every resolved address first."""
 
-    def create_connection(address: tuple[str, int], timeout: float | object = socket._GLOBAL_DEFAULT_TIMEOUT,
+    def create_connection(address: tuple[str, int], timeout: float | object = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
                           source_address: tuple[str, int] | None = None, **_: object) -> socket.socket:
         host, port = address
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         if not allow_private:
-            for *_, sockaddr in infos:
-                why = blocked_reason(sockaddr[0])
+            for *_info, sockaddr in infos:
+                why = blocked_reason(str(sockaddr[0]))
                 if why:
                     raise BlockedAddress(f"{why}-address: {host} resolves to {sockaddr[0]}")
         error: OSError | None = None
-        for family, kind, proto, _, sockaddr in infos:
+        for family, kind, proto, _canonname, sockaddr in infos:
             sock = socket.socket(family, kind, proto)
             try:
-                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
                     sock.settimeout(timeout)  # type: ignore[arg-type]
                 if source_address:
                     sock.bind(source_address)

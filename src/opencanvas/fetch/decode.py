@@ -156,6 +156,8 @@ def _to_srgb(img: Image.Image, icc: bytes) -> Image.Image:
         out = ImageCms.profileToProfile(base, src, _SRGB, outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError):
         return img  # an unusable profile: the plain numbers are the best guess
+    if out is None:  # only when converting in place, which this call does not
+        return img
     if alpha is not None:
         out.putalpha(alpha)
     return out

@@ -271,7 +271,7 @@ class PoliteClient:
         if conn is None:
             cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
             conn = cls(host, port, timeout=self.config.timeout)
-            conn._create_connection = self._connect  # every (re)connect goes through the address check
+            conn._create_connection = self._connect  # type: ignore[attr-defined]  # every (re)connect goes through the address check
             conns[key] = conn
         return conn
 

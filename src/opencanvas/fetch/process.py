@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 from PIL import Image
 
@@ -57,7 +58,8 @@ def process_image(data: bytes, *, max_side: int, min_side: int, max_pixels: int)
         # Lanczos after an exact 1/k box reduction (reducing_gap) keeps quality and is ~3x faster.
         img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     thumbnail = hash_thumbnail(img)
-    if all(lo == hi for lo, hi in thumbnail.getextrema()):
+    extrema = cast(tuple[tuple[float, float], ...], thumbnail.getextrema())  # one (lo, hi) per band: RGB here
+    if all(lo == hi for lo, hi in extrema):
         # e.g. Open Clip Art gradients whose every pixel is transparent: blank on white.
         raise Unusable(f"blank: every pixel is {thumbnail.getpixel((0, 0))}")
     if untouched:

@@ -112,6 +112,7 @@ def fetch(ws: Workspace, subset: str, shard_size: int = 1000, workers: int = 1, 
     with progress_bar(disable=None if progress is None else not progress) as bar:
         task_id = bar.add_task(f"fetch {subset}", total=sum(len(t.rows) for t in todo), unit="img")
         in_process = engine == "local" and workers <= 1
+        results: Iterator[dict[str, Any]]
         if in_process:  # the bar can move per image
             results = (fetch_shard(t, on_image=lambda: bar.advance(task_id, 1)) for t in todo)
         else:

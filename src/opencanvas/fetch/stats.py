@@ -70,7 +70,7 @@ def _plot(ok: list[dict[str, Any]], path: Path) -> Path:
 
     original = np.array([max(r["original_width"], r["original_height"]) for r in ok])
     stored = np.array([max(r["width"], r["height"]) for r in ok])
-    bins = np.geomspace(max(1, min(original.min(), stored.min())), max(original.max(), stored.max()) + 1, 30)
+    bins = np.geomspace(max(1, min(original.min(), stored.min())), max(original.max(), stored.max()) + 1, 30).tolist()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.hist(original, bins=bins, alpha=0.6, label="original")
     ax.hist(stored, bins=bins, alpha=0.6, label="stored")

@@ -18,7 +18,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -114,6 +114,7 @@ def score_guidance(images: list[Image.Image], texts: list[str], ref_features: np
     row: dict[str, Any] = {"n": len(images)}
     wanted = set(options.metrics)
     if "clip" in wanted:
+        assert scorers.clip is not None, "build_scorers gives a CLIP evaluator when 'clip' is asked for"
         scores = np.asarray(scorers.clip.clip_score(images, texts), dtype=np.float64)
         row["clip_score"] = float(scores.mean())
         row["clip_score_std"] = float(scores.std())
@@ -176,7 +177,7 @@ def run_evaluation(ws: Workspace, run: str, prompts: Sequence[str], reference: s
     if mems:
         report["memorization_gallery"] = memorization_gallery(root / "memorization.png", mems, ref, options)
     if report["fd_metric"] and "clip_score" in rows[0] and report["fd_metric"] in rows[0]:
-        tradeoff_plot(root / "tradeoff.png", rows, report["fd_metric"], report["clip_model"])
+        tradeoff_plot(root / "tradeoff.png", rows, report["fd_metric"], cast(str | None, report["clip_model"]))
         report["tradeoff_plot"] = "tradeoff.png"
     atomic_write_json(root / "report.json", report)
     write_markdown(root / "report.md", report)
@@ -218,7 +219,7 @@ def build_scorers(ws: Workspace, config: dict[str, Any], metrics: Sequence[str],
 
     distribution = set(metrics) & {"fid", "kid", "pr", "memorization"}
     needs_clip = "clip" in metrics or (bool(distribution) and inception is None)
-    evaluator = None
+    evaluator: Any = None  # a ClipEvaluator whenever needs_clip
     if needs_clip:
         evaluator = clip if clip is not None and not isinstance(clip, (str, Path)) else \
             load_clip(ws, config, None if clip is None else str(clip), device)

@@ -81,7 +81,7 @@ def _fmt(value: Any) -> str:
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
     fd, kid = report.get("fd_metric"), report.get("kid_metric")
-    columns = [("guidance", "guidance"), ("CLIP score", "clip_score")]
+    columns: list[tuple[Any, Any]] = [("guidance", "guidance"), ("CLIP score", "clip_score")]
     if fd:
         columns += [(fd, fd), (kid, kid), ("precision", "precision"), ("recall", "recall")]
     header = [name for name, _ in columns] + ["memorized (cos)", "memorized (phash)"]

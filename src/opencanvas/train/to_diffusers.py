@@ -73,7 +73,7 @@ def scheduler_for(config: dict[str, Any]) -> Any:
 
 
 def _text_encoder(pipe: InferencePipeline) -> tuple[Any, Any]:
-    te = copy.deepcopy(pipe.text_encoder.model)
+    te: Any = copy.deepcopy(pipe.text_encoder.model)  # a transformers CLIPTextModel
     if pipe.text_encoder.layer == "penultimate":
         te.text_model.encoder.layers = te.text_model.encoder.layers[:-1]
         te.config.num_hidden_layers -= 1
@@ -102,7 +102,7 @@ def export(ws: Workspace, run: str, out: Path, ema: bool = True, checkpoint: str
         normalization = ("per-channel (z - shift) * scale, folded into the VAE's quant_conv/post_quant_conv "
                          f"(scaling_factor 1). shift={[round(v, 5) for v in shift]}, "
                          f"scale={[round(v, 5) for v in scale]}.")
-    unet = pipe.denoiser.unet
+    unet: Any = pipe.denoiser.unet  # a diffusers UNet2DConditionModel
     unet.set_default_attn_processor()
     text_encoder, tokenizer = _text_encoder(pipe)
     sd = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
