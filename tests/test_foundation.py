@@ -93,3 +93,27 @@ def test_keep_freed_memory_reuses_large_blocks() -> None:
         pytest.skip("glibc only")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert int(out) < 100  # 16 MB is 4,096 pages: each fresh one would fault
+
+
+def test_flatten_alpha_whitens_every_kind_of_transparency() -> None:
+    """One flattening for the fetch decoder and the CLIP evaluator: alpha channels and tRNS colour keys alike."""
+    import io
+
+    from PIL import Image
+
+    from opencanvas.fetch.decode import load_rgb
+    from opencanvas.pixels import flatten_alpha
+
+    grey = Image.new("L", (4, 4), 30)
+    grey.info["transparency"] = 30  # a PNG tRNS key: every pixel of grey 30 is transparent
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    la = Image.new("LA", (4, 4), (0, 128))
+    for img in (grey, rgba, la):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        assert flatten_alpha(img).mode == "RGB"
+        assert flatten_alpha(img).getpixel((0, 0)) == load_rgb(buf.getvalue()).getpixel((0, 0))
+    assert flatten_alpha(grey).getpixel((0, 0)) == (255, 255, 255)
+    assert flatten_alpha(la).getpixel((0, 0)) == (127, 127, 127)
+    rgb = Image.new("RGB", (4, 4), (1, 2, 3))
+    assert flatten_alpha(rgb) is rgb

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from opencanvas.pixels import flatten_alpha, has_alpha
+
 DEFAULT_MAX_PIXELS = 64_000_000
-WHITE = (255, 255, 255)
 # Formats that are stored as JPEG after re-encoding (lossy at the source anyway);
 # everything else (PNG, GIF, BMP, TIFF, ...) is stored as lossless PNG.
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
@@ -122,18 +123,8 @@ def _normalise(img: Image.Image, fmt: str, size: tuple[int, int]) -> Decoded:
         converted = _to_srgb(img, icc)
         pristine = pristine and converted is img
         img = converted
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        pristine = False
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode in ("L", "RGB") and "transparency" in img.info):
-        # Transparent pixels carry arbitrary colours; clip art is drawn for a white page.
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, WHITE)
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        img = canvas
-        pristine = False
-    if img.mode != "RGB":
-        img = img.convert("RGB")  # CMYK, L, 1, YCbCr, LAB, HSV
+    if img.mode != "RGB" or has_alpha(img):
+        img = flatten_alpha(img)  # alpha on white; palette, CMYK, L, 1, YCbCr, LAB, HSV to RGB
         pristine = False
     return Decoded(img, fmt, size, pristine)
 
