@@ -173,3 +173,17 @@ def test_killed_run_resumes_without_duplicates_or_gaps(ws: Workspace, blip2_dir:
     make_image_subset(fresh, n=24, shard_size=3)
     caption(fresh, "shapes", "blip2", model=str(blip2_dir), batch_size=1, loader_workers=0)
     assert _captions(ws, "blip2") == _captions(fresh, "blip2")
+
+
+def test_one_word_tokenizer_for_tiny_captioners_and_text_encoders() -> None:
+    """Both tiny tokenizers come from `word_tokenizer`: ids are the specials then the words, and
+    punctuation splits off (so "circle." is the word circle, not an unknown token)."""
+    from opencanvas.caption.tiny_models import word_tokenizer
+    from opencanvas.sample.tiny import tiny_tokenizer
+
+    opt_style = word_tokenizer(["<pad>", "<unk>", "</s>"], "</s> $A", bos_token="</s>", eos_token="</s>",
+                               pad_token="<pad>", unk_token="<unk>")
+    assert opt_style("a red circle.")["input_ids"] == [2, 3, 11, 17, 1]
+    clip_style = tiny_tokenizer()
+    assert clip_style("a red circle.")["input_ids"] == [1, 4, 8, 14, 3, 2]
+    assert clip_style.model_max_length == 16
