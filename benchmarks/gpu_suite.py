@@ -10,8 +10,10 @@ from configs at their real sizes (the arithmetic equals the trained models'; not
 - dpmpp-2m sampling images/s (25 steps, classifier-free guidance, 512 px);
 - MFU from a FLOP count (torch's FlopCounterMode, x3 for training) over the device's dense bf16 peak.
 
-Sections run in that order and the report is rewritten after each one, so a run cut short still
-leaves every finished figure; a section that fails is reported with its error and the rest go on.
+Sections run in the order UNet 256 px, autoencoder, captioning, sampling, UNet 512 px (the cheap ones
+before the larger compile), and the report is rewritten after each one, so a run cut short still leaves
+every finished figure; a section that fails is reported with its error and the rest go on; sections that
+would start after --budget-s are skipped.
 `--dry-run` runs the same code on CPU with tiny sizes (the test suite does, in well under a minute).
 
     bash benchmarks/gpu_suite.sh                 # on the GPU machine: benchmarks/results/gpu-<date>.md
@@ -50,7 +52,7 @@ class Sizes:
     """Everything that differs between the real run and the CPU dry run."""
 
     unet_preset: str
-    train: tuple[tuple[int, int], ...]       # (image side in px, batch) per resolution
+    train: tuple[tuple[int, int], tuple[int, int]]  # (image side in px, batch): the two resolutions
     train_warmup: int                        # untimed steps (compilation happens here)
     train_steps: int                         # timed steps
     text_len: int
@@ -95,20 +97,19 @@ def reset_memory(device: torch.device) -> None:
 
 # ---- sections -------------------------------------------------------------------------------------
 
-def unet_training(sizes: Sizes, device: torch.device, compile_unet: bool) -> list[dict[str, Any]]:
-    """sd2-base training steps on random latents and text embeddings, naive fp32 vs the recipe."""
+def unet_training(sizes: Sizes, device: torch.device, compile_unet: bool, side: int,
+                  batch: int) -> list[dict[str, Any]]:
+    """UNet training steps on random latents and text embeddings at one resolution, naive fp32 vs the recipe."""
     rows = []
-    for side, batch in sizes.train:
-        for path in ("naive", "recipe"):
-            recipe = train_throughput.NAIVE if path == "naive" else resolve_recipe(device, compile=compile_unet
-                                                                                   and device.type == "cuda")
-            reset_memory(device)
-            try:
-                rows.append({"px": side, "batch": batch, **train_path(sizes, device, recipe, side, batch),
-                             "path": path})
-            except torch.cuda.OutOfMemoryError:
-                rows.append({"px": side, "batch": batch, "path": path, "error": "out of memory"})
-            reset_memory(device)
+    for path in ("naive", "recipe"):
+        recipe = train_throughput.NAIVE if path == "naive" else \
+            resolve_recipe(device, compile=compile_unet and device.type == "cuda")
+        reset_memory(device)
+        try:
+            rows.append({"px": side, "batch": batch, "path": path, **train_path(sizes, device, recipe, side, batch)})
+        except torch.cuda.OutOfMemoryError:
+            rows.append({"px": side, "batch": batch, "path": path, "error": "out of memory"})
+        reset_memory(device)
     return rows
 
 
@@ -254,10 +255,13 @@ def main() -> None:
     out = args.out or default_out
     stem = f"gpu-{'dry-run-' if args.dry_run else ''}{datetime.now(UTC):%Y-%m-%d}"
     env = environment(device)
+    compile_unet = not args.no_compile
+    training = (f"{sizes.unet_preset} UNet, one optimizer step per batch on random latents and text embeddings; "
+                "naive = fp32, classic attention, per-tensor AdamW, eager. MFU over the dense bf16 peak.")
+    (low, low_batch), (high, high_batch) = sizes.train
+    # Cheap sections sit between the two resolutions: a slow compile at the larger one cannot cost them.
     plan: list[tuple[str, str, Callable[[], list[dict[str, Any]]]]] = [
-        ("UNet training", f"{sizes.unet_preset} UNet, one optimizer step per batch on random latents and text "
-         "embeddings; naive = fp32, classic attention, per-tensor AdamW, eager. MFU over the dense bf16 peak.",
-         lambda: unet_training(sizes, device, not args.no_compile)),
+        (f"UNet training, {low} px", training, lambda: unet_training(sizes, device, compile_unet, low, low_batch)),
         ("Autoencoder encode", "SD2-size AutoencoderKL encoder (mean and std of the posterior).",
          lambda: autoencoder_encode(sizes, device)),
         ("Captioning", f"BLIP-2 generate(), exactly {sizes.caption_tokens} new tokens per image "
@@ -265,6 +269,7 @@ def main() -> None:
          lambda: captioning(sizes, device)),
         ("Sampling", f"dpmpp-2m, {sizes.sample_steps} steps, CFG 7.5 (two UNet passes per step), "
          "VAE decode and text encoding excluded.", lambda: sampling(sizes, device)),
+        (f"UNet training, {high} px", training, lambda: unet_training(sizes, device, compile_unet, high, high_batch)),
     ]
     sections: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()

@@ -22,14 +22,15 @@ def test_gpu_suite_dry_run_measures_every_section(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (report,) = tmp_path.glob("gpu-dry-run-*.json")
     sections = json.loads(report.read_text())["sections"]
-    assert list(sections) == ["UNet training", "Autoencoder encode", "Captioning", "Sampling"]
+    assert list(sections) == ["UNet training, 32 px", "Autoencoder encode", "Captioning", "Sampling",
+                              "UNet training, 64 px"]
     assert all("error" not in s and s["rows"] for s in sections.values())
-    training = sections["UNet training"]["rows"]
+    training = sections["UNet training, 32 px"]["rows"] + sections["UNet training, 64 px"]["rows"]
     assert {(r["px"], r["path"]) for r in training} == {(32, "naive"), (32, "recipe"), (64, "naive"), (64, "recipe")}
     assert all(r["images_per_s"] > 0 and r["train_tflop_per_image"] > 0 for r in training)
     assert sections["Sampling"]["rows"][0]["sampler"] == "dpmpp-2m"
     markdown = report.with_suffix(".md").read_text()
-    assert "| px | batch | images_per_s" in markdown and "## Captioning" in markdown
+    assert "| px | batch | path | images_per_s" in markdown and "## Captioning" in markdown
 
 
 def test_gpu_suite_refuses_without_diffusers_or_wheels(tmp_path: Path) -> None:
