@@ -53,9 +53,11 @@ def _register_stages() -> None:
     from opencanvas.sample import cli as sample_cli
     from opencanvas.cards import cli as cards_cli
     from opencanvas.demo import cli as demo_cli
+    from opencanvas.humaneval import cli as humaneval_cli
+    from opencanvas.web import cli as web_cli
 
     for module in (catalog_cli, fetch_cli, caption_cli, components_cli, encode_cli,
-                   train_cli, sample_cli, cards_cli, demo_cli):
+                   train_cli, sample_cli, cards_cli, demo_cli, humaneval_cli, web_cli):
         module.register(app)
 
 
