@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,10 +19,10 @@ def prepare_command(
     name: Annotated[str, typer.Option("--name", help="Study name (humaneval/<name>.sqlite).")],
     prompts: Annotated[str, typer.Option("--prompts", help="A prompt file (one a line, or PartiPrompts TSV) "
                                          "or `heldout` (the first model's held-out captions).")],
-    a: Annotated[Optional[str], typer.Option("--a", help="Model A: a run name or a diffusers folder.")] = None,
-    b: Annotated[Optional[str], typer.Option("--b", help="Model B: a run name or a diffusers folder.")] = None,
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="Another model (repeat for more).")] = None,
-    n: Annotated[Optional[int], typer.Option("-n", help="How many prompts (drawn by --seed); default all.")] = None,
+    a: Annotated[str | None, typer.Option("--a", help="Model A: a run name or a diffusers folder.")] = None,
+    b: Annotated[str | None, typer.Option("--b", help="Model B: a run name or a diffusers folder.")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="Another model (repeat for more).")] = None,
+    n: Annotated[int | None, typer.Option("-n", help="How many prompts (drawn by --seed); default all.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of prompt i is seed + i; also draws the prompts.")] = 0,
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = 25,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
@@ -96,7 +96,7 @@ def report_command(
 @humaneval_app.command("export")
 def export_command(
     name: Annotated[str, typer.Option("--name", help="Study name.")],
-    out: Annotated[Optional[Path], typer.Option(help="Parquet file (default humaneval/<name>/votes.parquet).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Parquet file (default humaneval/<name>/votes.parquet).")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Write every raw vote to Parquet."""

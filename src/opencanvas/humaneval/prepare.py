@@ -121,7 +121,7 @@ def prepare(ws: Workspace, name: str, models: Sequence[str], prompts: str | Path
 
         def save(batch: list[SampleSpec], images: list[Any], model_id: int = model_id, label: str = label,
                  settings: SampleSettings = settings, pipe: Any = pipe) -> None:
-            for spec_, image in zip(batch, images):
+            for spec_, image in zip(batch, images, strict=True):
                 image_id = secrets.token_hex(8)
                 rel = f"{name}/images/{image_id}.png"
                 atomic_write_bytes(study.path.parent / rel, _png(image))   # the file first, then its row

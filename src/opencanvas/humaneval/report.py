@@ -16,8 +16,8 @@ from opencanvas.humaneval.stats import (
     bradley_terry,
     fleiss_kappa,
     percent_agreement,
-    win_matrix,
     wilson_interval,
+    win_matrix,
 )
 from opencanvas.humaneval.store import QUESTIONS, Study
 
@@ -121,7 +121,7 @@ def results_markdown(results: dict[str, Any]) -> str:
              f"{results['counts']['pairs']} pairs ({results['counts']['prompts']} prompts); pairwise, blind, left "
              "and right randomised per pair and rater, ties allowed. Win rates count a tie as half a win "
              "(Wilson 95% intervals); Bradley-Terry log-strengths with bootstrap 95% intervals.", ""]
-    for q, sec in results["questions"].items():
+    for sec in results["questions"].values():
         lines += [f"### {sec['text']} ({sec['votes']} votes)", "", "| model | win rate | 95% CI | BT log-strength "
                   "| 95% CI |", "|---|---|---|---|---|"]
         bt = {r["model"]: r for r in sec["bradley_terry"]}
@@ -151,11 +151,11 @@ def results_plot(results: dict[str, Any], path: Path) -> Path:
 
     questions = list(results["questions"].items())
     fig, axes = plt.subplots(1, max(1, len(questions)), figsize=(4.5 * max(1, len(questions)), 3.2), squeeze=False)
-    for ax, (q, sec) in zip(axes[0], questions):
-        rows = [r for r in sec["per_model"]]
+    for ax, (q, sec) in zip(axes[0], questions, strict=False):
+        rows = list(sec["per_model"])
         ys = np.arange(len(rows))
         rates = [r["win_rate"] or 0.0 for r in rows]
-        err = np.array([[rate - r["ci95"][0], r["ci95"][1] - rate] for rate, r in zip(rates, rows)]).T
+        err = np.array([[rate - r["ci95"][0], r["ci95"][1] - rate] for rate, r in zip(rates, rows, strict=True)]).T
         ax.barh(ys, rates, xerr=err if len(rows) else None, color="#4a7bb7", capsize=4)
         ax.axvline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_yticks(ys, [r["model"] for r in rows])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,7 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Address to bind. Anything but 127.0.0.1/localhost requires tokens.")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    clip: Annotated[Optional[str], typer.Option(help="CLIP for nearest-training-image search (a name under "
+    clip: Annotated[str | None, typer.Option(help="CLIP for nearest-training-image search (a name under "
                                                 "clips/ or a folder); default: the run's own catalog CLIP.")] = None,
     device: Annotated[str, typer.Option(help="Device for generation.")] = "cpu",
     workspace: WorkspaceOption = Path("."),

@@ -158,8 +158,9 @@ class Generator:
         r = job.request
         pipe = self.pipeline(r.run)
         width, height = default_size(pipe)
-        settings = SampleSettings(steps=r.steps, guidance=r.guidance, sampler=r.sampler, negative_prompt=r.negative_prompt,
-                                  spacing=default_spacing(pipe), width=width, height=height)
+        settings = SampleSettings(steps=r.steps, guidance=r.guidance, sampler=r.sampler,
+                                  negative_prompt=r.negative_prompt, spacing=default_spacing(pipe),
+                                  width=width, height=height)
         seen: set[float] = set()
 
         def on_sigma(sigma: float) -> None:

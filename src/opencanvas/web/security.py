@@ -119,6 +119,7 @@ class BodyTooLarge(Exception):
 async def _plain(send: Send, status: int, text: str) -> None:
     body = text.encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()),
                             *[(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]]})
     await send({"type": "http.response.body", "body": body})
