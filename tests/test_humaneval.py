@@ -23,9 +23,9 @@ from opencanvas.humaneval.stats import (
     wilson_interval,
     win_matrix,
 )
-from opencanvas.humaneval.store import StudyError, open_study
+from opencanvas.humaneval.store import Study, StudyError, open_study
 from opencanvas.workspace import Workspace
-from tests.web_workspace import shared_web_workspace
+from tests.web_workspace import shared_web_workspace, synthetic_study
 
 # ---- statistics ---------------------------------------------------------------------------
 
@@ -67,20 +67,10 @@ def test_fleiss_kappa_matches_the_published_example() -> None:
 
 # ---- the store --------------------------------------------------------------------------------
 
-def _toy_study(ws: Workspace, name: str = "toy") -> object:
-    """Two models, three prompts, images written as plain PNGs (no sampling)."""
-    study = open_study(ws, name, create=True)
-    models = [study.add_model(m, m, m * 8, {}) for m in ("alpha", "beta")]
-    for i, cat in enumerate(("animals", "animals", "vehicles")):
-        study.add_prompt(i, f"prompt {i}", cat, None, i)
-        for m in models:
-            image_id = f"{i:08x}{m:08x}"
-            rel = f"{name}/images/{image_id}.png"
-            (study.path.parent / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (8, 8), (i * 40, m * 80, 0)).save(study.path.parent / rel)
-            study.add_image(image_id, i, m, rel, {"model": m})
-    study.make_pairs()
-    return study
+def _toy_study(ws: Workspace, name: str = "toy") -> Study:
+    """Two models, three prompts (categories animals, animals, vehicles), no sampling."""
+    synthetic_study(ws, name, 3, categories=("animals", "animals", "vehicles"))
+    return open_study(ws, name)
 
 
 def test_votes_repeat_replaces_raw_kept_and_tokens_hashed(ws: Workspace) -> None:
@@ -130,6 +120,13 @@ def test_next_pair_runs_out_after_every_question(ws: Workspace) -> None:
             study.vote(rater, pair.id, q, "tie")
         assert len(seen) <= 3
     assert len(set(seen)) == 3
+    # Raters spread over the pairs: a pair someone has started goes behind the untouched ones.
+    other = _toy_study(ws, "spread")
+    r1, r2 = (other.rater_id(t) for t in other.add_raters(2))
+    first = other.next_pair(r1)
+    other.vote(r1, first.id, "overall", "left")
+    assert other.next_pair(r1).id == first.id          # half-answered: the same pair comes back
+    assert other.next_pair(r2).id != first.id          # fewest raters first
 
 
 # ---- prepare / report / export on two tiny runs --------------------------------------------------

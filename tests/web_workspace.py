@@ -63,3 +63,25 @@ def shared_web_workspace(tmp_path_factory: object) -> tuple[Workspace, Path]:
         make_web_workspace(base)
         done.write_text("ok")
     return Workspace.open(base / "ws"), base / "clip"
+
+
+def synthetic_study(ws: Workspace, name: str, prompts: int, raters: int = 0,
+                    categories: tuple[str, ...] = ("animals", "vehicles", "food")) -> list[str]:
+    """A study of two models ("model-a", "model-b") over `prompts` plain PNGs, no sampling; returns tokens."""
+    from PIL import Image
+
+    from opencanvas.humaneval.store import open_study
+
+    study = open_study(ws, name, create=True)
+    models = [study.add_model(m, m, m, {}) for m in ("model-a", "model-b")]
+    for i in range(prompts):
+        study.add_prompt(i, f"prompt number {i}", categories[i % len(categories)], None, i)
+        for m in models:
+            image_id = f"{i:08x}{m:08x}"
+            rel = f"{name}/images/{image_id}.png"
+            path = study.path.parent / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (64, 64), (i % 255, 80 * m, 0)).save(path)
+            study.add_image(image_id, i, m, rel, {"model": m})
+    study.make_pairs()
+    return study.add_raters(raters) if raters else []

@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS votes (
   left_image TEXT NOT NULL, right_image TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS votes_by_rater ON votes (rater_id, pair_id, question);
 CREATE INDEX IF NOT EXISTS votes_by_pair ON votes (pair_id, rater_id);
+CREATE TABLE IF NOT EXISTS answered (
+  rater_id INTEGER NOT NULL, pair_id TEXT NOT NULL, questions INTEGER NOT NULL, PRIMARY KEY (rater_id, pair_id))
+  WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pair_raters (pair_id TEXT PRIMARY KEY, raters INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -224,17 +228,17 @@ class Study:
         return self._pair(row, rater_id)
 
     def next_pair(self, rater_id: int) -> Pair | None:
-        """A pair this rater has not answered every question of: fewest raters first, then a per-rater order."""
-        rows = self.db.execute(
-            "SELECT p.id, p.a_image, p.b_image, q.text, q.category, "
-            " (SELECT COUNT(DISTINCT v.rater_id) FROM votes v WHERE v.pair_id = p.id) AS raters "
-            "FROM pairs p JOIN prompts q ON q.id = p.prompt_id "
-            "WHERE (SELECT COUNT(DISTINCT v.question) FROM votes v WHERE v.pair_id = p.id AND v.rater_id = ?) < ?",
-            (rater_id, len(self.questions))).fetchall()
-        if not rows:
-            return None
-        order = min(rows, key=lambda r: (r["raters"], hashlib.sha256(f"{rater_id}|{r['id']}".encode()).digest()))
-        return self._pair(order, rater_id)
+        """A pair this rater has not answered every question of: one it has started first (a reloaded page
+        comes back to it), then fewest raters, then an order of its own per rater (a multiplicative
+        permutation of the pairs' row numbers), so raters spread over the pairs."""
+        row = self.db.execute(
+            "SELECT p.id, p.a_image, p.b_image, q.text, q.category FROM pairs p "
+            "JOIN prompts q ON q.id = p.prompt_id LEFT JOIN pair_raters c ON c.pair_id = p.id "
+            "LEFT JOIN answered d ON d.rater_id = ? AND d.pair_id = p.id "
+            "WHERE COALESCE(d.questions, 0) < ? "
+            "ORDER BY d.questions IS NULL, COALESCE(c.raters, 0), (p.rowid * ?) % 2147483647, p.rowid LIMIT 1",
+            (rater_id, len(self.questions), 1 + 7919 * (rater_id % 271_000))).fetchone()
+        return None if row is None else self._pair(row, rater_id)
 
     def image_path(self, image_id: str) -> Path | None:
         if not OPAQUE_ID.match(image_id):
@@ -250,9 +254,19 @@ class Study:
             raise StudyError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
         pair = self.pair_for(pair_id, rater_id)
         with self.write() as db:
+            first_on_question = db.execute("SELECT 1 FROM votes WHERE rater_id = ? AND pair_id = ? AND question = ? "
+                                           "LIMIT 1", (rater_id, pair_id, question)).fetchone() is None
             cur = db.execute("INSERT INTO votes (pair_id, rater_id, question, choice, left_image, right_image, "
                              "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (pair_id, rater_id, question, choice, pair.left_image, pair.right_image, now()))
+            if first_on_question:   # the serving counters, kept in the vote's own transaction
+                first_on_pair = db.execute("INSERT OR IGNORE INTO answered VALUES (?, ?, 0)",
+                                           (rater_id, pair_id)).rowcount == 1
+                db.execute("UPDATE answered SET questions = questions + 1 WHERE rater_id = ? AND pair_id = ?",
+                           (rater_id, pair_id))
+                if first_on_pair:
+                    db.execute("INSERT INTO pair_raters VALUES (?, 1) ON CONFLICT (pair_id) DO UPDATE SET "
+                               "raters = raters + 1", (pair_id,))
             return int(cur.lastrowid or 0)
 
     # ---- reading back ----------------------------------------------------------------

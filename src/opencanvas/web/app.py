@@ -292,8 +292,9 @@ def create_app(config: WebConfig) -> FastAPI:
             response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict")
         return response
 
+    # async: the page is cheap, and a threadpool hop would queue it behind the GIL under a voting load
     @app.get("/arena/{study_name}", response_class=HTMLResponse)
-    def arena_page(request: Request, study_name: str, token: str = "") -> Response:
+    async def arena_page(request: Request, study_name: str, token: str = "") -> Response:
         study = ctx.study(study_name)
         if token:
             if study.rater_id(token) is None:
