@@ -173,6 +173,11 @@ def test_prepare_raters_report_export(web_ws: Workspace) -> None:
     assert 0 <= overall["agreement"]["percent_agreement"] <= 1
     out_dir = study.path.with_suffix("")
     assert Image.open(out_dir / "results.png").size[0] > 200 and "Bradley-Terry" in (out_dir / "REPORT.md").read_text()
+    from opencanvas.cards import write_cards
+
+    card = (write_cards(ws, "tiny-a") / "MODEL_CARD.md").read_text()
+    assert "### Human evaluation: study `cli`" in card and "Bradley-Terry" in card   # the card's section
+    assert "humaneval/cli/results.json" in card                                       # ...and its record
     path = Path(_cli(ws, "export", "--name", "cli").strip().splitlines()[-1])
     table = pq.read_table(path)
     assert table.num_rows == 18 and set(table.column("choice").to_pylist()) == {"left", "tie"}

@@ -72,6 +72,7 @@ def report_command(
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Win rates (Wilson 95%), Bradley-Terry strengths (bootstrap 95%), categories, agreement; writes the plot."""
+    from opencanvas.cards.studies import SECTION_FILE
     from opencanvas.humaneval.report import results_markdown, results_plot, study_results
     from opencanvas.humaneval.store import open_study
     from opencanvas.storage import atomic_write_json, atomic_write_text
@@ -86,6 +87,7 @@ def report_command(
     results_plot(results, out / "results.png")
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "REPORT.md", results_markdown(results) + "\n\n![win rates](results.png)\n")
+    atomic_write_text(out / SECTION_FILE, results_markdown(results))   # what the model card includes
     if as_json:
         typer.echo(json.dumps(results, sort_keys=True))
     else:
