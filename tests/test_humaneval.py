@@ -108,6 +108,8 @@ def test_sides_are_randomised_per_rater_and_stable(ws: Workspace) -> None:
     lefts = {study.pair_for(pair.id, r).left_image for r in raters}
     assert len(lefts) == 2                                  # both orientations occur
     assert study.pair_for(pair.id, raters[3]) == study.pair_for(pair.id, raters[3])
+    local = study.local_rater()
+    assert open_study(ws, "toy").local_rater() == local and local not in raters   # the same after a restart
 
 
 def test_next_pair_runs_out_after_every_question(ws: Workspace) -> None:

@@ -123,6 +123,7 @@ def test_csrf_origin_and_body_limit(site: tuple[Workspace, Path]) -> None:
     client = _client(ws, max_body=2048)
     pair = client.get("/api/humaneval/api/next")   # the local rater (no token on 127.0.0.1)
     assert pair.status_code == 200
+    assert client.get("/api/humaneval/api/next", headers={"Authorization": "Bearer wrong"}).status_code == 401
     body = {"pair_id": pair.json()["pair_id"], "question": "overall", "choice": "tie"}
     assert client.post("/api/humaneval/api/votes", json=body).status_code == 403
     csrf = _csrf(client, "/arena/api")
