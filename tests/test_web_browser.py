@@ -28,7 +28,10 @@ SHOTS = os.environ.get("OPENCANVAS_SCREENSHOTS")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from opencanvas.cards import write_cards
+
     ws, clip = shared_web_workspace(tmp_path_factory)
+    write_cards(ws, "tiny-a")
     prepare(ws, "browser", ["tiny-a", "tiny-b"], ws.root / "prompts.tsv", steps=2, sampler="euler")
     port = free_port()
     proc = start_server(ws.root, port, "--clip", str(clip), log=ws.root / "serve-browser.log")
@@ -85,6 +88,11 @@ def test_gallery_and_run_page(server: str, browser: object) -> None:
     assert d.find_elements(By.CSS_SELECTOR, "svg.curve polyline")
     assert d.execute_script("return document.querySelector('.grids img').naturalWidth") > 0
     _shot(d, "web-run")
+    d.find_element(By.LINK_TEXT, "MODEL_CARD.md").click()
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "article.card h1"))
+    assert "Model card" in d.find_element(By.CSS_SELECTOR, "article.card h1").text
+    assert d.find_elements(By.CSS_SELECTOR, "article.card table td")      # Markdown tables rendered
+    _shot(d, "web-card")
 
 
 def test_generate_shows_attributed_neighbours_as_text(server: str, browser: object) -> None:
