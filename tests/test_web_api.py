@@ -171,6 +171,30 @@ def test_tokens_required_off_localhost(site: tuple[Workspace, Path]) -> None:
     assert login.status_code == 303 and client.get("/api/runs").status_code == 200
 
 
+def test_admin_prepares_a_study_from_the_web(site: tuple[Workspace, Path]) -> None:
+    ws, _ = site
+    secrets = Secrets()
+    client = _client(ws, host="0.0.0.0", secrets=secrets)
+    body = {"name": "webmade", "models": ["tiny-a", "tiny-b"], "steps": 2, "sampler": "euler",
+            "prompts": [{"prompt": "a red circle", "category": "Shapes"}, "a blue square", "a green triangle"]}
+    assert client.post("/api/humaneval/prepare", json=body).status_code == 403   # no bearer, no CSRF token
+    token = open_study(ws, "api").add_raters(1)[0]
+    assert client.post("/api/humaneval/prepare", json=body,
+                       headers={"Authorization": f"Bearer {token}"}).status_code == 401   # raters cannot
+    admin = {"Authorization": f"Bearer {secrets.admin_token}"}
+    bad = client.post("/api/humaneval/prepare", headers=admin, json={**body, "models": ["tiny-a", "/etc"]})
+    assert bad.status_code == 404                                   # runs only: no path from a request
+    job = client.post("/api/humaneval/prepare", headers=admin, json=body)
+    assert job.status_code == 200, job.text
+    for _ in range(600):
+        state = client.get(f"/api/humaneval/prepare/{job.json()['id']}", headers=admin).json()
+        if state["status"] != "running":
+            break
+        time.sleep(0.05)
+    assert state["status"] == "done", state["error"]
+    assert state["summary"]["pairs"] == 3 and open_study(ws, "webmade").counts()["images"] == 6
+
+
 def test_generate_writes_metadata_and_finds_attributed_neighbours(site: tuple[Workspace, Path]) -> None:
     ws, clip = site
     client = _client(ws, clip)

@@ -77,10 +77,12 @@ def _png(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def prepare(ws: Workspace, name: str, models: Sequence[str], prompts: str | Path, n: int | None = None,
+def prepare(ws: Workspace, name: str, models: Sequence[str], prompts: str | Path | list[StudyPrompt],
+            n: int | None = None,
             seed: int = 0, steps: int = 25, guidance: float = 7.5, sampler: str = "dpmpp-2m", batch_size: int = 8,
             device: str = "cpu", pipelines: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Make (or finish) study `name`; `pipelines` maps a model spec to a loaded pipeline (tests, reuse)."""
+    """Make (or finish) study `name`. `prompts`: a file, `heldout`, or StudyPrompts (the web's admin form);
+    `pipelines` maps a model spec to a loaded pipeline (tests, reuse)."""
     from opencanvas.sample.evaluate import resolve_prompts
     from opencanvas.sample.generate import (
         SampleSettings,
@@ -95,13 +97,16 @@ def prepare(ws: Workspace, name: str, models: Sequence[str], prompts: str | Path
     if len(models) < 2 or len(set(models)) != len(models):
         raise ValueError("a study compares at least two different models: give --a and --b (or --model twice)")
     loaded = {spec: (pipelines or {}).get(spec) or load_study_model(ws, spec, device) for spec in models}
-    if str(prompts) == "heldout":
+    if isinstance(prompts, list):
+        chosen = choose(prompts, n, seed)
+    elif str(prompts) == "heldout":
         texts, _ = resolve_prompts(ws, "heldout", loaded[models[0]].config)
         chosen = choose([StudyPrompt(t) for t in texts], n, seed)
     else:
         chosen = choose(read_study_prompts(Path(prompts)), n, seed)
     study = open_study(ws, name, create=True)
-    settings_json = json.dumps({"models": list(models), "prompts": str(prompts), "n": n, "seed": seed,
+    source = f"{len(prompts)} prompts given" if isinstance(prompts, list) else str(prompts)
+    settings_json = json.dumps({"models": list(models), "prompts": source, "n": n, "seed": seed,
                                 "steps": steps, "guidance": guidance, "sampler": sampler}, sort_keys=True)
     if study.meta("settings", "") not in ("", settings_json):
         raise ValueError(f"study {name!r} was prepared with other settings ({study.meta('settings')}): "

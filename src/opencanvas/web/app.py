@@ -61,6 +61,7 @@ class Context:
         self.config, self.ws, self.secrets = config, config.ws, config.secrets
         self._studies: dict[str, Study] = {}
         self._generator: Any = None
+        self.prepare_jobs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"),
                                autoescape=select_autoescape(["html"], default=True))
@@ -115,6 +116,24 @@ class Context:
         if not self.secrets.csrf_ok(request.cookies.get(SESSION_COOKIE), request.headers.get("x-csrf-token")):
             raise HTTPException(403, "missing or wrong X-CSRF-Token: reload the page (API clients: send "
                                      "`Authorization: Bearer <token>`)")
+
+    def start_prepare(self, name: str, models: list[str], prompts: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """Run `humaneval prepare` in a thread; its state is polled at /api/humaneval/prepare/<job>."""
+        from opencanvas.humaneval.prepare import prepare
+
+        job: dict[str, Any] = {"id": secrets.token_hex(8), "study": name, "status": "running", "error": None,
+                               "summary": None}
+        self.prepare_jobs[job["id"]] = job
+
+        def work() -> None:
+            try:
+                job["summary"] = prepare(self.ws, name, models, prompts, device=self.config.device, **options)
+                job["status"] = "done"
+            except Exception as e:  # noqa: BLE001 - reported through the job, the server lives on
+                job["status"], job["error"] = "failed", f"{type(e).__name__}: {e}"
+
+        threading.Thread(target=work, name=f"prepare-{name}", daemon=True).start()
+        return dict(job)
 
     @property
     def generator(self) -> Any:
@@ -364,6 +383,49 @@ def create_app(config: WebConfig) -> FastAPI:
             raise HTTPException(422, "count must be an integer 1..1000")
         tokens = ctx.study(study_name).add_raters(count, str(body.get("label", ""))[:64])
         return {"tokens": tokens, "links": [f"/arena/{study_name}?token={t}" for t in tokens]}
+
+    @app.post("/api/humaneval/prepare")
+    async def api_prepare(request: Request) -> dict[str, Any]:
+        """Admin: prepare a study from runs of this workspace in a background thread (diffusers folders
+        by path only through the CLI: the web never opens a path a request names)."""
+        ctx.check_post(request)
+        ctx.require_admin(request)
+        from opencanvas.humaneval.prepare import StudyPrompt
+
+        body = await _read_json(request)
+        try:
+            name = check_name(str(body.get("name", "")))
+        except StudyError as e:
+            raise HTTPException(422, str(e)) from None
+        models = body.get("models")
+        if not isinstance(models, list) or len(models) < 2 or not all(isinstance(m, str) for m in models):
+            raise HTTPException(422, "models must be a list of at least two run names")
+        for m in models:
+            _run_or_404(m)
+        raw = body.get("prompts")
+        if raw == "heldout":
+            prompts: Any = "heldout"
+        elif isinstance(raw, list) and 0 < len(raw) <= 10_000:
+            prompts = [StudyPrompt(str(p)[:500]) if not isinstance(p, dict) else
+                       StudyPrompt(str(p.get("prompt", ""))[:500], p.get("category"), p.get("challenge"))
+                       for p in raw]
+        else:
+            raise HTTPException(422, 'prompts must be "heldout" or a list of 1..10000 prompts')
+        try:
+            options = {"n": None if body.get("n") is None else int(body["n"]), "seed": int(body.get("seed", 0)),
+                       "steps": int(body.get("steps", 25)), "guidance": float(body.get("guidance", 7.5)),
+                       "sampler": str(body.get("sampler", "dpmpp-2m"))}
+        except (TypeError, ValueError):
+            raise HTTPException(422, "n, seed and steps must be integers and guidance a number") from None
+        return ctx.start_prepare(name, models, prompts, options)
+
+    @app.get("/api/humaneval/prepare/{job_id}")
+    def api_prepare_job(request: Request, job_id: str) -> dict[str, Any]:
+        ctx.require_admin(request)
+        job = ctx.prepare_jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no prepare job {job_id!r}")
+        return job
 
     @app.post("/api/humaneval/{study_name}/export")
     async def api_export(request: Request, study_name: str) -> dict[str, Any]:
