@@ -72,6 +72,27 @@ def test_arena_api_next_vote_results(site: tuple[Workspace, Path]) -> None:
     assert client.get("/humaneval/api/results.png").headers["content-type"] == "image/png"
 
 
+def test_run_page_shows_eval_tables_and_plots(site: tuple[Workspace, Path]) -> None:
+    ws, _ = site
+    root = ws.run_dir("tiny-b") / "eval" / "e1"
+    root.mkdir(parents=True)
+    report = {"prompts": {"source": f"prompts {EVIL_TITLE}", "count": 3}, "clip_model": "clip", "features": "clip",
+              "fd_metric": "FD-CLIP", "kid_metric": "KID-CLIP",
+              "rows": [{"guidance": 0.0, "baseline": True, "clip_score": 21.5, "FD-CLIP": 0.61, "KID-CLIP": 0.02,
+                        "precision": 0.5, "recall": 0.25},
+                       {"guidance": 3.0, "baseline": False, "clip_score": 27.25, "FD-CLIP": 0.42, "KID-CLIP": 0.01,
+                        "precision": 0.75, "recall": 0.5}]}
+    (root / "report.json").write_text(json.dumps(report))
+    Image.new("RGB", (8, 8)).save(root / "tradeoff.png")
+    client = _client(ws)
+    page = client.get("/runs/tiny-b").text
+    assert "(unconditional)" in page and "27.25" in page and "FD-CLIP" in page
+    assert "&lt;script&gt;window.__pwned" in page and "<script>window" not in page
+    assert client.get("/files/runs/tiny-b/eval/e1/tradeoff.png").headers["content-type"] == "image/png"
+    detail = client.get("/api/runs/tiny-b").json()
+    assert detail["evals"][0]["plots"] == ["eval/e1/tradeoff.png"] and len(detail["curve"]["points"]) == 2
+
+
 def test_pages_have_csp_and_escape_untrusted_text(site: tuple[Workspace, Path]) -> None:
     ws, _ = site
     client = _client(ws)

@@ -59,7 +59,7 @@ class Context:
                                autoescape=select_autoescape(["html"], default=True))
         self.env.filters["safe_url"] = safe_url
         self.env.filters["pct"] = lambda x: "-" if x is None else f"{100 * float(x):.1f}%"
-        self.env.filters["num"] = lambda x, d=3: "-" if x is None else (f"{x:.{d}g}" if isinstance(x, float) else x)
+        self.env.filters["num"] = lambda x, d=4: "-" if x is None else (f"{x:.{d}g}" if isinstance(x, float) else x)
 
     # ---- studies and raters ---------------------------------------------------
     def study(self, name: str) -> Study:
