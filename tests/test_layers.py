@@ -15,7 +15,8 @@ LAYERS: list[set[str]] = [
     {"shards", "captions", "cli_common"},
     {"diffusion"},
     {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"},
-    {"cards"}, {"demo"},
+    {"cards"}, {"demo"}, {"humaneval"},
+    {"web"},
     {"cli"},
 ]
 

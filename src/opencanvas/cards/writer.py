@@ -15,6 +15,7 @@ from opencanvas.cards.attribution import write_attribution
 from opencanvas.cards.charts import license_bar_chart
 from opencanvas.cards.model_facts import component_facts, eval_reports, run_facts
 from opencanvas.cards.records import Sources, caption_facts, fetch_facts, ok_keys, subset_facts
+from opencanvas.cards.studies import study_sections
 from opencanvas.storage import atomic_write_json, atomic_write_text
 from opencanvas.workspace import Workspace
 
@@ -64,6 +65,7 @@ def gather(ws: Workspace, run: str) -> dict[str, Any]:
         "text_encoder": component_facts(ws, str(data.get("text_encoder", "")), "text_encoder", src),
         "train": runf,
         "evals": eval_reports(ws, run, src),
+        "humaneval": study_sections(ws, run, src),
         "training_rows": catalog_rows(ws, keys).to_pylist() if keys else [],
         "split": {"fetched_ok": len(keys), "heldout": len(heldout), "trained": len(keys) - len(heldout),
                   "holdout_fraction": holdout},
@@ -203,6 +205,8 @@ def model_card(facts: dict[str, Any]) -> str:
                       f"`runs/{facts['run']}/eval/{ev['id']}/{gallery.get('path')}`. With a small catalog CLIP "
                       "the feature cosine is coarse (unrelated images score high): read the perceptual-hash "
                       "column and the gallery.", ""]
+    for section in facts.get("humaneval", []):   # one heading level down: it sits under "Evaluation"
+        lines += [("#" + line) if line.startswith("#") else line for line in section.splitlines()] + [""]
     lines += ["## Intended use", "",
               "Research and creative use where the provenance of training data matters. It is not a "
               "source of facts and should not be used to depict real people. Outputs can reflect the "
