@@ -193,6 +193,16 @@ def _hash_rows(t: dict[str, Any]) -> list[list[Any]]:
     return [["raw weights sha256 (summary.json; no checkpoint to hash the EMA)", f"`{raw}`" if raw else None]]
 
 
+def _searched(ev: dict[str, Any]) -> str:
+    """The set the memorization check searched, from the eval report."""
+    searched = ev.get("memorization_reference") or {}
+    if searched.get("training_subset"):
+        return f"the training subset ({searched['count']:,} images, held-out ones included, by design)"
+    if searched:
+        return f"the reference set {markdown_text(searched['source'])} ({searched['count']:,} images)"
+    return f"the reference set {markdown_text(ev['reference']['source'])}"
+
+
 def _eval_lines(facts: dict[str, Any]) -> list[str]:
     lines = []
     verdict = quality_verdict(facts)
@@ -214,14 +224,10 @@ def _eval_lines(facts: dict[str, Any]) -> list[str]:
                  _fmt_num((r.get("memorization") or {}).get("share_phash_within"))] for r in ev["rows"]]
         lines += _table(["guidance", "CLIP score", fd or "FD", kid or "KID", "near a training image (features)",
                          "near a training image (perceptual hash)"], rows)
-        lines += [f"> {markdown_text(note)}" for note in ev.get("notes", [])]
-        if ev.get("notes"):
-            lines.append("")
+        lines += [line for note in ev.get("notes", []) for line in (f"> {markdown_text(note)}", "")]
         gallery = ev.get("memorization_gallery") or {}
         if gallery:
-            searched = ev.get("memorization_reference") or {}
-            lines += [f"Memorization: share of samples whose nearest image in "
-                      f"{markdown_text(searched.get('description') or ev['reference']['source'])} has feature "
+            lines += [f"Memorization: share of samples whose nearest image in {_searched(ev)} has feature "
                       f"cosine >= {gallery.get('cosine_threshold')} or perceptual-hash distance <= "
                       f"{gallery.get('phash_threshold')} bits; the closest pairs are in "
                       f"`runs/{facts['run']}/eval/{ev['id']}/{gallery.get('path')}`.", ""]
