@@ -7,7 +7,7 @@ import csv
 import hashlib
 import re
 import tracemalloc
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,11 +44,12 @@ def used_workspace(ws: Workspace, rows: list[dict], subset: str = "s", failed: t
     atomic_write_parquet(ws.subset_path(subset), pa.Table.from_pylist(
         [{"key": r["key"], "source": "synthetic", "license_id": r["license_id"]} for r in rows], schema=SUBSET_SCHEMA),
         metadata={"policy": "commercial", "catalog_hash": "test", "policy_text": "test"})
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     index = [{"key": r["key"], "status": "failed" if r["key"] in failed else "ok", "reason": "", "sha256": "",
               "phash": "0" * 16, "width": 8, "height": 8, "original_width": 8, "original_height": 8, "bytes": 1,
               "fetched_at": now} for r in rows]
-    atomic_write_parquet(ws.images_dir(subset) / "shard-00000.parquet", pa.Table.from_pylist(index, schema=INDEX_SCHEMA))
+    atomic_write_parquet(ws.images_dir(subset) / "shard-00000.parquet",
+                         pa.Table.from_pylist(index, schema=INDEX_SCHEMA))
 
 
 def _write(ws: Workspace, out: Path, holdout: float = 0.0) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
 
 from opencanvas.cards.records import UsedImages
 from opencanvas.storage import atomic_path, atomic_write_text

@@ -17,8 +17,15 @@ from typing import Any
 from opencanvas.cards.attribution import write_attribution
 from opencanvas.cards.charts import license_bar_chart
 from opencanvas.cards.model_facts import component_facts, eval_reports, export_folders, run_facts
-from opencanvas.cards.records import (Sources, UsedImages, caption_facts, fetch_facts, split_facts, subset_facts,
-                                      trained_license_facts)
+from opencanvas.cards.records import (
+    Sources,
+    UsedImages,
+    caption_facts,
+    fetch_facts,
+    split_facts,
+    subset_facts,
+    trained_license_facts,
+)
 from opencanvas.cards.source_versions import source_version
 from opencanvas.model_license import model_license, obligations
 from opencanvas.storage import atomic_write_bytes, atomic_write_json, atomic_write_text

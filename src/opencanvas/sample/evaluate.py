@@ -85,14 +85,14 @@ def generate_for_guidance(pipeline: SamplingPipeline, prompts: Sequence[str], gu
 
     specs = [SampleSpec(i, prompts[i % len(prompts)], options.seed + i) for i in range(options.n)]
     paths = [out / f"{s.index:05d}.png" for s in specs]
-    todo = [s for s, p in zip(specs, paths) if not p.exists()]   # PNGs are written atomically
+    todo = [s for s, p in zip(specs, paths, strict=True) if not p.exists()]   # PNGs are written atomically
     settings = SampleSettings(steps=options.steps, guidance=guidance, sampler=options.sampler,
                               spacing=default_spacing(pipeline), width=options.size[0], height=options.size[1])
     with progress_bar() as bar:
         task = bar.add_task(f"eval g={guidance:g}", total=len(todo), unit="img")
 
         def save(batch: list[SampleSpec], images: list[Image.Image]) -> None:
-            for spec, image in zip(batch, images):
+            for spec, image in zip(batch, images, strict=True):
                 save_png(paths[spec.index], image, sample_metadata(spec, settings, meta["model"],
                                                                    meta["weights_hash"], meta))
             bar.advance(task, len(batch))

@@ -227,7 +227,8 @@ Released under {lic.name} ({lic.url}), {lic.reason}
 - Images seen: {summary.get('images_seen', 'n/a')}; global batch {cfg['batch']}; lr {cfg['lr']} ({cfg['lr_schedule']},
   warmup {cfg['warmup_images']} images); caption dropout {cfg['caption_dropout']}; min-SNR gamma
   {cfg['min_snr_gamma']}; resolutions {cfg['resolutions']}.
-- Device: {summary.get('device', 'n/a')} x {summary.get('world_size', 1)}; recipe: {json.dumps(summary.get('recipe', {}))}.
+- Device: {summary.get('device', 'n/a')} x {summary.get('world_size', 1)}.
+- Recipe: {json.dumps(summary.get('recipe', {}))}.
 
 ## Use
 ```python
