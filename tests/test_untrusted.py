@@ -17,7 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from opencanvas.untrusted import csv_cell, html_text, markdown_link, markdown_text, plain_text, safe_url
+from opencanvas.untrusted import (
+    _PLAIN_HTTP_URL,
+    _parsed_url,
+    csv_cell,
+    html_text,
+    markdown_link,
+    markdown_text,
+    plain_text,
+    safe_url,
+)
 
 MD = MarkdownIt("commonmark", {"html": True}).enable("table").enable("strikethrough")
 
@@ -104,6 +113,12 @@ def test_only_http_links_survive(url: str, label: str) -> None:
         assert links == []
     else:
         assert len(links) == 1 and re.match(r"https?://", links[0], re.IGNORECASE)
+
+
+@given(st.from_regex(_PLAIN_HTTP_URL, fullmatch=True))
+@settings(max_examples=300, deadline=None)
+def test_the_plain_url_shortcut_agrees_with_the_full_check(url: str) -> None:
+    assert _parsed_url(url) == url
 
 
 def test_safe_url_examples() -> None:

@@ -22,6 +22,7 @@ Foundation layer: imports no other part of OpenCanvas.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from urllib.parse import quote, urlsplit
@@ -36,6 +37,9 @@ _MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]{}()#!|~])")
 # Block syntax that only counts at the start of a line: bullets, setext underlines, ordered lists.
 _MARKDOWN_BULLET = re.compile(r"^[+\-=]")
 _MARKDOWN_ORDERED = re.compile(r"^(\d{1,9})\.")
+_URL_REJECT = re.compile(_UNSAFE.pattern[:-1] + r"\s]")
+# An http(s) URL with a plain host whose characters all stay as they are: returned unchanged without parsing.
+_PLAIN_HTTP_URL = re.compile(r"(?i:https?)://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?:[/?#][A-Za-z0-9\-._~:/?#\[\]@!$&*+,;=%]*)?")
 _HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 # Characters left as they are in a link destination; everything else is percent-encoded, so a URL
@@ -49,7 +53,11 @@ def plain_text(value: object) -> str:
         return ""
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
-    return " ".join(_UNSAFE.sub(" ", str(value)).split())
+    text = str(value)
+    # Fast path (most catalog text): printable ASCII has no controls, and " " is its only whitespace.
+    if text.isascii() and text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text
+    return " ".join(_UNSAFE.sub(" ", text).split())
 
 
 def markdown_text(value: object) -> str:
@@ -69,8 +77,17 @@ def safe_url(value: object) -> str | None:
     """An absolute http(s) URL with a host, percent-encoded for Markdown/HTML; None for anything else."""
     if value is None or isinstance(value, bytes):
         return None
-    text = str(value).strip()
-    if not text or _UNSAFE.search(text) or any(c.isspace() for c in text):
+    return _safe_url(str(value).strip())
+
+
+@functools.lru_cache(maxsize=65_536)   # creator and license URLs repeat across millions of rows
+def _safe_url(text: str) -> str | None:
+    return text if _PLAIN_HTTP_URL.fullmatch(text) else _parsed_url(text)
+
+
+def _parsed_url(text: str) -> str | None:
+    """The full check; `_PLAIN_HTTP_URL` is a shortcut that must agree with it (tests/test_untrusted.py)."""
+    if not text or _URL_REJECT.search(text):
         return None
     try:
         parts = urlsplit(text)

@@ -27,7 +27,7 @@ from opencanvas.shards import INDEX_SCHEMA, index_paths
 from opencanvas.storage import parquet_metadata
 from opencanvas.workspace import Workspace
 
-MEMORY_LIMIT = "1GB"
+MEMORY_LIMIT = "512MB"   # DuckDB buffers; sorts and aggregates spill beyond it
 # splits.key_fraction in SQL: the first 8 bytes of sha256(key), big-endian, over 2^64.
 KEY_FRACTION_SQL = "(('0x' || substr(sha256(key), 1, 16))::UBIGINT / 18446744073709551616.0)"
 
