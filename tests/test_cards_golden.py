@@ -132,3 +132,24 @@ def test_source_version_reads_the_debian_package(monkeypatch: pytest.MonkeyPatch
     assert source_version("yfcc100m") == "unknown"
     monkeypatch.setenv("PATH", "/nonexistent")   # no dpkg-query on this machine
     assert source_version("openclipart") == "unknown"
+
+
+def test_card_cli_writes_and_names_a_damaged_record(cards: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from opencanvas.cli import app
+
+    root = tmp_path / "ws"
+    shutil.copytree(cards.parents[2], root)
+    runner = CliRunner()
+    done = runner.invoke(app, ["card", "--run", "r1", "-w", str(root)])
+    assert done.exit_code == 0, done.output
+    assert "ATTRIBUTION.md" in done.output
+    missing = runner.invoke(app, ["card", "--run", "nope", "-w", str(root)])
+    assert missing.exit_code == 2 and "opencanvas train" in missing.output
+    (root / "images" / "shapes" / "shard-00001.parquet").write_bytes(b"not parquet")
+    damaged = runner.invoke(app, ["card", "--run", "r1", "-w", str(root)])
+    assert damaged.exit_code == 2 and "cannot read the workspace's Parquet records" in damaged.output
+    assert "Traceback" not in damaged.output
