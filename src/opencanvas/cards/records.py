@@ -27,6 +27,8 @@ from opencanvas.shards import INDEX_SCHEMA, index_paths
 from opencanvas.storage import parquet_metadata
 from opencanvas.workspace import Workspace
 
+USED_COLUMNS = ("key, source, title, creator, creator_url, landing_url, license_id, license_version, license_url, "
+                "license_origin")
 MEMORY_LIMIT = "512MB"   # DuckDB buffers; sorts and aggregates spill beyond it
 # splits.key_fraction in SQL: the first 8 bytes of sha256(key), big-endian, over 2^64.
 KEY_FRACTION_SQL = "(('0x' || substr(sha256(key), 1, 16))::UBIGINT / 18446744073709551616.0)"
@@ -54,15 +56,18 @@ def _scan(paths: list[Path]) -> str:
 class UsedImages:
     """The images a run used (fetched ok in its subset) joined with their catalog rows, as DuckDB views.
 
-    Views: `subset` (the subset file), `idx` (shard index rows), `used` (catalog columns of every
-    fetched-ok image, plus `heldout`: key-hash fraction below the run's holdout, never trained on).
+    Views: `subset` (the subset file), `idx` (shard index rows); table `used` (the credit columns of
+    every fetched-ok image, plus `heldout`: key-hash fraction below the run's holdout, never trained on).
     Use as a context manager: the spill directory is removed on exit.
     """
 
     def __init__(self, ws: Workspace, subset: str, holdout: float, spill_dir: Path) -> None:
         self.spill_dir = spill_dir
+        shutil.rmtree(spill_dir, ignore_errors=True)   # a killed earlier run's database
         spill_dir.mkdir(parents=True, exist_ok=True)
-        self.con = con = duckdb.connect()
+        # A database file in the spill folder: `used` is computed once (join + key hashes) and kept on
+        # disk, not recomputed by each of the cards' queries nor held in memory.
+        self.con = con = duckdb.connect(str(spill_dir / "cards.duckdb"))
         con.execute("SET threads TO 2")
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute("SET temp_directory = '" + str(spill_dir).replace("'", "''") + "'")
@@ -78,9 +83,9 @@ class UsedImages:
             con.execute(f"CREATE VIEW catalog AS SELECT * FROM {_scan(parts)}")
         else:
             con.register("catalog", CATALOG_SCHEMA.empty_table())
-        con.execute(f"""CREATE VIEW used AS
-            SELECT c.* REPLACE (coalesce(attribution_required, license_id NOT IN ('cc0', 'pdm'))
-                                  AS attribution_required),
+        con.execute(f"""CREATE OR REPLACE TABLE used AS
+            SELECT {USED_COLUMNS},
+                   coalesce(attribution_required, license_id NOT IN ('cc0', 'pdm')) AS attribution_required,
                    {KEY_FRACTION_SQL} < {float(holdout)!r} AS heldout
             FROM catalog c SEMI JOIN (SELECT key FROM idx WHERE status = 'ok') ok USING (key)""")
 
