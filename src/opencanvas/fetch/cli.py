@@ -58,6 +58,9 @@ def run_fetch(
     rank: Annotated[int, typer.Option(help="This process's rank (SLURM-style: each rank takes its share).")] = 0,
     world: Annotated[int, typer.Option(help="Number of ranks.")] = 1,
     engine: Annotated[str, typer.Option(help="'local' (process pool) or 'ray' (Ray cluster).")] = "local",
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Plan the shards (images/<subset>/plan.parquet) and print shards, rows and rows per "
+        "host; no HTTP.")] = False,
 ) -> None:
     """Fetch the subset's images (runs when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
@@ -71,6 +74,15 @@ def run_fetch(
     from opencanvas.fetch.stage import FetchOptions, fetch
 
     ws = open_workspace(workspace)
+    if dry_run:
+        from opencanvas.fetch.stage import dry_run as plan_only
+
+        try:
+            report = plan_only(ws, subset, shard_size=shard_size, rank=rank, world=world)
+        except (FileNotFoundError, ValueError) as e:
+            raise fail(str(e)) from None
+        print_settings(f"fetch --dry-run: {subset}", report)
+        return
     contact = contact or ws.settings().get("fetch", {}).get("contact") or DEFAULT_CONTACT
     http = HttpConfig(contact=contact, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff,
                       max_redirects=max_redirects, max_bytes=max_bytes, domain_concurrency=domain_concurrency,
@@ -86,7 +98,11 @@ def run_fetch(
                       engine=engine)  # type: ignore[arg-type]
     except (FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from None
-    print_settings("fetched", stats.to_dict())
+    for note in stats.notes:
+        console.print(f"[yellow]{note}[/]")
+    print_settings("fetched", {k: v for k, v in stats.to_dict().items() if k not in ("reasons", "notes")})
+    if stats.reasons:
+        print_settings("skipped and failed, by reason" + ("" if stats.complete else " (this run)"), stats.reasons)
     if not stats.complete:
         console.print("[yellow]not every shard is finished yet (other ranks?): re-run to finish and "
                       "deduplicate across shards[/]")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from opencanvas.shards import index_paths, read_index
+from opencanvas.shards import index_paths, read_index, tar_mismatch
 from opencanvas.storage import atomic_write_json
 from opencanvas.workspace import Workspace
 
@@ -16,6 +16,29 @@ from opencanvas.workspace import Workspace
 def reason_kind(reason: str) -> str:
     """'too-small: 120x80 < 256' -> 'too-small' (reasons are 'kind: detail')."""
     return reason.split(":", 1)[0].strip() if reason else ""
+
+
+def final_counts(images_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(status -> rows, "status: reason kind" -> rows) over every finished shard, by DuckDB (no rows in Python)."""
+    import duckdb
+
+    paths = [str(p) for p in index_paths(images_dir)]
+    if not paths:
+        return {}, {}
+    con = duckdb.connect(config={"threads": 2, "memory_limit": "512MB"})
+    try:
+        grouped = con.execute("""
+            SELECT status, trim(split_part(coalesce(reason, ''), ':', 1)) AS kind, count(*)
+            FROM read_parquet($paths) GROUP BY ALL""", {"paths": paths}).fetchall()
+    finally:
+        con.close()
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for status, kind, n in grouped:
+        counts[status] += n
+        if kind:
+            reasons[f"{status}: {kind}"] += n
+    return dict(sorted(counts.items())), dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def fetch_stats(ws: Workspace, subset: str, plot: bool = True) -> dict[str, Any]:
@@ -45,6 +68,9 @@ def fetch_stats(ws: Workspace, subset: str, plot: bool = True) -> dict[str, Any]
         "resized": sum(1 for r in ok if (r["width"], r["height"]) != (r["original_width"], r["original_height"])),
         "resolution": _summary(ok),
     }
+    damaged = {p.with_suffix(".tar").name: why for p in shards if (why := tar_mismatch(p))}
+    if damaged:  # `fetch` fetches these again; until then later stages cannot read them
+        report["damaged_shards"] = damaged
     out_dir = images_dir / "stats"
     if plot and ok:
         report["histogram"] = ws.relative(_plot(ok, out_dir / "resolution.png"))
