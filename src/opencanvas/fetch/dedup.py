@@ -186,8 +186,7 @@ def duplicate_matches(con: duckdb.DuckDBPyConnection, index_files: list[Path],
     The same rule as `DuplicateIndex` fed in key order: an exact match (same sha256) with the
     first key holding those bytes wins; otherwise the earliest earlier key whose pHash is within
     `max_distance` (found by a band join: multi-index hashing) and whose colour layout agrees.
-    Only the first key of each sha256 needs the near search, on either side: a later copy
-    matches nothing its first copy does not match earlier.
+    Only the first key of each sha256 needs the near search: the others have an exact match.
     """
     con.execute("""
         CREATE OR REPLACE TEMP TABLE r AS
@@ -213,30 +212,42 @@ def duplicate_matches(con: duckdb.DuckDBPyConnection, index_files: list[Path],
 
 
 def _near_table(con: duckdb.DuckDBPyConnection, max_distance: int) -> None:
-    """TEMP TABLE near(key, other, distance): each first-of-its-bytes key's earliest near duplicate."""
+    """TEMP TABLE near(key, other, distance): the earliest near duplicate of each key without an exact one.
+
+    Candidates are one per distinct hash string, its earliest key: any later key with the same
+    hash matches the same keys at the same distance, only later. So N copies of one image cost
+    one candidate, not N.
+    """
     cells = LAYOUT_GRID * LAYOUT_GRID * 3
     layout = ", ".join(f"CASE WHEN length(layout) >= {2 * i + 2} THEN ('0x' || substr(layout, {2 * i + 1}, 2))"
                        f"::SMALLINT END AS c{i}" for i in range(cells))
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE reps AS
-        SELECT key, value, length(layout) AS layout_len, {layout}
-        FROM (SELECT key, ('0x' || split_part(phash, '-', 1))::UBIGINT AS value,
+        CREATE OR REPLACE TEMP TABLE hashes AS
+        SELECT phash, key, ('0x' || split_part(phash, '-', 1))::UBIGINT AS value, length(layout) AS layout_len,
+               {layout}
+        FROM (SELECT phash, min(key) AS key,
                      CASE WHEN contains(phash, '-') THEN split_part(phash, '-', 2) ELSE '' END AS layout
-              FROM r WHERE key = first_key AND phash <> '')""")
+              FROM r WHERE phash <> '' GROUP BY phash)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE searched AS
+        SELECT r.key, h.* EXCLUDE (key, phash) FROM r JOIN hashes h USING (phash) WHERE r.key = r.first_key""")
     edges = _band_edges(max_distance)
-    bands = " UNION ALL ".join(
-        f"SELECT key, {i} AS band, "
-        + ("value" if hi - lo == HASH_BITS else f"(value >> {lo}) & {(1 << (hi - lo)) - 1}::UBIGINT")
-        + " AS part FROM reps" for i, (lo, hi) in enumerate(zip(edges, edges[1:])))
+
+    def bands(table: str) -> str:
+        return " UNION ALL ".join(
+            f"SELECT key, {i} AS band, "
+            + ("value" if hi - lo == HASH_BITS else f"(value >> {lo}) & {(1 << (hi - lo)) - 1}::UBIGINT")
+            + f" AS part FROM {table}" for i, (lo, hi) in enumerate(zip(edges, edges[1:])))
+
     # A layout without a grid (older or foreign indexes) is compared on pHash alone, as _same_layout does.
     same = " AND ".join(f"(a.c{i} IS NULL OR abs(a.c{i} - b.c{i}) <= {LAYOUT_TOLERANCE})" for i in range(cells))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE near AS
-        WITH bands AS ({bands}),
-             pairs AS (SELECT DISTINCT x.key AS key, y.key AS other
-                       FROM bands x JOIN bands y ON x.band = y.band AND x.part = y.part AND y.key < x.key),
+        WITH pairs AS (SELECT DISTINCT x.key AS key, y.key AS other
+                       FROM ({bands("searched")}) x JOIN ({bands("hashes")}) y
+                         ON x.band = y.band AND x.part = y.part AND y.key < x.key),
              close AS (SELECT p.key, p.other, bit_count(xor(a.value, b.value)) AS distance
-                       FROM pairs p JOIN reps a ON a.key = p.key JOIN reps b ON b.key = p.other
+                       FROM pairs p JOIN searched a ON a.key = p.key JOIN hashes b ON b.key = p.other
                        WHERE bit_count(xor(a.value, b.value)) <= {max_distance}
                          AND (a.layout_len <> b.layout_len OR ({same})))
         SELECT key, arg_min(other, other) AS other, arg_min(distance, other) AS distance

@@ -324,7 +324,7 @@ def _check_url(url: str) -> tuple[SplitResult, str, int]:
     if port == 0:
         raise FetchFailure("failed", f"bad-url: port 0: {shown}")
     try:
-        host = parts.hostname if parts.hostname.isascii() else parts.hostname.encode("idna").decode("ascii")
+        host = parts.hostname if ":" in parts.hostname else parts.hostname.encode("idna").decode("ascii")
     except UnicodeError as e:
         raise FetchFailure("failed", f"bad-url: host is not a valid domain name ({e}): {shown}") from None
     return parts, host, port or DEFAULT_PORTS[parts.scheme]
