@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
 
-SubsetOption = Annotated[Optional[str], typer.Option("--subset", "-s", help="Subset name (subsets/<NAME>.parquet).")]
+SubsetOption = Annotated[str | None, typer.Option("--subset", "-s", help="Subset name (subsets/<NAME>.parquet).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +38,9 @@ def run_fetch(
                                             "(decompression-bomb cap).")] = 64_000_000,
     near_dup_distance: Annotated[int, typer.Option(help="Perceptual-hash Hamming distance (of 64 bits) for "
                                                    "near duplicates; -1: exact duplicates only.")] = 2,
-    contact: Annotated[Optional[str], typer.Option(
+    placeholder_copies: Annotated[int, typer.Option(help="The same bytes behind this many items or more are a "
+                                                    "placeholder ('image not available'): all skipped; 0: off.")] = 10,
+    contact: Annotated[str | None, typer.Option(
         help="Contact URL in the User-Agent, so site owners can reach you (default: [fetch] contact in "
         "opencanvas.toml, else the project page).", envvar="OPENCANVAS_CONTACT")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per connect/read before a retry.")] = 20.0,
@@ -89,7 +91,8 @@ def run_fetch(
                       domain_rps=domain_rps, respect_robots=not ignore_robots,
                       allow_private_addresses=allow_private_addresses)
     options = FetchOptions(max_side=max_side, min_side=min_side, max_pixels=max_pixels,
-                           near_dup_distance=near_dup_distance, threads=threads, http=http)
+                           near_dup_distance=near_dup_distance, placeholder_copies=placeholder_copies,
+                           threads=threads, http=http)
     print_settings("fetch", {"workspace": str(ws.root), "subset": subset, "shard_size": shard_size,
                              "workers": workers, "rank/world": f"{rank}/{world}", "engine": engine,
                              **{k: v for k, v in vars(options).items() if k != "http"}, **vars(http)})

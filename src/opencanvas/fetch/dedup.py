@@ -71,7 +71,15 @@ def _split_hash(phash: str) -> tuple[int, bytes]:
 
 def _same_layout(a: bytes, b: bytes) -> bool:
     # A hash without a layout (older or foreign indexes) is compared on pHash alone.
-    return len(a) != len(b) or all(abs(x - y) <= LAYOUT_TOLERANCE for x, y in zip(a, b))
+    return len(a) != len(b) or all(abs(x - y) <= LAYOUT_TOLERANCE for x, y in zip(a, b, strict=True))
+
+
+def same_image_hash(a: str, b: str, max_distance: int) -> bool:
+    """Two perceptual hashes within `max_distance` pHash bits whose colour layouts agree."""
+    if not a or not b:
+        return False
+    (va, la), (vb, lb) = _split_hash(a), _split_hash(b)
+    return (va ^ vb).bit_count() <= max_distance and _same_layout(la, lb)
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,8 @@ class DuplicateIndex:
         self._bands: list[defaultdict[int, list[tuple[int, str]]]] = [defaultdict(list) for _ in range(bands)]
 
     def _band_values(self, value: int) -> list[int]:
-        return [(value >> lo) & ((1 << (hi - lo)) - 1) for lo, hi in zip(self._band_edges, self._band_edges[1:])]
+        edges = self._band_edges
+        return [(value >> lo) & ((1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:], strict=False)]
 
     def find(self, sha256: str, phash: str) -> Match | None:
         if sha256 in self._by_sha:
@@ -109,7 +118,7 @@ class DuplicateIndex:
             return None
         value, layout = _split_hash(phash)
         best: tuple[int, int, str] | None = None  # (order, distance, key): the earliest match wins
-        for band, part in zip(self._bands, self._band_values(value)):
+        for band, part in zip(self._bands, self._band_values(value), strict=True):
             for order, other in band.get(part, ()):
                 other_value, other_layout = self._hashes[order]
                 distance = (value ^ other_value).bit_count()
@@ -126,13 +135,15 @@ class DuplicateIndex:
             value, layout = _split_hash(phash)
             order = len(self._hashes)
             self._hashes.append((value, layout))
-            for band, part in zip(self._bands, self._band_values(value)):
+            for band, part in zip(self._bands, self._band_values(value), strict=True):
                 band[part].append((order, key))
         return match
 
 
-def reconcile_duplicates(images_dir: Path, max_distance: int = DEFAULT_DISTANCE) -> int:
-    """Apply the duplicate rule across all finished shards; returns how many `ok` rows became duplicates.
+def reconcile_duplicates(images_dir: Path, max_distance: int = DEFAULT_DISTANCE,
+                         placeholder_copies: int = 0) -> int:
+    """Apply the duplicate rule across all finished shards; returns how many `ok` rows became duplicates
+    (or placeholders: the same bytes behind `placeholder_copies` keys or more, when > 0).
 
     The search runs in DuckDB over the shard indexes (`duplicate_matches`), spilling to disk,
     so memory does not grow with the subset. Each changed shard's tar is rewritten first, then
@@ -144,7 +155,7 @@ def reconcile_duplicates(images_dir: Path, max_distance: int = DEFAULT_DISTANCE)
         return 0
     dropped_total = 0
     with duckdb_connection(Path(images_dir) / ".dedup.duckdb.tmp") as con:
-        changes = duplicate_matches(con, paths, max_distance)
+        changes = duplicate_matches(con, paths, max_distance, placeholder_copies)
         shard, reasons, dropped = None, {}, set()
         while batch := changes.fetchmany(10_000):
             for name, key, status, reason in batch:
@@ -179,20 +190,23 @@ def _band_edges(max_distance: int) -> list[int]:
     return [round(i * HASH_BITS / bands) for i in range(bands + 1)]
 
 
-def duplicate_matches(con: duckdb.DuckDBPyConnection, index_files: list[Path],
-                      max_distance: int = DEFAULT_DISTANCE) -> duckdb.DuckDBPyConnection:
+def duplicate_matches(con: duckdb.DuckDBPyConnection, index_files: list[Path], max_distance: int = DEFAULT_DISTANCE,
+                      placeholder_copies: int = 0) -> duckdb.DuckDBPyConnection:
     """The rows whose duplicate reason must change, as (shard, key, status, new reason), by shard and key.
 
     The same rule as `DuplicateIndex` fed in key order: an exact match (same sha256) with the
     first key holding those bytes wins; otherwise the earliest earlier key whose pHash is within
     `max_distance` (found by a band join: multi-index hashing) and whose colour layout agrees.
     Only the first key of each sha256 needs the near search: the others have an exact match.
+    With `placeholder_copies` > 0, bytes shared by that many keys or more mark every one of
+    them, the first included, as a placeholder (`fetch.placeholders`).
     """
     con.execute("""
         CREATE OR REPLACE TEMP TABLE r AS
         SELECT regexp_extract(filename, '(shard-[0-9]+)[.]parquet$', 1) AS shard, key, status,
                coalesce(reason, '') AS reason, sha256, coalesce(phash, '') AS phash,
-               first_value(key) OVER (PARTITION BY sha256 ORDER BY key) AS first_key
+               first_value(key) OVER (PARTITION BY sha256 ORDER BY key) AS first_key,
+               count(*) OVER (PARTITION BY sha256) AS copies
         FROM read_parquet($paths, filename = true) WHERE coalesce(sha256, '') <> ''""",
                 {"paths": [str(p) for p in index_files]})
     near = "SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS other, NULL::INTEGER AS distance WHERE false"
@@ -202,7 +216,10 @@ def duplicate_matches(con: duckdb.DuckDBPyConnection, index_files: list[Path],
     return con.execute(f"""
         WITH m AS (
             SELECT r.shard, r.key, r.status, r.reason,
-                   CASE WHEN r.key <> r.first_key THEN 'duplicate-of: ' || r.first_key
+                   CASE WHEN {int(placeholder_copies)} > 0 AND r.copies >= {int(placeholder_copies)}
+                        THEN 'placeholder: the same bytes as ' || (r.copies - 1) || ' other items (first: '
+                             || r.first_key || ')'
+                        WHEN r.key <> r.first_key THEN 'duplicate-of: ' || r.first_key
                         WHEN n.other IS NOT NULL
                         THEN 'near-duplicate-of: ' || n.other || ' (phash distance ' || n.distance || ')'
                    END AS new_reason
@@ -237,7 +254,7 @@ def _near_table(con: duckdb.DuckDBPyConnection, max_distance: int) -> None:
         return " UNION ALL ".join(
             f"SELECT key, {i} AS band, "
             + ("value" if hi - lo == HASH_BITS else f"(value >> {lo}) & {(1 << (hi - lo)) - 1}::UBIGINT")
-            + f" AS part FROM {table}" for i, (lo, hi) in enumerate(zip(edges, edges[1:])))
+            + f" AS part FROM {table}" for i, (lo, hi) in enumerate(zip(edges, edges[1:], strict=False)))
 
     # A layout without a grid (older or foreign indexes) is compared on pHash alone, as _same_layout does.
     same = " AND ".join(f"(a.c{i} IS NULL OR abs(a.c{i} - b.c{i}) <= {LAYOUT_TOLERANCE})" for i in range(cells))

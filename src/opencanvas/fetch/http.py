@@ -20,7 +20,6 @@ import email.utils
 import http.client
 import random
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -223,7 +222,7 @@ class PoliteClient:
             except BlockedAddress as e:
                 self._drop(conn)
                 raise FetchFailure("failed", str(e)) from None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 self._drop(conn)
                 raise _Retryable("timeout") from None
             except (OSError, http.client.HTTPException) as e:
@@ -233,7 +232,7 @@ class PoliteClient:
             try:
                 yield resp
                 clean = resp.isclosed()  # fully read: the connection can serve the next request
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 raise _Retryable("timeout") from None
             except (OSError, http.client.HTTPException) as e:
                 raise _Retryable(f"connection-error: {type(e).__name__}") from None

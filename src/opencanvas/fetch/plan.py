@@ -121,7 +121,8 @@ def _plan_table(subset_file: Path, shard_size: int, spill: Path) -> pa.Table:
                        FROM (SELECT DISTINCT key FROM read_parquet($subset) WHERE key IS NOT NULL))
             SELECT shard, min(key) AS first_key, max(key) AS last_key, count(*) AS rows,
                    sha256(string_agg(key, chr(10) ORDER BY key)) AS keys_sha256
-            FROM k GROUP BY shard ORDER BY shard""", params={"size": shard_size, "subset": str(subset_file)}).to_arrow_table()
+            FROM k GROUP BY shard ORDER BY shard""",
+                        params={"size": shard_size, "subset": str(subset_file)}).to_arrow_table()
     return pa.table(table).cast(PLAN_SCHEMA) if len(table) else PLAN_SCHEMA.empty_table()
 
 

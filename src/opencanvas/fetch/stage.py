@@ -16,7 +16,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from opencanvas.engines import Engine, map_shards, shard_share
 from opencanvas.fetch.decode import DEFAULT_MAX_PIXELS, DecodeError
 from opencanvas.fetch.dedup import DEFAULT_DISTANCE, DuplicateIndex, reconcile_duplicates
 from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient, redact_credentials
-from opencanvas.fetch.plan import ShardPlan, dry_run_counts, keys_digest, load_plan, shard_rows
+from opencanvas.fetch.placeholders import PLACEHOLDER_COPIES, placeholder_reason
+from opencanvas.fetch.plan import PLAN_FILE, ShardPlan, dry_run_counts, keys_digest, load_plan, shard_rows
 from opencanvas.fetch.process import Processed, Unusable, process_image
 from opencanvas.fetch.stats import final_counts, reason_kind
 from opencanvas.progress import progress_bar
@@ -41,6 +42,7 @@ class FetchOptions:
     min_side: int = 256
     max_pixels: int = DEFAULT_MAX_PIXELS
     near_dup_distance: int = DEFAULT_DISTANCE  # pHash Hamming bits; < 0 = exact duplicates only
+    placeholder_copies: int = PLACEHOLDER_COPIES  # the same bytes behind this many keys: a placeholder; 0 = off
     threads: int = 16                    # concurrent fetches inside one shard
     http: HttpConfig = field(default_factory=HttpConfig)
 
@@ -127,7 +129,8 @@ def fetch(ws: Workspace, subset: str, shard_size: int = 1000, workers: int = 1, 
     if stats.complete:
         # Needs every shard, so whichever rank finds the job complete does it; two ranks doing it
         # at once is safe: the decisions are deterministic and every write is an atomic replace.
-        stats.duplicates_across_shards = reconcile_duplicates(out_dir, opts.near_dup_distance)
+        stats.duplicates_across_shards = reconcile_duplicates(out_dir, opts.near_dup_distance,
+                                                              opts.placeholder_copies)
         stats.final_counts, stats.reasons = final_counts(out_dir)
     stats.seconds = time.perf_counter() - start
     return stats
@@ -142,7 +145,9 @@ def dry_run(ws: Workspace, subset: str, shard_size: int = 1000, rank: int = 0, w
     mine = shard_share(plan.shards, rank, world)
     done = [s for s in mine if _index_path(out_dir, s.shard).exists()]
     report: dict[str, Any] = {"subset": subset, "shards": len(plan.shards), "shard_size": shard_size,
-                              "plan": ws.relative(out_dir / "plan.parquet"), **({"note": plan.note} if plan.note else {})}
+                              "plan": ws.relative(out_dir / PLAN_FILE)}
+    if plan.note:
+        report["note"] = plan.note
     if world > 1:
         report["rank/world"] = f"{rank}/{world}"
         report["shards_this_rank"] = len(mine)
@@ -240,7 +245,7 @@ def _record(outcome: Outcome, dups: DuplicateIndex, writer: ShardWriter, agent: 
     """The index row of one key; an ok image that duplicates an earlier one becomes 'skipped'."""
     img, size = outcome.image, outcome.original_size
     status, reason = outcome.status, outcome.reason
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if img is not None:
         match = dups.add(outcome.key, img.sha256, img.phash)
         if match:
@@ -280,6 +285,9 @@ def _fetcher(root: Path, client: PoliteClient, opts: FetchOptions
             return Outcome(key, row, "failed", e.reason, facts=facts)
         except Exception as e:  # noqa: BLE001 - a bad image must never stop the stage
             return Outcome(key, row, "failed", f"error: {type(e).__name__}: {e}"[:300], facts=facts)
+        placeholder = placeholder_reason(facts["source_sha256"], image.phash)
+        if placeholder:
+            return Outcome(key, row, "skipped", placeholder, facts=facts)
         return Outcome(key, row, "ok", image=image,
                        original_size=(image.original_width, image.original_height), facts=facts)
 
@@ -303,7 +311,8 @@ def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, max_byt
     if not url:
         raise FetchFailure("failed", "no-source: neither local_path nor download_url")
     got = client.fetch(url)
-    return got.data, {"fetched_from": redact_credentials(url), "final_url": got.final_url, "content_type": got.content_type,
+    return got.data, {"fetched_from": redact_credentials(url), "final_url": got.final_url,
+                      "content_type": got.content_type,
                       "attempts": got.attempts, "source_sha256": sha256_bytes(got.data),
                       "source_bytes": len(got.data)}
 
