@@ -4,13 +4,16 @@ credentials never reach a shard, damaged tars are found and fetched again, files
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from opencanvas.cli import app
 from opencanvas.fetch.addresses import blocked_reason
 from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient, redact_credentials
 from opencanvas.fetch.stage import FetchOptions, fetch
@@ -170,3 +173,18 @@ def test_index_parquet_is_readable_by_others(ws: Workspace, server) -> None:
         os.umask(old)
     index = ws.images_dir("s") / "shard-00000.parquet"
     assert stat.S_IMODE(index.stat().st_mode) == 0o644 and len(pq.read_table(index)) == 1
+
+
+def test_the_fetch_summary_prints_skip_and_failure_reasons_with_counts(ws: Workspace, server) -> None:
+    url, state = server
+    state.images.update({"a.jpg": (noise_image(30, (300, 300)), "image/jpeg"),
+                         "small.jpg": (noise_image(31, (100, 80)), "image/jpeg")})
+    write_catalog_subset(ws, "s", rows_for([f"{url}/img/a.jpg", f"{url}/img/small.jpg", f"{url}/missing/a.jpg",
+                                            f"{url}/missing/b.jpg", "http://127.0.0.1:99999/x"]))
+    result = CliRunner().invoke(app, ["fetch", "-w", str(ws.root), "--subset", "s", "--allow-private-addresses",
+                                      "--retries", "0", "--domain-rps", "0"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    summary = result.output[result.output.index("\nreasons"):]
+    for line in ("failed: http-404", "skipped: too-small", "failed: bad-url"):
+        assert line in summary
+    assert re.search(r"failed: http-404\s*│\s*2", summary), summary

@@ -34,8 +34,10 @@ def run_fetch(
     max_side: Annotated[int, typer.Option(help="Resize so the long side is at most this (never upscale); "
                                           "0 keeps the native resolution.")] = 1024,
     min_side: Annotated[int, typer.Option(help="Skip images whose short side is below this.")] = 256,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this before decoding "
-                                            "(decompression-bomb cap).")] = 64_000_000,
+    max_pixels: Annotated[int, typer.Option(help="Downscale images with more pixels than this while decoding "
+                                            "(JPEG: at a reduced DCT scale; others: whole, one at a time).")] = 64_000_000,
+    max_decode_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this before decoding "
+                                                   "(decompression-bomb cap).")] = 180_000_000,
     near_dup_distance: Annotated[int, typer.Option(help="Perceptual-hash Hamming distance (of 64 bits) for "
                                                    "near duplicates; -1: exact duplicates only.")] = 2,
     placeholder_copies: Annotated[int, typer.Option(help="The same bytes behind this many items or more are a "
@@ -91,6 +93,7 @@ def run_fetch(
                       domain_rps=domain_rps, respect_robots=not ignore_robots,
                       allow_private_addresses=allow_private_addresses)
     options = FetchOptions(max_side=max_side, min_side=min_side, max_pixels=max_pixels,
+                           max_decode_pixels=max_decode_pixels,
                            near_dup_distance=near_dup_distance, placeholder_copies=placeholder_copies,
                            threads=threads, http=http)
     print_settings("fetch", {"workspace": str(ws.root), "subset": subset, "shard_size": shard_size,
@@ -105,7 +108,7 @@ def run_fetch(
         console.print(f"[yellow]{note}[/]")
     print_settings("fetched", {k: v for k, v in stats.to_dict().items() if k not in ("reasons", "notes")})
     if stats.reasons:
-        print_settings("skipped and failed, by reason" + ("" if stats.complete else " (this run)"), stats.reasons)
+        print_settings("reasons" + ("" if stats.complete else " (this run)"), stats.reasons)
     if not stats.complete:
         console.print("[yellow]not every shard is finished yet (other ranks?): re-run to finish and "
                       "deduplicate across shards[/]")

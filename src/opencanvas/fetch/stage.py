@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from opencanvas.engines import Engine, map_shards, shard_share
-from opencanvas.fetch.decode import DEFAULT_MAX_PIXELS, DecodeError
+from opencanvas.fetch.decode import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, DecodeError
 from opencanvas.fetch.dedup import DEFAULT_DISTANCE, DuplicateIndex, reconcile_duplicates
 from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient, redact_credentials
 from opencanvas.fetch.placeholders import PLACEHOLDER_COPIES, placeholder_reason
@@ -40,7 +40,8 @@ from opencanvas.workspace import Workspace
 class FetchOptions:
     max_side: int = 1024                 # 0 keeps the native resolution (as the paper did)
     min_side: int = 256
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS                # larger images are downscaled while decoding ...
+    max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS  # ... up to this; beyond it they fail (bombs)
     near_dup_distance: int = DEFAULT_DISTANCE  # pHash Hamming bits; < 0 = exact duplicates only
     placeholder_copies: int = PLACEHOLDER_COPIES  # the same bytes behind this many keys: a placeholder; 0 = off
     threads: int = 16                    # concurrent fetches inside one shard
@@ -278,7 +279,7 @@ def _fetcher(root: Path, client: PoliteClient, opts: FetchOptions
             return Outcome(key, row, "failed", f"error: {type(e).__name__}: {e}"[:300])
         try:
             image = process_image(data, max_side=opts.max_side, min_side=opts.min_side,
-                                  max_pixels=opts.max_pixels)
+                                  max_pixels=opts.max_pixels, max_decode_pixels=opts.max_decode_pixels)
         except Unusable as e:
             return Outcome(key, row, "skipped", e.reason, facts=facts)
         except DecodeError as e:
