@@ -34,8 +34,9 @@ def run_fetch(
     max_side: Annotated[int, typer.Option(help="Resize so the long side is at most this (never upscale); "
                                           "0 keeps the native resolution.")] = 1024,
     min_side: Annotated[int, typer.Option(help="Skip images whose short side is below this.")] = 256,
-    max_pixels: Annotated[int, typer.Option(help="Downscale images with more pixels than this while decoding "
-                                            "(JPEG: at a reduced DCT scale; others: whole, one at a time).")] = 64_000_000,
+    max_pixels: Annotated[int, typer.Option(
+        help="Downscale images with more pixels than this while decoding (JPEG: at a reduced DCT scale; "
+        "others: whole, one at a time).")] = 64_000_000,
     max_decode_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this before decoding "
                                                    "(decompression-bomb cap).")] = 180_000_000,
     near_dup_distance: Annotated[int, typer.Option(help="Perceptual-hash Hamming distance (of 64 bits) for "
