@@ -84,6 +84,7 @@ def subset_path(ws: Workspace, subset: str) -> Path:
 @contextmanager
 def duckdb_connection(spill_dir: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A DuckDB connection with bounded memory that spills into `spill_dir` (removed afterwards)."""
+    spill_dir.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(config={"threads": 2, "memory_limit": DUCKDB_MEMORY, "temp_directory": str(spill_dir),
                                  "preserve_insertion_order": False})
     try:
@@ -167,7 +168,6 @@ def dry_run_counts(ws: Workspace, subset: str, top_hosts: int = 20) -> dict[str,
     parts = [str(p) for p in part_files(ws)]
     path = subset_path(ws, subset)
     spill = ws.images_dir(subset) / ".dry-run.duckdb.tmp"
-    spill.parent.mkdir(parents=True, exist_ok=True)
     with duckdb_connection(spill) as con:
         if parts:
             catalog = "(SELECT key, download_url, local_path FROM read_parquet($parts, union_by_name = true))"
