@@ -188,3 +188,17 @@ def test_the_fetch_summary_prints_skip_and_failure_reasons_with_counts(ws: Works
     for line in ("failed: http-404", "skipped: too-small", "failed: bad-url"):
         assert line in summary
     assert re.search(r"failed: http-404\s*│\s*2", summary), summary
+
+
+def test_caption_on_a_truncated_shard_names_it_and_says_to_fetch_again(ws: Workspace, server) -> None:
+    url, state = server
+    for i in range(2):
+        state.images[f"c{i}.jpg"] = (noise_image(40 + i, (300, 300)), "image/jpeg")
+    write_catalog_subset(ws, "s", rows_for([f"{url}/img/c{i}.jpg" for i in range(2)]))
+    fetch(ws, "s", options=OPTIONS)
+    tar = ws.images_dir("s") / "shard-00000.tar"
+    tar.write_bytes(tar.read_bytes()[:700])
+    result = CliRunner().invoke(app, ["caption", "-w", str(ws.root), "--subset", "s", "--captioner", "metadata"],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "shard-00000.tar is damaged" in result.output and "opencanvas fetch --subset s" in result.output
