@@ -7,6 +7,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -137,6 +138,8 @@ def test_a_truncated_tar_is_named_reported_and_fetched_again(ws: Workspace, serv
     flipped[600] ^= 0xFF
     tar.write_bytes(bytes(flipped))
     assert "sha256" in fetch_stats(ws, "s", plot=False)["damaged_shards"]["shard-00001.tar"]
+    quick = replace(OPTIONS, verify="size")  # finds truncation only, without reading the tars
+    assert fetch(ws, "s", shard_size=2, options=quick).shards_fetched == 0
     assert fetch(ws, "s", shard_size=2, options=OPTIONS).shards_fetched == 1
 
 

@@ -63,6 +63,9 @@ def run_fetch(
     rank: Annotated[int, typer.Option(help="This process's rank (SLURM-style: each rank takes its share).")] = 0,
     world: Annotated[int, typer.Option(help="Number of ranks.")] = 1,
     engine: Annotated[str, typer.Option(help="'local' (process pool) or 'ray' (Ray cluster).")] = "local",
+    verify: Annotated[str, typer.Option(
+        help="How finished shards are checked against their index before being skipped: 'sha256' (reads every "
+        "tar) or 'size' (finds truncation only; for catalogs of many terabytes).")] = "sha256",
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Plan the shards (images/<subset>/plan.parquet) and print shards, rows and rows per "
         "host; no HTTP.")] = False,
@@ -96,7 +99,7 @@ def run_fetch(
     options = FetchOptions(max_side=max_side, min_side=min_side, max_pixels=max_pixels,
                            max_decode_pixels=max_decode_pixels,
                            near_dup_distance=near_dup_distance, placeholder_copies=placeholder_copies,
-                           threads=threads, http=http)
+                           threads=threads, verify=verify, http=http)
     print_settings("fetch", {"workspace": str(ws.root), "subset": subset, "shard_size": shard_size,
                              "workers": workers, "rank/world": f"{rank}/{world}", "engine": engine,
                              **{k: v for k, v in vars(options).items() if k != "http"}, **vars(http)})
@@ -115,14 +118,16 @@ def run_fetch(
                       "deduplicate across shards[/]")
 
 
-def run_stats(subset: SubsetOption = None, workspace: WorkspaceOption = Path(".")) -> None:
+def run_stats(subset: SubsetOption = None, workspace: WorkspaceOption = Path("."),
+              verify: Annotated[str, typer.Option(help="Tar check: 'sha256' (reads every tar) or 'size'.")] = "sha256",
+              ) -> None:
     """Report on a fetched subset."""
     if subset is None:
         raise fail("--subset is required, e.g. `opencanvas fetch stats --subset commercial`")
     from opencanvas.fetch.stats import fetch_stats
 
     try:
-        report = fetch_stats(open_workspace(workspace), subset)
+        report = fetch_stats(open_workspace(workspace), subset, verify=verify)
     except FileNotFoundError as e:
         raise fail(str(e)) from None
     print_settings(f"fetch stats: {subset}", report)

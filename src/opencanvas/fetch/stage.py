@@ -45,6 +45,7 @@ class FetchOptions:
     near_dup_distance: int = DEFAULT_DISTANCE  # pHash Hamming bits; < 0 = exact duplicates only
     placeholder_copies: int = PLACEHOLDER_COPIES  # the same bytes behind this many keys: a placeholder; 0 = off
     threads: int = 16                    # concurrent fetches inside one shard
+    verify: str = "sha256"               # finished shards' tars checked against their index: "sha256" or "size"
     http: HttpConfig = field(default_factory=HttpConfig)
 
 
@@ -96,6 +97,8 @@ def fetch(ws: Workspace, subset: str, shard_size: int = 1000, workers: int = 1, 
                    min_side=opts.min_side if min_side is None else min_side)
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    if opts.verify not in ("sha256", "size"):
+        raise ValueError(f"--verify must be 'sha256' or 'size', got {opts.verify!r}")
     if opts.max_side and opts.max_side < opts.min_side:
         raise ValueError(f"--max-side {opts.max_side} < --min-side {opts.min_side}: every image would be "
                          "too small after resizing; raise --max-side or lower --min-side")
@@ -106,7 +109,7 @@ def fetch(ws: Workspace, subset: str, shard_size: int = 1000, workers: int = 1, 
     notes = [plan.note] if plan.note else []
     tasks = [ShardTask(str(ws.root), subset, shard, opts) for shard in plan.shards]
     mine = shard_share(tasks, rank, world)
-    todo = [t for t in mine if not _finished(out_dir, t.shard, notes)]
+    todo = [t for t in mine if not _finished(out_dir, t.shard, notes, opts.verify == "sha256")]
     stats = FetchStats(subset, shards=len(plan.shards), shards_done_before=len(mine) - len(todo), notes=notes)
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -162,12 +165,12 @@ def _index_path(out_dir: Path, shard: int) -> Path:
     return out_dir / f"{shard_name(shard)}.parquet"
 
 
-def _finished(out_dir: Path, shard: int, notes: list[str]) -> bool:
+def _finished(out_dir: Path, shard: int, notes: list[str], sha256: bool = True) -> bool:
     """True when the shard's index exists and its tar still matches it; a damaged shard is removed to redo."""
     index = _index_path(out_dir, shard)
     if not index.exists():
         return False
-    problem = tar_mismatch(index)
+    problem = tar_mismatch(index, sha256)
     if problem is None:
         return True
     notes.append(f"{problem}: fetching {shard_name(shard)} again")

@@ -41,7 +41,7 @@ def final_counts(images_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
     return dict(sorted(counts.items())), dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def fetch_stats(ws: Workspace, subset: str, plot: bool = True) -> dict[str, Any]:
+def fetch_stats(ws: Workspace, subset: str, plot: bool = True, verify: str = "sha256") -> dict[str, Any]:
     """Counts by status and reason kind, bytes, resolutions; writes stats.json (+ a histogram PNG)."""
     images_dir = ws.images_dir(subset)
     shards = index_paths(images_dir)
@@ -68,7 +68,7 @@ def fetch_stats(ws: Workspace, subset: str, plot: bool = True) -> dict[str, Any]
         "resized": sum(1 for r in ok if (r["width"], r["height"]) != (r["original_width"], r["original_height"])),
         "resolution": _summary(ok),
     }
-    damaged = {p.with_suffix(".tar").name: why for p in shards if (why := tar_mismatch(p))}
+    damaged = {p.with_suffix(".tar").name: why for p in shards if (why := tar_mismatch(p, verify == "sha256"))}
     if damaged:  # `fetch` fetches these again; until then later stages cannot read them
         report["damaged_shards"] = damaged
     out_dir = images_dir / "stats"
