@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import statistics
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,13 @@ def test_fetch_writes_shards_every_key_once_with_reasons(ws: Workspace, server) 
 
     report = fetch_stats(ws, "s")
     assert report["counts"] == dict(Counter(r["status"] for r in index.values()))
+    ok_rows = [r for r in index.values() if r["status"] == "ok"]
+    assert report["resized"] == sum((r["width"], r["height"]) != (r["original_width"], r["original_height"])
+                                    for r in ok_rows)
+    widths = sorted(r["original_width"] for r in ok_rows)
+    assert report["resolution"]["original_width"] == {"min": widths[0], "max": widths[-1],
+                                                      "median": float(statistics.median(widths))}
+    assert report["rows"] == 12 and report["bytes"] == sum(r["bytes"] for r in index.values())
     assert report["reasons"]["skipped"]["too-small"] == 1 and report["reasons"]["failed"]["http-404"] == 1
     assert (ws.root / report["histogram"]).stat().st_size > 1000
 
