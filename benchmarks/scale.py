@@ -14,6 +14,7 @@ own subprocess, one after another, on one workspace, and reads that subprocess's
     fetch-shard-rows       fetch.plan.shard_rows of one shard: what each rank / Ray worker reads
     dedup-indexes          writes synthetic shard indexes for the noncommercial rows (setup for the next)
     dedup                  fetch.dedup.reconcile_duplicates over those indexes (1% exact, 2% near duplicates)
+    fetch-stats            fetch.stats.fetch_stats over those indexes (tars checked by size)
     attribution            cards' ATTRIBUTION.md + attribution.csv for every `ok` row, through the
                            `opencanvas.cards` functions as they are
 
@@ -41,7 +42,7 @@ sys.path.insert(0, str(HERE))  # ingest_yfcc, when run as a script
 SUBSET = "noncommercial"
 SHARD_SIZE = 1000
 STAGES = ("ingest", "subset-commercial", "subset-noncommercial", "fetch-dry-run", "fetch-shard-rows",
-          "dedup-indexes", "dedup", "attribution")
+          "dedup-indexes", "dedup", "fetch-stats", "attribution")
 
 
 # ---- the stages (each runs in a fresh subprocess: `--stage NAME --ws DIR --data FILE`) ----------
@@ -144,6 +145,13 @@ def stage_dedup(ws: Any, data: Path) -> dict[str, Any]:
     return {"duplicates_across_shards": dropped, "counts": counts, "reasons": reasons}
 
 
+def stage_fetch_stats(ws: Any, data: Path) -> dict[str, Any]:
+    from opencanvas.fetch.stats import fetch_stats
+
+    report = fetch_stats(ws, SUBSET, verify="size")
+    return {"rows": report["rows"], "counts": report["counts"]}
+
+
 def stage_attribution(ws: Any, data: Path) -> dict[str, Any]:
     """The cards' attribution for every fetched-ok image, through whichever API `opencanvas.cards` has."""
     from opencanvas.cards import attribution, records
@@ -161,7 +169,8 @@ def stage_attribution(ws: Any, data: Path) -> dict[str, Any]:
 RUNNERS = {"ingest": stage_ingest, "subset-commercial": lambda ws, d: _subset(ws, "commercial"),
            "subset-noncommercial": lambda ws, d: _subset(ws, "noncommercial"),
            "fetch-dry-run": stage_fetch_dry_run, "fetch-shard-rows": stage_fetch_shard_rows,
-           "dedup-indexes": stage_dedup_indexes, "dedup": stage_dedup, "attribution": stage_attribution}
+           "dedup-indexes": stage_dedup_indexes, "dedup": stage_dedup, "fetch-stats": stage_fetch_stats,
+           "attribution": stage_attribution}
 
 
 # ---- the driver ------------------------------------------------------------------------------
@@ -210,9 +219,11 @@ def main() -> None:
             write_yfcc(data, args.rows)
             print(f"generated {args.rows:,} lines in {time.perf_counter() - start:.1f} s: {data}", flush=True)
         ws_dir = base / "ws"
-        shutil.rmtree(ws_dir, ignore_errors=True)
+        stages = args.stages.split(",")
+        if stages[0] == "ingest":  # a fresh workspace; later stages alone reuse a kept one (--keep)
+            shutil.rmtree(ws_dir, ignore_errors=True)
         results = []
-        for name in args.stages.split(","):
+        for name in stages:
             result = run_stage(name, ws_dir, data)
             results.append(result)
             print(json.dumps(result, default=str), flush=True)
