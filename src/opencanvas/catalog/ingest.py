@@ -19,11 +19,11 @@ import hashlib
 import json
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -335,7 +335,7 @@ def write_done_record(ws: Workspace, source: str, uid: str, input_path: str, par
         "quarantined": quarantined, "reasons": reasons or {},
         "parts": {name: sha256_file(source_dir / name) for name in parts},
         "quarantine_parts": list(quarantine_parts),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     })
 
 

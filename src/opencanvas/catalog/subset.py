@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from opencanvas.catalog.ingest import done_records
@@ -24,9 +24,11 @@ POLICIES: dict[str, frozenset[str]] = {
 }
 POLICY_TEXT = {
     "commercial": "CommonCatalog-C: CC0, Public Domain Mark, CC BY and CC BY-SA images; commercial use allowed, "
-                  "attribution owed for BY licenses, BY-SA terms apply to adaptations. ND and unknown licenses excluded.",
+                  "attribution owed for BY licenses, BY-SA terms apply to adaptations. "
+                  "ND and unknown licenses excluded.",
     "noncommercial": "CommonCatalog-NC: the commercial set plus CC BY-NC and CC BY-NC-SA images; non-commercial "
-                     "use only, attribution owed, BY-NC-SA terms apply to adaptations. ND and unknown licenses excluded.",
+                     "use only, attribution owed, BY-NC-SA terms apply to adaptations. "
+                     "ND and unknown licenses excluded.",
 }
 
 
@@ -53,6 +55,6 @@ def make_subset(ws: Workspace, policy: str, name: str) -> Path:
     path = ws.subset_path(name)
     atomic_write_parquet(path, rows.cast(SUBSET_SCHEMA), metadata={
         "policy": policy, "policy_text": POLICY_TEXT[policy], "licenses": ",".join(licenses),
-        "catalog_hash": catalog_hash(ws), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "catalog_hash": catalog_hash(ws), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     })
     return path
