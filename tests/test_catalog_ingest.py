@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -239,8 +240,11 @@ def test_key_index_holds_exactly_the_catalog_keys(ws: Workspace, tmp_path: Path)
     assert keys == [f"yfcc100m:{5_000_000 + i}" for i in range(1, 6)]
     assert _index_keys(ws, "yfcc100m") == keys
     # the first input in plan order keeps a key; the rest are quarantined naming the reason
-    detail = query(ws, "SELECT input_file, detail FROM {quarantine} WHERE detail LIKE '%another input%'").to_pylist()
-    assert sorted(Path(d["input_file"]).name for d in detail) == ["b.tsv", "c.tsv", "c.tsv"]
+    dups = query(ws, "SELECT input_file, raw FROM {quarantine} WHERE detail LIKE '%another input%'").to_pylist()
+    assert sorted(Path(d["input_file"]).name for d in dups) == ["b.tsv", "c.tsv", "c.tsv"]
+    raw = [json.loads(d["raw"]) for d in dups]  # the whole row, as JSON
+    assert sorted(r["key"] for r in raw) == ["yfcc100m:5000001", "yfcc100m:5000002", "yfcc100m:5000003"]
+    assert all(r["license_id"] == "cc-by-sa" and r["tags"] == ["barn", "new york", "a,b"] for r in raw)
 
 
 def test_key_index_is_rebuilt_from_done_records(ws: Workspace, tmp_path: Path) -> None:

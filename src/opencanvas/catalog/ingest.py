@@ -39,7 +39,7 @@ from opencanvas.catalog.schema import CATALOG_SCHEMA, QUARANTINE_SCHEMA
 from opencanvas.catalog.sources import ADAPTERS, InputUnit
 from opencanvas.engines import map_shards
 from opencanvas.progress import progress_bar
-from opencanvas.storage import atomic_path, atomic_write_json, atomic_write_parquet, sha256_file
+from opencanvas.storage import atomic_path, atomic_write_json, sha256_file
 from opencanvas.workspace import Workspace
 
 PART_ROWS = 250_000  # rows per catalog part: ~10-20 MB of Parquet
@@ -98,11 +98,19 @@ def unit_id(unit: InputUnit) -> str:
 
 
 def _duplicates_to_quarantine(rows: pa.Table, dup: pa.Array, input_file: str, detail: str) -> pa.Table:
+    """Quarantine rows for the masked catalog rows, each row as JSON in `raw` (built column-wise by DuckDB)."""
     dups = rows.filter(dup)
-    return pa.Table.from_pylist([
-        {"source": r["source"], "input_file": input_file, "record_no": None,
-         "raw": json.dumps(r, ensure_ascii=False, default=str), "reason": "duplicate", "detail": detail}
-        for r in dups.to_pylist()], schema=QUARANTINE_SCHEMA)
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        con.register("dups", dups)
+        raw = con.sql("SELECT to_json(d)::VARCHAR AS raw FROM dups d").to_arrow_table()["raw"]
+    finally:
+        con.close()
+    n = dups.num_rows
+    return pa.table({"source": dups["source"], "input_file": pa.array([input_file] * n, pa.string()),
+                     "record_no": pa.nulls(n, pa.int64()), "raw": raw,
+                     "reason": pa.array(["duplicate"] * n, pa.string()),
+                     "detail": pa.array([detail] * n, pa.string())}, schema=QUARANTINE_SCHEMA)
 
 
 class _PartWriter:
@@ -274,22 +282,29 @@ def _masks(source_dir: Path, rows: Sequence[tuple[str, int]]) -> dict[str, pa.Ar
 
 def _quarantine_duplicates(source_dir: Path, quarantine_dir: Path, task: UnitTask, result: UnitResult,
                            drop: dict[str, pa.Array], detail: str, suffix: str) -> None:
-    """Move the rows masked in `drop` (part name -> bool mask) from their parts to a quarantine part."""
-    tables = []
-    for name, mask in drop.items():
-        rows = pq.read_table(source_dir / name)
-        tables.append(_duplicates_to_quarantine(rows, mask, task.unit.path, detail))
-        with atomic_path(source_dir / name) as tmp:
-            pq.write_table(rows.filter(pc.invert(mask)), tmp, **CATALOG_PARQUET)
-    if not tables:
+    """Move the rows masked in `drop` (part name -> bool mask) from their parts to a quarantine part.
+
+    One part at a time, streamed into the quarantine file: memory is bounded by a part, not by
+    how many keys repeat (a re-ingested 10^8-line file repeats all of them).
+    """
+    if not drop:
         return
-    dups = pa.concat_tables(tables)
     name = f"{task.unit.source}-{task.uid}-{suffix}.parquet"
-    atomic_write_parquet(quarantine_dir / name, dups)
+    moved = 0
+    with atomic_path(quarantine_dir / name) as tmp, pq.ParquetWriter(tmp, QUARANTINE_SCHEMA,
+                                                                     compression="zstd") as writer:
+        for part, mask in drop.items():
+            rows = pq.read_table(source_dir / part)
+            dups = _duplicates_to_quarantine(rows, mask, task.unit.path, detail)
+            writer.write_table(dups)
+            moved += dups.num_rows
+            with atomic_path(source_dir / part) as part_tmp:
+                pq.write_table(rows.filter(pc.invert(mask)), part_tmp, **CATALOG_PARQUET)
+            del rows, dups
     result.quarantine_parts.append(name)
-    result.ingested -= dups.num_rows
-    result.quarantined += dups.num_rows
-    result.reasons["duplicate"] += dups.num_rows
+    result.ingested -= moved
+    result.quarantined += moved
+    result.reasons["duplicate"] += moved
 
 
 def _done_path(ws: Workspace, source: str, uid: str) -> Path:
