@@ -121,7 +121,7 @@ def test_folder_license_statements_must_agree(ws: Workspace, tmp_path: Path) -> 
     root.mkdir()
     _png_with_xmp(root / "a_rights_reserved.png", _xmp(BY_URL, "All rights reserved"))
     _png_with_xmp(root / "b_nc_rights.png", _xmp(BY_URL, "CC BY-NC 2.0"))
-    _png_with_xmp(root / "c_notice.png", _xmp(BY_URL, "(c) 2020 Jane Doe"))  # a notice, not a license
+    _png_with_xmp(root / "c_notice.png", _xmp(BY_URL, "(c) 2020 Jane Doe. Some rights reserved."))  # a notice
     _png_with_xmp(root / "d_lookalike.png", _xmp("https://creativecommons.org.evil.com/licenses/by/2.0/"))
     (root / "e_sidecar.jpg").write_bytes(jpeg_bytes())
     (root / "e_sidecar.jpg.json").write_text(json.dumps({"license": "CC BY-NC 4.0", "license_url": BY_URL}))
@@ -221,6 +221,19 @@ def test_json_fields_of_the_wrong_type(ws: Workspace, tmp_path: Path) -> None:
     ])])
     assert set(ingested(ws, "wikimedia")) == {"wikimedia:Tower_3.jpg"}
     assert reasons(ws, "wikimedia") == {"1": "malformed", "2": "missing:imageinfo", "3": "malformed"}
+
+
+def test_a_row_arrow_refuses_is_quarantined_alone(ws: Workspace, tmp_path: Path) -> None:
+    """Values only the Parquet writer can judge (an int64 overflow, a lone surrogate deep in `extra`)."""
+    path = write_jsonl(tmp_path / "ov.jsonl", [
+        openverse_record(0, width=2**70),
+        openverse_record(1, provider="\ud800"),
+        openverse_record(2),
+    ])
+    stats = ingest(ws, "openverse", [path])
+    assert (stats.read, stats.ingested, stats.quarantined) == (3, 1, 2)
+    assert set(ingested(ws, "openverse")) == {"openverse:ov-2"}
+    assert sorted(reasons(ws, "openverse").values()) == ["malformed", "malformed"]
 
 
 def test_commoncatalog_column_types(ws: Workspace, tmp_path: Path) -> None:

@@ -267,7 +267,7 @@ def normalize_pair(name: str | None, version: str | None) -> License:
 # Words by which free text limits what a license URL beside it grants.
 _RESTRICTION = re.compile(
     r"all\s+rights\s+reserved|non[\s-]*commercial|no[\s-]*deriv|\b(?:nc|nd|not|no|never|except|only|prohibit\w*"
-    r"|forbid\w*|permission|proprietary|restrict\w*|reserved)\b", re.IGNORECASE)
+    r"|forbid\w*|permission|proprietary|restrict\w*)\b", re.IGNORECASE)  # not "some rights reserved": CC's own
 
 
 def restricts(text: str | None) -> bool:
