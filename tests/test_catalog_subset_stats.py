@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from opencanvas.catalog.ingest import ingest
+from opencanvas.catalog.schema import SUBSET_SCHEMA
 from opencanvas.catalog.stats import catalog_stats
 from opencanvas.catalog.subset import POLICIES, catalog_hash, fraction_threshold, key_position, make_subset
 from opencanvas.cli import app
@@ -47,6 +48,10 @@ def test_commercial_and_noncommercial_subsets(mixed_ws: Workspace) -> None:
     assert meta["policy"] == "commercial" and "CommonCatalog-C" in meta["policy_text"]
     assert meta["catalog_hash"] == catalog_hash(mixed_ws) and meta["created_at"].startswith("20")
     assert pq.read_table(c).column_names == ["key", "source", "license_id"]
+    assert pq.read_schema(c).remove_metadata().equals(SUBSET_SCHEMA)
+    keys = pq.read_table(nc)["key"].to_pylist()
+    assert keys == sorted(keys) and len(keys) == len(set(keys))
+    assert sorted(p.name for p in c.parent.iterdir()) == ["cc.parquet", "nc.parquet"]  # no temp or spill files
 
 
 def test_catalog_hash_is_stable_and_tracks_content(mixed_ws: Workspace, tmp_path: Path) -> None:
@@ -199,3 +204,33 @@ def test_cli_fraction(big_ws: Workspace) -> None:
     keys = subset_keys(big_ws.subset_path("cli10"))
     assert len(keys) <= 150 and "fraction 0.1, seed 7" in r.output
     assert set(keys) <= set(subset_keys(make_subset(big_ws, "commercial", "lib10", fraction=0.1, seed=7)))
+
+
+def test_subset_spills_to_disk_in_a_fresh_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With DuckDB's memory capped, the sort spills beside the subset file (a folder that may not exist yet)
+    and the subset still comes out whole and in key order; no spill folder is left."""
+    import numpy as np
+    import pyarrow as pa
+
+    import opencanvas.catalog.query as query_module
+    from opencanvas.catalog.ingest import write_done_record
+    from opencanvas.catalog.schema import CATALOG_SCHEMA
+
+    ws = Workspace.open(tmp_path / "ws")
+    n = 1_000_000
+    ids = np.random.default_rng(0).permutation(n)
+    columns = {f.name: pa.nulls(n, f.type) for f in CATALOG_SCHEMA}
+    pad = "k" * 200  # ~210 MB of keys to sort, well over the cap
+    columns.update(key=pa.array([f"folder:{pad}{i:09d}" for i in ids]), source=pa.array(["folder"] * n),
+                   license_id=pa.array(["cc-by"] * n), derivatives_ok=pa.array([True] * n))
+    source_dir = ws.source_dir("folder")
+    source_dir.mkdir(parents=True)
+    pq.write_table(pa.table(columns, schema=CATALOG_SCHEMA), source_dir / "part-0.parquet")
+    write_done_record(ws, "folder", "unit", "synthetic", ["part-0.parquet"], read=n, ingested=n)
+    monkeypatch.setattr(query_module, "COPY_MEMORY_LIMIT", "128MB")
+    path = make_subset(ws, "commercial", "all")
+    keys = pq.read_table(path)["key"]
+    assert len(keys) == n
+    assert (keys[0].as_py(), keys[n - 1].as_py()) == (f"folder:{pad}{0:09d}", f"folder:{pad}{n - 1:09d}")
+    assert pq.read_table(path, columns=["key"])["key"].to_pylist() == sorted(keys.to_pylist())
+    assert [p.name for p in path.parent.iterdir()] == ["all.parquet"]

@@ -288,6 +288,10 @@ def _shown(text: str) -> str:
     return repr(text[:200])  # repr: control characters and lone surrogates come out escaped
 
 
+def _described(lic: License) -> str:
+    return f"{lic.license_id} {lic.version}" if lic.version else lic.license_id
+
+
 def license_of(name: str | None = None, url: str | None = None, what: str = "license") -> License:
     """The open license a record states by `name` and/or `url`; every source goes through here.
 
@@ -310,6 +314,5 @@ def license_of(name: str | None = None, url: str | None = None, what: str = "lic
     if not by_name.is_open and not by_url.is_open:
         raise LicenseRejected("license:other", f"{what} name {_shown(name)} and URL {_shown(url)} "
                                                "are not a known open license")
-    raise LicenseRejected("license:conflict", f"{what} name {_shown(name)} ({by_name.license_id} "
-                                              f"{by_name.version or ''}) disagrees with URL {_shown(url)} "
-                                              f"({by_url.license_id} {by_url.version or ''})".replace(" )", ")"))
+    raise LicenseRejected("license:conflict", f"{what} name {_shown(name)} ({_described(by_name)}) disagrees "
+                                              f"with URL {_shown(url)} ({_described(by_url)})")

@@ -20,9 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from opencanvas.catalog.ingest import done_records
-from opencanvas.catalog.query import catalog_sources, query
+from opencanvas.catalog.query import EmptyResult, catalog_sources, copy_to_parquet
 from opencanvas.catalog.schema import SUBSET_SCHEMA
-from opencanvas.storage import atomic_write_parquet
 from opencanvas.workspace import Workspace
 
 COMMERCIAL = frozenset({"cc0", "pdm", "cc-by", "cc-by-sa"})
@@ -91,17 +90,19 @@ def make_subset(ws: Workspace, policy: str, name: str, *, fraction: float = 1.0,
             params["threshold"] = fraction_threshold(fraction)
         if max_rows is not None:
             where += f" QUALIFY row_number() OVER (ORDER BY {_POSITION_SQL}, key) <= {int(max_rows)}"
-    rows = query(ws, f"SELECT key, source, license_id FROM {{catalog}} WHERE {where} ORDER BY key", params=params)
-    if rows.num_rows == 0:
-        hint = (f"fraction {fraction} of it is empty; raise --fraction" if fraction < 1 else
-                "ingest a source first (`opencanvas catalog ingest SOURCE PATH`)")
-        raise ValueError(f"policy {policy!r} selects no images: {hint}")
-    path = ws.subset_path(name)
-    atomic_write_parquet(path, rows.cast(SUBSET_SCHEMA), metadata={
+    metadata = {
         "policy": policy, "policy_text": POLICY_TEXT[policy], "licenses": ",".join(licenses),
         "fraction": repr(float(fraction)), "seed": str(seed), "max_rows": "" if max_rows is None else str(max_rows),
         "selection": "all images the policy admits" if fraction == 1 and max_rows is None else
         "keys whose sha256('<seed>\\0<key>')[:8] < fraction * 2^64, lowest first up to max_rows",
         "catalog_hash": catalog_hash(ws), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    })
+    }
+    path = ws.subset_path(name)
+    try:  # streamed from DuckDB to the file in batches: a 10^8-row subset is never held whole
+        copy_to_parquet(ws, f"SELECT key, source, license_id FROM {{catalog}} WHERE {where} ORDER BY key", path,
+                        SUBSET_SCHEMA, params=params, metadata=metadata)
+    except EmptyResult:
+        hint = (f"fraction {fraction} of it is empty; raise --fraction" if fraction < 1 else
+                "ingest a source first (`opencanvas catalog ingest SOURCE PATH`)")
+        raise ValueError(f"policy {policy!r} selects no images: {hint}") from None
     return path
