@@ -19,7 +19,7 @@ from opencanvas.catalog.schema import CATALOG_SCHEMA, QUARANTINE_SCHEMA
 from opencanvas.storage import atomic_path
 from opencanvas.workspace import QUARANTINE, Workspace
 
-COPY_MEMORY_LIMIT = "1GB"  # a copy spills its sort beyond this, so a 10^8-row subset fits a small machine
+COPY_MEMORY_LIMIT = "512MB"  # a copy spills its sort beyond this, so a 10^8-row subset fits a small machine
 COPY_BATCH_ROWS = 1 << 17
 
 
