@@ -102,11 +102,13 @@ def test_wikimedia_and_commoncatalog_name_and_url_must_agree(ws: Workspace, tmp_
     assert reasons(ws, "commoncatalog") == {"0": "license:conflict", "2": "license:conflict"}
 
 
-def _xmp(license_url: str, rights: str | None = None) -> str:
+def _xmp(license_url: str, rights: str | None = None, web: str | None = None) -> str:
     rights_xml = f"<dc:rights><rdf:Alt><rdf:li>{rights}</rdf:li></rdf:Alt></dc:rights>" if rights else ""
+    web_xml = f"<xmpRights:WebStatement>{web}</xmpRights:WebStatement>" if web else ""
     return ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
-            'xmlns:cc="http://creativecommons.org/ns#" xmlns:dc="http://purl.org/dc/elements/1.1/">'
-            f'<rdf:Description><cc:license rdf:resource="{license_url}"/>{rights_xml}'
+            'xmlns:cc="http://creativecommons.org/ns#" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+            'xmlns:xmpRights="http://ns.adobe.com/xap/1.0/rights/">'
+            f'<rdf:Description><cc:license rdf:resource="{license_url}"/>{rights_xml}{web_xml}'
             '</rdf:Description></rdf:RDF></x:xmpmeta>')
 
 
@@ -126,10 +128,12 @@ def test_folder_license_statements_must_agree(ws: Workspace, tmp_path: Path) -> 
     (root / "e_sidecar.jpg").write_bytes(jpeg_bytes())
     (root / "e_sidecar.jpg.json").write_text(json.dumps({"license": "CC BY-NC 4.0", "license_url": BY_URL}))
     (root / "f_exif.jpg").write_bytes(jpeg_bytes(exif_copyright=f"Not {BY_URL}"))
+    _png_with_xmp(root / "g_web_nc.png", _xmp(BY_URL, web="https://creativecommons.org/licenses/by-nc/2.0/"))
+    _png_with_xmp(root / "h_web_page.png", _xmp(BY_URL, web="https://janedoe.example/terms"))
     ingest(ws, "folder", [root])
-    assert [r.split("/")[-1] for r in ingested(ws, "folder")] == ["c_notice.png"]
+    assert sorted(r.split("/")[-1] for r in ingested(ws, "folder")) == ["c_notice.png", "h_web_page.png"]
     assert reasons(ws, "folder") == {"1": "license:conflict", "2": "license:conflict", "4": "license:other",
-                                     "5": "license:conflict", "6": "license:other"}
+                                     "5": "license:conflict", "6": "license:other", "7": "license:conflict"}
 
 
 def _clipart_tree(tmp_path: Path, items: dict[str, str]) -> Path:

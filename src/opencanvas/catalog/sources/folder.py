@@ -103,13 +103,19 @@ def _license(sidecar: dict[str, Any], xmp: str, exif: dict[int, Any]) -> tuple[L
     """The image's license and where it was found (sidecar, then XMP, then EXIF Copyright)."""
     if sidecar.get("license") or sidecar.get("license_url"):
         return record_license(sidecar.get("license"), sidecar.get("license_url"), "sidecar license"), "sidecar license"
-    url = next((m.group(1) for rx in _XMP_LICENSE if (m := rx.search(xmp))), None)
+    licenses = [m.group(1) for rx in _XMP_LICENSE[:2] if (m := rx.search(xmp))]      # cc:license
+    statements = [m.group(1) for rx in _XMP_LICENSE[2:] if (m := rx.search(xmp))]    # xmpRights:WebStatement
+    url = (licenses or statements or [None])[0]
     rights = _xmp_alt(xmp, "rights")
     if url or rights:
         # dc:rights is often a plain copyright notice ("(c) Jane"): it speaks as a license name only
         # when it names one or restricts; then it must agree with the URL.
         name = rights if rights and (not url or normalize(rights).is_open or restricts(rights)) else None
-        return record_license(name, url, "XMP license"), "XMP license"
+        lic = record_license(name, url, "XMP license")
+        for other in licenses + statements:  # a second license URL must agree too (a WebStatement page need not)
+            if other != url and (other in licenses or normalize(other).is_open):
+                record_license(other, url, "XMP cc:license / WebStatement")
+        return lic, "XMP license"
     copyright_text = clean_text(exif.get(EXIF_COPYRIGHT))
     if copyright_text:
         return record_license(copyright_text, None, "EXIF Copyright"), "EXIF Copyright"
