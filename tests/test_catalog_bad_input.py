@@ -20,6 +20,7 @@ from opencanvas.catalog.query import catalog_rows
 from opencanvas.catalog.records import Rejected, as_int, as_tags, clean_text
 from opencanvas.catalog.sources.folder import folder_id
 from opencanvas.catalog.subset import make_subset
+from opencanvas.licenses import normalize
 from opencanvas.workspace import Workspace
 from tests.test_catalog_sources import (
     ingested,
@@ -313,3 +314,33 @@ def test_a_malformed_svg_is_quarantined_and_the_rest_ingest(ws: Workspace, tmp_p
     assert (stats.ingested, stats.quarantined) == (1, 1)
     assert reasons(ws, "openclipart") == {"2": "malformed"}
     assert (catalog_rows(ws)["width"].to_pylist(), catalog_rows(ws)["height"].to_pylist()) == ([5], [5])
+
+
+def test_every_name_url_pair_through_openverse(ws: Workspace, tmp_path: Path) -> None:
+    """Every pairing of names and URLs (open, restrictive, look-alike): a record enters the catalog only
+    when both statements name its license, and every record is accounted for."""
+    names = [("by", "2.0"), ("by-nc", "2.0"), ("by-sa", "4.0"), ("cc0", "1.0"), ("pdm", "1.0"),
+             ("all rights reserved", None), ("by", None), ("sampling+", "1.0"), ("BY-ND", "2.0"), (None, None)]
+    urls = ["https://creativecommons.org/licenses/by/2.0/", "https://creativecommons.org/licenses/by-nc/2.0/",
+            "https://creativecommons.org/licenses/by-sa/4.0/deed.de", "https://creativecommons.org/publicdomain/zero/1.0/",
+            "https://creativecommons.org/publicdomain/mark/1.0/", "https://evilcreativecommons.org/licenses/by/2.0/",
+            "https://creativecommons.org.evil.com/licenses/by-sa/4.0/", "https://creativecommons.org/licenses/by/2.0/?nc",
+            "https://creativecommons.org/licenses/by-nd/2.0/", None]
+    records = [openverse_record(i * len(urls) + j, license=name, license_version=version, license_url=url)
+               for i, (name, version) in enumerate(names) for j, url in enumerate(urls)]
+    stats = ingest(ws, "openverse", [write_jsonl(tmp_path / "ov.jsonl", records)])
+    assert stats.read == stats.ingested + stats.quarantined == len(records)
+    rows = ingested(ws, "openverse")
+    for rec in records:
+        name = " ".join(x for x in (rec["license"], rec["license_version"]) if x) or None
+        by_name, by_url = normalize(name), normalize(rec["license_url"])
+        row = rows.get(f"openverse:{rec['id']}")
+        if name and rec["license_url"]:
+            agree = by_name.is_open and by_url.is_open and by_name.license_id == by_url.license_id
+            assert (row is not None) == agree, (name, rec["license_url"])
+        else:
+            assert (row is not None) == (by_name if name else by_url).is_open, (name, rec["license_url"])
+        if row is not None:
+            assert row["license_id"] in {by_name.license_id, by_url.license_id} - {"other"}
+            assert not row["commercial_ok"] or "cc-by-nc" not in by_name.license_id + by_url.license_id
+    assert set(reasons(ws, "openverse").values()) == {"license:conflict", "license:other", "license:missing"}
