@@ -151,7 +151,7 @@ def training_licenses(ws: Workspace, data: dict[str, Any]) -> tuple[list[str], s
     """(license ids in the run's training subset, policy): what the model's license is derived from."""
     import duckdb
 
-    from opencanvas.catalog.subset import POLICIES
+    from opencanvas.licenses import POLICIES
 
     policy = str(data.get("policy") or "unknown")
     path = ws.subset_path(str(data.get("subset"))) if data.get("subset") else None
