@@ -39,5 +39,5 @@ def print_settings(title: str, settings: dict[str, Any]) -> None:
 
 def fail(message: str) -> typer.Exit:
     """Print an error that says what to do, and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)   # one line, whatever the width
     return typer.Exit(code=2)

@@ -40,7 +40,8 @@ class DType(str, Enum):
     fp32 = "fp32"
 
 
-caption_app = typer.Typer(help=CAPTION_HELP, invoke_without_command=True, no_args_is_help=False)
+caption_app = typer.Typer(help=CAPTION_HELP, invoke_without_command=True, no_args_is_help=False,
+                          rich_markup_mode=None)
 
 
 @caption_app.callback()

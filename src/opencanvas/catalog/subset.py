@@ -7,7 +7,6 @@ finished catalog parts it was cut from, so a trained model can name its data.
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,8 +39,7 @@ def make_subset(ws: Workspace, policy: str, name: str) -> Path:
     """Write subsets/<name>.parquet with the keys `policy` admits; returns its path."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError(f"subset name {name!r}: use letters, digits, '.', '_' and '-' only")
+    ws.subset_path(name)   # validates the name before the catalog query
     licenses = sorted(POLICIES[policy])
     # derivatives_ok too: ND never enters, whatever a policy list says.
     rows = query(ws, "SELECT key, source, license_id FROM {catalog} "

@@ -37,9 +37,9 @@ def _train(title: str, workspace: Path, train: Any, **options: Any) -> dict[str,
 
 
 autoencoder_app = typer.Typer(help="An AutoencoderKL trained only on the catalog (diffusers format).",
-                              no_args_is_help=True)
+                              no_args_is_help=True, rich_markup_mode=None)
 clip_app = typer.Typer(help="A CLIP (text + vision towers) trained only on the catalog's images and captions.",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=None)
 
 
 @autoencoder_app.command("train")

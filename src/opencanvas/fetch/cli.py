@@ -15,6 +15,7 @@ SubsetOption = Annotated[Optional[str], typer.Option("--subset", "-s", help="Sub
 def register(app: typer.Typer) -> None:
     """Add `fetch` (a group: running it fetches; `fetch stats` reports) to the root app."""
     group = typer.Typer(
+        rich_markup_mode=None,  # plain help: rich truncates option names at 80 columns
         help="Fetch a subset's images into WebDataset shards under images/<subset>/ (resumable: "
         "re-run the same command after an interruption). `opencanvas fetch stats --subset NAME` reports.",
         invoke_without_command=True, no_args_is_help=False)
