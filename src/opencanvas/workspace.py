@@ -50,6 +50,11 @@ def check_name(kind: str, name: str, reserved: tuple[str, ...] = ()) -> str:
     return name
 
 
+def is_name(name: str) -> bool:
+    """Whether `name` passes `check_name` (for specs that may also be a path or a hub id)."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
 class WorkspaceNotEmpty(RuntimeError):
     """The workspace holds files OpenCanvas did not write, so nothing was removed."""
 

@@ -69,7 +69,9 @@ def sample_command(
     guidance_rescale: RescaleOption = 0.0,
     sampler: SamplerOption = "dpmpp-2m",
     spacing: SpacingOption = None,
-    seed: SeedOption = 0,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed of each prompt's first image: image j of every prompt uses seed + j (the seeds "
+        "restart per prompt, so one prompt's images do not depend on the others).")] = 0,
     negative_prompt: NegativeOption = "",
     size: Annotated[Optional[str], typer.Option("--size", help="WxH in pixels; default: the run's resolution.")]
     = None,
