@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
@@ -58,9 +56,7 @@ def test_version_prints_without_a_command() -> None:
 
 @pytest.mark.parametrize("verb", [["train"], ["sample"], ["fetch"], ["autoencoder", "train"], ["caption"]])
 def test_help_at_80_columns_shows_every_option_name_whole(verb: list[str]) -> None:
-    env = {**os.environ, "COLUMNS": "80", "TERM": "xterm-256color"}
-    out = subprocess.run([sys.executable, "-m", "opencanvas", *verb, "--help"], capture_output=True, text=True,
-                         env=env, check=True).stdout
+    out = runner.invoke(app, [*verb, "--help"], env={"COLUMNS": "80", "TERM": "xterm-256color"}).output
     assert "…" not in out
     assert max(len(line) for line in out.splitlines()) <= 80
     command = get_command(app)
@@ -82,3 +78,82 @@ def test_demo_fresh_refuses_a_workspace_with_the_users_files(tmp_path: Path) -> 
     assert "OpenCanvas did not write (my_notes.txt, src/)" in result.output
     assert (root / "my_notes.txt").read_text() == "mine"
     assert (root / "src").is_dir() and (root / "runs" / "old").is_dir()
+
+
+def test_sample_progress_counts_denoising_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from opencanvas.sample.generate import SampleSettings, plan, sample_to_dir
+    from opencanvas.sample.loading import load_folder_pipeline
+    from opencanvas.sample.tiny import write_tiny_folder
+
+    monkeypatch.delenv("OPENCANVAS_PROGRESS", raising=False)
+    monkeypatch.setenv("OPENCANVAS_PROGRESS_EVERY", "0.000001")   # a line at every update
+    pipe = load_folder_pipeline(write_tiny_folder(tmp_path / "tiny"))
+    settings = SampleSettings(steps=3, guidance=2.0, sampler="euler", width=16, height=16)
+    sample_to_dir(pipe, plan(["a red circle", "a blue square", "a cat"], 1, 0), settings, tmp_path / "out",
+                  "tiny", {}, batch_size=2)
+    lines = capsys.readouterr().out.splitlines()
+    steps = [int(m.group(1)) for m in (re.search(r": (\d+)/6 step", line) for line in lines) if m]
+    assert sorted(set(steps)) == [1, 2, 3, 4, 5, 6] and steps == sorted(steps), lines   # 2 batches x 3 steps
+    assert lines[-1].startswith("sample 3/3 images: 6/6 step (100%)"), lines
+
+
+def test_seeds_restart_for_every_prompt(tmp_path: Path) -> None:
+    import numpy as np
+
+    from opencanvas.sample.generate import generate, plan
+    from opencanvas.sample.loading import load_folder_pipeline
+    from opencanvas.sample.tiny import write_tiny_folder
+
+    assert [s.seed for s in plan(["a", "b"], 2, 7)] == [7, 8, 7, 8]
+    assert [s.index for s in plan(["a", "b"], 2, 7)] == [0, 1, 2, 3]
+    pipe = load_folder_pipeline(write_tiny_folder(tmp_path / "tiny"))
+    both = generate(pipe, ["a red circle", "a blue square"], n=2, steps=2, seed=7, sampler="euler")
+    alone = generate(pipe, ["a blue square"], n=2, steps=2, seed=7, sampler="euler")
+    for a, b in zip(both[2:], alone, strict=True):
+        assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1   # a prompt's images ignore the others
+    help_text = runner.invoke(app, ["sample", "--help"], env={"COLUMNS": "200"}).output
+    assert re.search(r"seeds\s+restart\s+per\s+prompt", help_text), help_text
+
+
+def test_a_new_workspace_directory_is_announced(tmp_path: Path) -> None:
+    new = tmp_path / "mistyped"
+    result = runner.invoke(app, ["fetch", "stats", "--subset", "x", "-w", str(new)])
+    assert f"created a new, empty workspace at {new}" in result.output
+    result = runner.invoke(app, ["fetch", "stats", "--subset", "x", "-w", str(new)])
+    assert "created a new" not in result.output
+
+
+def test_not_found_lists_what_exists_and_never_advises_fetching_a_missing_subset(tmp_path: Path) -> None:
+    ws = Workspace.open(tmp_path / "ws")
+    make_image_subset(ws, "cc", n=8, shard_size=8)
+    (ws.root / "subsets" / "unfetched.parquet").write_bytes(b"")
+    result = runner.invoke(app, ["fetch", "--subset", "commercial", "-w", str(ws.root)])
+    assert result.exit_code == 2
+    assert "no subset 'commercial'" in result.output and "subsets here: cc, unfetched" in result.output
+    result = runner.invoke(app, ["caption", "--subset", "CC", "--captioner", "metadata", "-w", str(ws.root)])
+    assert "no subset 'CC'" in result.output and "did you mean 'cc'?" in result.output
+    assert "opencanvas fetch" not in result.output
+    result = runner.invoke(app, ["caption", "--subset", "unfetched", "--captioner", "metadata", "-w", str(ws.root)])
+    assert "run `opencanvas fetch --subset unfetched`" in result.output
+    for args, listing in ((["train", "--latents", "lat", "--run", "r", "--images", "8"], "latent sets here: none"),
+                          (["card", "--run", "r"], "runs here: none"),
+                          (["clip", "train", "--subset", "cc", "--captioner", "blip", "--name", "c"],
+                           "caption tables here: none")):
+        result = runner.invoke(app, [*args, "-w", str(ws.root)])
+        assert result.exit_code == 2 and listing in result.output, result.output
+
+
+def test_settings_tables_show_resolved_values_and_round_floats(tmp_path: Path) -> None:
+    from opencanvas.cli_common import rounded
+
+    assert rounded({"seconds": 17.94586798299997, "rows": [0.123456789, 3], "lr": 1e-06}) == {
+        "seconds": 17.95, "rows": [0.1235, 3], "lr": 1e-06}
+    ws = Workspace.open(tmp_path / "ws")
+    make_image_subset(ws, "cc", n=48, shard_size=48)
+    result = runner.invoke(app, ["autoencoder", "train", "--subset", "cc", "--name", "ae", "--steps", "1",
+                                 "-w", str(ws.root)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    settings = result.output.split("autoencoder train", 1)[1]
+    assert "null" not in settings
+    for key, value in (("batch_size", "8"), ("learning_rate", "0.004"), ("resolution", "64"), ("train_crop", "32")):
+        assert re.search(rf"│ {key}\s+│ {value}\s+│", settings), (key, settings)

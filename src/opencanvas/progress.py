@@ -93,6 +93,7 @@ class StageProgress(Progress):
         self._last_time = time.monotonic()
         self._last_done: dict[TaskID, float] = {}
         self._first_done: dict[TaskID, float] = {}
+        self._last_seen: dict[TaskID, tuple[float, str]] = {}   # (count, description) in the last line
         self._sums: dict[TaskID, dict[str, list[float]]] = {}   # number -> [sum, count] since the last line
         self.lines_written = 0
 
@@ -128,7 +129,7 @@ class StageProgress(Progress):
             return
         elapsed = max(now - self._last_time, 1e-9)
         for task in self.tasks:
-            if not task.visible or task.completed == self._last_done.get(task.id):
+            if not task.visible or (task.completed, task.description) == self._last_seen.get(task.id):
                 continue
             if force:   # the closing line: the rate over the whole task, not over a last sliver of time
                 rate = (task.completed - self._first_done[task.id]) / max(task.elapsed or 0.0, 1e-9)
@@ -138,6 +139,7 @@ class StageProgress(Progress):
             means = {k: s / n for k, (s, n) in sums.items() if n}
             print(progress_line(task, rate, means), file=self.lines_to, flush=True)
             self._last_done[task.id] = task.completed
+            self._last_seen[task.id] = (task.completed, task.description)
             self.lines_written += 1
         self._last_time = now
 

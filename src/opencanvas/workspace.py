@@ -33,6 +33,11 @@ STAGE_FOLDERS = ("catalog", "subsets", "images", "captions", "autoencoders", "cl
 # What a workspace may hold at its top level besides STAGE_FOLDERS; never removed.
 KEPT_FILES = (SETTINGS_FILE,)
 
+# kind -> (top-level folder, file suffix or "" for a folder per name); see Workspace.names.
+KINDS = {"subset": ("subsets", ".parquet"), "fetched": ("images", ""), "captions": ("captions", ""),
+         "autoencoder": ("autoencoders", ""), "CLIP": ("clips", ""), "latents": ("latents", ""), "run": ("runs", ""),
+         "study": ("studies", "")}
+
 # A name is one path component: no separators, no leading dot (so never '.' or '..'), nothing a shell quotes.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -119,6 +124,20 @@ class Workspace:
 
     def study_dir(self, name: str) -> Path:
         return self.root / "studies" / check_name("study", name)
+
+    # ---- what exists -------------------------------------------------------
+    def names(self, kind: str) -> list[str]:
+        """The names of one kind present here: subset, fetched (a subset's images), captions, autoencoder,
+        CLIP, latents, run or study."""
+        folder, suffix = KINDS[kind]
+        root = self.root / folder
+        if not root.is_dir():
+            return []
+        if suffix:
+            found = [p.name[: -len(suffix)] for p in root.iterdir() if p.is_file() and p.name.endswith(suffix)]
+        else:
+            found = [p.name for p in root.iterdir() if p.is_dir()]
+        return sorted(n for n in found if is_name(n) and n not in ("stats", QUARANTINE))
 
     def relative(self, path: Path) -> str:
         """A path as stored in workspace records: relative to the root."""

@@ -8,13 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
 
 CAPTION_HELP = """Caption every ok image of a subset into captions/<name>/part-NNNNN.parquet.
 
-Captioners: blip2 (the paper's BLIP-2, default Salesforce/blip2-opt-2.7b), blip, hf (any transformers image-text-to-text model, with --prompt), metadata (title + description + tags, offline), commoncatalog (the BLIP-2 caption shipped in CommonCatalog).
+Captioners: blip2 (the paper's BLIP-2, default Salesforce/blip2-opt-2.7b), blip, hf (any transformers
+image-text-to-text model, with --prompt), metadata (title + description + tags, offline), commoncatalog
+(the BLIP-2 caption shipped in CommonCatalog).
 
-Re-run the same command after a crash: finished shards are skipped. Report with `opencanvas caption stats --subset NAME`.
+Re-run the same command after a crash: finished shards are skipped. Report with
+`opencanvas caption stats --subset NAME`.
 
 Example: opencanvas caption --subset shapes --captioner blip2 --model models/blip2-opt-2.7b --device cuda
 """
@@ -94,6 +97,7 @@ def caption_command(
         if not torch.cuda.is_available():
             raise fail(f"--device {device} but torch sees no CUDA GPU: use --device cpu or a CUDA build of torch")
     ws = open_workspace(workspace)
+    require(ws, "fetched", subset)
     generation = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=sample,
                                     temperature=temperature, top_p=top_p,
                                     repetition_penalty=repetition_penalty, seed=seed)
@@ -107,7 +111,8 @@ def caption_command(
     try:
         stats = caption(ws, subset, captioner.value, model=model, batch_size=batch_size, device=device,
                         dtype=dtype.value, name=name, prompt=prompt, generation=generation, crop_size=crop_size,
-                        loader_workers=loader_workers, engine=engine.value, rank=rank, world=world, ray_actors=ray_actors)
+                        loader_workers=loader_workers, engine=engine.value, rank=rank, world=world,
+                        ray_actors=ray_actors)
     except (CaptionModelError, FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from e
     console.print(f"captioned {stats.images} images in {stats.shards_done} shards "
@@ -128,6 +133,7 @@ def stats_command(
     from opencanvas.caption.stats import caption_stats
 
     ws = open_workspace(workspace)
+    require(ws, "fetched", subset)
     try:
         report = caption_stats(ws, subset, sample=sample, seed=seed, tokenizer=tokenizer)
     except FileNotFoundError as e:

@@ -35,8 +35,9 @@ def _stage(state: DemoState, name: str, fn: Callable[[], dict[str, Any]]) -> dic
     return summary
 
 
-def run_demo(ws: Workspace, settings: DemoSettings = DemoSettings(), fresh: bool = False) -> dict[str, Any]:
+def run_demo(ws: Workspace, settings: DemoSettings | None = None, fresh: bool = False) -> dict[str, Any]:
     """Run (or finish) the demo in `ws`; returns each stage's summary."""
+    settings = settings or DemoSettings()
     if fresh:
         removed = ws.clear()   # stage folders only; refuses when the workspace holds the user's files
         console.print(f"[dim]--fresh: deleted {', '.join(f'{n}/' for n in removed) or 'nothing'}[/]")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
 
 SubsetOption = Annotated[Optional[str], typer.Option("--subset", "-s", help="Subset name (subsets/<NAME>.parquet).")]
 
@@ -72,6 +72,7 @@ def run_fetch(
     from opencanvas.fetch.stage import FetchOptions, fetch
 
     ws = open_workspace(workspace)
+    require(ws, "subset", subset)
     contact = contact or ws.settings().get("fetch", {}).get("contact") or DEFAULT_CONTACT
     http = HttpConfig(contact=contact, timeout=timeout, retries=retries, backoff=backoff, max_backoff=max_backoff,
                       max_redirects=max_redirects, max_bytes=max_bytes, domain_concurrency=domain_concurrency,
@@ -100,7 +101,9 @@ def run_stats(subset: SubsetOption = None, workspace: WorkspaceOption = Path("."
     from opencanvas.fetch.stats import fetch_stats
 
     try:
-        report = fetch_stats(open_workspace(workspace), subset)
+        ws = open_workspace(workspace)
+        require(ws, "fetched", subset)
+        report = fetch_stats(ws, subset)
     except FileNotFoundError as e:
         raise fail(str(e)) from None
     print_settings(f"fetch stats: {subset}", report)

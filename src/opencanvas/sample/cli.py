@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, fail, open_workspace, print_settings, require
 
 SAMPLER_NAMES = ("ddim", "dpmpp-2m", "euler", "heun")
 
@@ -100,6 +100,8 @@ def sample_command(
     if not all_prompts:
         raise fail("no prompts: pass PROMPT arguments or --prompts-file F")
     ws = open_workspace(workspace)
+    if run is not None and pipeline is None:
+        require(ws, "run", run)
     try:
         model = load_model(ws, run, pipeline, ema=not no_ema, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
@@ -179,6 +181,8 @@ def eval_command(
     if run is None and pipeline is None:
         raise fail("give --run NAME (or --pipeline DIR to evaluate an exported/external diffusers folder)")
     ws = open_workspace(workspace)
+    if pipeline is None:
+        require(ws, "run", run)
     name = run or pipeline.name  # type: ignore[union-attr]
     print_settings("eval", {"run": name, "pipeline": str(pipeline or "-"), "prompts": prompts,
                             "reference": reference, "metrics": list(wanted), "guidance": [0.0, *scales], "n": n,

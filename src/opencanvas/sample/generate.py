@@ -203,7 +203,7 @@ def sample_to_dir(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], setti
 
         def save(batch: list[SampleSpec], images: list[Image.Image]) -> None:
             nonlocal saved
-            for spec, image in zip(batch, images):
+            for spec, image in zip(batch, images, strict=True):
                 save_png(paths[spec.index], image, metas[spec.index])
             saved += len(batch)
             bar.update(task, description=f"sample {saved}/{len(todo)} images")

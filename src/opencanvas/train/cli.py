@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
 from opencanvas.workspace import Workspace
 
 TRAIN_HELP = """Train a UNet on a precomputed latent set (opencanvas encode), or resume one.
@@ -121,12 +121,15 @@ def train_command(
     from opencanvas.train.loop import TrainingDiverged, train
 
     ws = open_workspace(workspace)
+    ws.run_dir(run)   # a bad name fails before anything else is looked at
+    require(ws, "latents", latents)
     options = dict(
         micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, prediction_type=prediction,
         min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
-        caption_dropout=caption_dropout, holdout=holdout, use_text_mask=text_mask, seed=seed, checkpoint_every=checkpoint_every,
-        keep=keep, validate_every=validate_every, log_every=log_every, max_bad_steps=max_bad_steps,
+        caption_dropout=caption_dropout, holdout=holdout, use_text_mask=text_mask, seed=seed,
+        checkpoint_every=checkpoint_every, keep=keep, validate_every=validate_every, log_every=log_every,
+        max_bad_steps=max_bad_steps,
         workers=workers, device=device, parallel=parallel, bf16=bf16, sdpa=sdpa,
         low_precision_norms=low_precision_norms, channels_last=channels_last, fused_adamw=fused_adamw,
         compile=compile,
@@ -266,6 +269,7 @@ def export_command(
     from opencanvas.train.to_diffusers import export
 
     ws = open_workspace(workspace)
+    require(ws, "run", run)
     try:
         path = export(ws, run, out, ema=not raw, checkpoint=checkpoint)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
