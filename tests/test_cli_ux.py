@@ -157,3 +157,47 @@ def test_settings_tables_show_resolved_values_and_round_floats(tmp_path: Path) -
     assert "null" not in settings
     for key, value in (("batch_size", "8"), ("learning_rate", "0.004"), ("resolution", "64"), ("train_crop", "32")):
         assert re.search(rf"│ {key}\s+│ {value}\s+│", settings), (key, settings)
+
+
+def test_caption_samples_table_has_as_many_cells_in_every_row(tmp_path: Path) -> None:
+    from tests.factories import make_captions
+
+    ws = Workspace.open(tmp_path / "ws")
+    make_image_subset(ws, n=8, shard_size=8)
+    make_captions(ws, "shapes", "metadata")   # metadata only: the table had a header cell with no column
+    result = runner.invoke(app, ["caption", "stats", "--subset", "shapes", "-w", str(ws.root)])
+    assert result.exit_code == 0, result.output
+    table = [line for line in (ws.root / "captions" / "stats" / "shapes" / "samples.md").read_text().splitlines()
+             if line.startswith("|")]
+    widths = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
+    assert len(table) == 2 + 8 and widths == {3}, table
+
+
+def test_exported_pipeline_defaults_to_the_samplers_default() -> None:
+    from diffusers import DPMSolverMultistepScheduler
+
+    from opencanvas.sample.generate import SampleSettings
+    from opencanvas.train.to_diffusers import scheduler_for
+
+    sample_default = next(p.default for p in get_command(app).commands["sample"].params if p.name == "sampler")
+    assert sample_default == SampleSettings().sampler == "dpmpp-2m"
+    for config in ({}, {"prediction_type": "v_prediction", "zero_terminal_snr": True}):
+        sched = scheduler_for(config)
+        assert isinstance(sched, DPMSolverMultistepScheduler)   # DPM-Solver++(2M), as `sample` uses
+        assert (sched.config.algorithm_type, sched.config.solver_order) == ("dpmsolver++", 2)
+        assert sched.config.final_sigmas_type == "zero" and not sched.config.use_karras_sigmas
+    assert sched.config.prediction_type == "v_prediction" and sched.config.rescale_betas_zero_snr
+    assert sched.config.timestep_spacing == "trailing"
+
+
+def test_readme_tour_fetches_at_the_training_resolution() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    min_side = {int(v) for v in re.findall(r"opencanvas fetch .*--min-side (\d+)", readme)}
+    trained = {int(v) for v in re.findall(r"opencanvas (?:autoencoder train|encode) .*--resolution (\d+)", readme)}
+    assert min_side and min_side == trained, (min_side, trained)   # a larger --min-side drops images for nothing
+
+
+def test_help_says_what_a_relative_out_is_relative_to() -> None:
+    for verb in ("export", "sample"):
+        text = " ".join(runner.invoke(app, [verb, "--help"]).output.split())
+        assert "relative path is taken from the current directory, not from" in text, verb

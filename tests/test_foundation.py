@@ -74,3 +74,18 @@ def test_keep_freed_memory_reuses_large_blocks() -> None:
         pytest.skip("glibc only")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert int(out) < 100  # 16 MB is 4,096 pages: each fresh one would fault
+
+
+def test_accelerate_is_pinned_and_installed() -> None:
+    """Without accelerate, diffusers prints a large warning on every model load."""
+    import re
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from diffusers.utils import is_accelerate_available
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = [d for d in deps if re.match(r"accelerate==", d)]
+    assert pinned and is_accelerate_available()
+    assert pinned[0].split("==")[1] == version("accelerate")

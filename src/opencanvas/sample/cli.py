@@ -59,7 +59,8 @@ def _check_choices(sampler: str, spacing: str | None, dtype: str) -> None:
 
 def sample_command(
     prompts: Annotated[Optional[list[str]], typer.Argument(help="Prompts (quote each one).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output directory for PNGs and grid.png.",
+    out: Annotated[Path, typer.Option("--out", help="Output directory for PNGs and grid.png (a relative path is "
+                                      "taken from the current directory, not from -w).",
                                       file_okay=False)] = ...,  # type: ignore[assignment]
     run: RunOption = None,
     pipeline: PipelineOption = None,

@@ -258,8 +258,9 @@ def where_logs_are(ws: Workspace, run: str) -> dict[str, Any]:
 
 def export_command(
     run: Annotated[str, typer.Option("--run", help="Run under runs/ to export.")],
-    out: Annotated[Path, typer.Option("--out", help="New directory for the diffusers pipeline folder.",
-                                      file_okay=False)],
+    out: Annotated[Path, typer.Option(
+        "--out", help="New directory for the diffusers pipeline folder; a relative path is taken from the current "
+        "directory, not from the workspace (-w).", file_okay=False)],
     raw: Annotated[bool, typer.Option("--raw", help="Export the raw weights instead of the EMA.")] = False,
     checkpoint: Annotated[Optional[str], typer.Option(
         "--checkpoint", help="Images count or file name of a checkpoint (default: the newest).")] = None,
