@@ -115,7 +115,7 @@ def test_clip_bad_input(ws):
         train_clip(ws, "shapes", "metadata", "clip", steps=1)
     result = CliRunner().invoke(app, ["clip", "train", "-w", str(ws.root), "--subset", "shapes",
                                       "--captioner", "blip2", "--name", "clip", "--steps", "1"])
-    assert result.exit_code == 2 and "no captions from captioner 'blip2'" in result.output
+    assert result.exit_code == 2 and "no caption table 'blip2'" in result.output
     make_captions(ws, "shapes", captioner="other")
     with pytest.raises(ValueError, match="unknown CLIP preset"):
         train_clip(ws, "shapes", "other", "clip", preset="huge", steps=1)

@@ -118,3 +118,16 @@ def test_flatten_alpha_whitens_every_kind_of_transparency() -> None:
     assert flatten_alpha(la).getpixel((0, 0)) == (127, 127, 127)
     rgb = Image.new("RGB", (4, 4), (1, 2, 3))
     assert flatten_alpha(rgb) is rgb
+def test_accelerate_is_pinned_and_installed() -> None:
+    """Without accelerate, diffusers prints a large warning on every model load."""
+    import re
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from diffusers.utils import is_accelerate_available
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = [d for d in deps if re.match(r"accelerate==", d)]
+    assert pinned and is_accelerate_available()
+    assert pinned[0].split("==")[1] == version("accelerate")

@@ -161,7 +161,7 @@ def test_cli_export_and_clear_errors(trained, tmp_path):
     assert done.exit_code == 0, done.output
     assert json.loads((out / "opencanvas.json").read_text())["ema"] is False
     missing = runner.invoke(app, ["export", "--run", "nope", "--out", str(tmp_path / "x"), "-w", str(ws.root)])
-    assert missing.exit_code == 2 and "has no checkpoint" in missing.output
+    assert missing.exit_code == 2 and "no run 'nope'" in missing.output and "runs here: demo" in missing.output
     bad = runner.invoke(app, ["train", "--latents", "shapes16", "--run", "r", "--preset", "huge", "--images", "8",
                               "-w", str(ws.root)])
     assert bad.exit_code == 2 and "unknown preset 'huge'" in bad.output

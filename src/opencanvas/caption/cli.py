@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from opencanvas.caption.captioners import CaptionerName
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
 from opencanvas.engines import Engine
 
 CAPTION_HELP = """Caption every ok image of a subset into captions/<name>/part-NNNNN.parquet.
@@ -18,8 +18,8 @@ Captioners: blip2 (the paper's BLIP-2, default Salesforce/blip2-opt-2.7b), blip,
 image-text-to-text model, with --prompt), metadata (title + description + tags, offline), commoncatalog
 (the BLIP-2 caption shipped in CommonCatalog).
 
-Re-run the same command after a crash: finished shards are skipped.
-Report with `opencanvas caption stats --subset NAME`.
+Re-run the same command after a crash: finished shards are skipped. Report with
+`opencanvas caption stats --subset NAME`.
 
 Example: opencanvas caption --subset shapes --captioner blip2 --model models/blip2-opt-2.7b --device cuda
 """
@@ -32,7 +32,8 @@ class DType(StrEnum):
     fp32 = "fp32"
 
 
-caption_app = typer.Typer(help=CAPTION_HELP, invoke_without_command=True, no_args_is_help=False)
+caption_app = typer.Typer(help=CAPTION_HELP, invoke_without_command=True, no_args_is_help=False,
+                          rich_markup_mode=None)
 
 
 @caption_app.callback()
@@ -85,6 +86,7 @@ def caption_command(
         if not torch.cuda.is_available():
             raise fail(f"--device {device} but torch sees no CUDA GPU: use --device cpu or a CUDA build of torch")
     ws = open_workspace(workspace)
+    require(ws, "fetched", subset)
     generation = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=sample,
                                     temperature=temperature, top_p=top_p,
                                     repetition_penalty=repetition_penalty, seed=seed)
@@ -120,6 +122,7 @@ def stats_command(
     from opencanvas.caption.stats import caption_stats
 
     ws = open_workspace(workspace)
+    require(ws, "fetched", subset)
     try:
         report = caption_stats(ws, subset, sample=sample, seed=seed, tokenizer=tokenizer)
     except FileNotFoundError as e:

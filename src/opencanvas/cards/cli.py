@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, require
 
 
 def card_command(
@@ -24,6 +24,7 @@ def card_command(
     from opencanvas.cards.writer import write_cards
 
     ws = open_workspace(workspace)
+    require(ws, "run", run)
     try:
         out = write_cards(ws, run)
     except (FileNotFoundError, ValueError) as err:

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from opencanvas.cards.records import Sources, read_json
 from opencanvas.train.checkpoint import latest_checkpoint, load_checkpoint, tensors_hash
 from opencanvas.train.to_diffusers import EXPORTS_FILE
-from opencanvas.workspace import Workspace
+from opencanvas.workspace import Workspace, is_name
 
 
 def count_parameters(files: list[Path], prefix: str = "") -> int:
@@ -31,8 +31,8 @@ def count_parameters(files: list[Path], prefix: str = "") -> int:
 
 def component_facts(ws: Workspace, spec: str, kind: str, src: Sources) -> dict[str, Any]:
     """Where an autoencoder / text encoder came from, and its size."""
-    trained = ws.autoencoder_dir(spec) if kind == "autoencoder" else ws.clip_dir(spec)
-    if "/" not in spec and trained.is_dir():
+    trained = (ws.autoencoder_dir(spec) if kind == "autoencoder" else ws.clip_dir(spec)) if is_name(spec) else None
+    if trained is not None and trained.is_dir():
         record = read_json(trained / "opencanvas.json")
         src.add(ws, trained / "opencanvas.json")
         if (trained / "report.json").exists():   # held-out quality (the autoencoder's bicubic baseline)

@@ -12,7 +12,8 @@ from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace
 from opencanvas.licenses import policy_choices
 
 catalog_app = typer.Typer(help="The license-aware catalog (CommonCatalog builder): ingest sources, cut "
-                               "license-policy subsets, report stats.", no_args_is_help=True)
+                               "license-policy subsets, report stats.", no_args_is_help=True,
+                          rich_markup_mode=None)
 
 
 @catalog_app.command("ingest")

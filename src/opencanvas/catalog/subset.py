@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,8 +60,7 @@ def make_subset(ws: Workspace, policy: str, name: str, *, fraction: float = 1.0,
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError(f"subset name {name!r}: use letters, digits, '.', '_' and '-' only")
+    ws.subset_path(name)   # validates the name before the catalog query
     check_fraction(fraction)
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows {max_rows} must be at least 1")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
 from opencanvas.components.presets import AUTOENCODER_PRESETS, CLIP_PRESETS
 
 SubsetOption = Annotated[str, typer.Option("--subset", "-s", help="Subset whose fetched images to train on.")]
@@ -30,17 +30,38 @@ def _train(title: str, workspace: Path, train: Any, **options: Any) -> dict[str,
     if options["minutes"] is None and options["steps"] is None:
         options["minutes"] = 3.0
     ws = open_workspace(workspace)
-    print_settings(title, {"workspace": str(ws.root), **options})
+    (ws.autoencoder_dir if title.startswith("autoencoder") else ws.clip_dir)(options["name"])  # a bad name first
+    require(ws, "fetched", options["subset"])
+    if "captioner" in options:
+        require(ws, "captions", options["captioner"])
+    print_settings(title, {"workspace": str(ws.root), **shown_settings(title, options)})
     try:
         return train(ws, **options)
     except (FileNotFoundError, ValueError, NotImplementedError) as err:
         raise fail(str(err)) from None
 
 
+def shown_settings(title: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options as the trainer will resolve them: a value left out is the preset's, or says what happens."""
+    from opencanvas.components.presets import AUTOENCODER_PRESETS, CLIP_PRESETS
+
+    table = AUTOENCODER_PRESETS if title.startswith("autoencoder") else CLIP_PRESETS
+    preset = table.get(options.get("preset", ""))
+    words = {"max_images": "all", "minutes": "none (--steps decides)", "steps": "none (--minutes decides)",
+             "tokenizer": "a BPE tokenizer trained on the captions", "perceptual_weights": "none (no LPIPS term)",
+             "perceptual_weight": "1.0 with --lpips-weights", "disc_weight": "0.5 with --lpips-weights"}
+    shown = {}
+    for k, v in options.items():
+        if v is None and preset is not None and hasattr(preset, k):
+            v = getattr(preset, k)
+        shown[k] = words.get(k, v) if v is None else v
+    return shown
+
+
 autoencoder_app = typer.Typer(help="An AutoencoderKL trained only on the catalog (diffusers format).",
-                              no_args_is_help=True)
+                              no_args_is_help=True, rich_markup_mode=None)
 clip_app = typer.Typer(help="A CLIP (text + vision towers) trained only on the catalog's images and captions.",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=None)
 
 
 @autoencoder_app.command("train")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from opencanvas.storage import weights_sha256
-from opencanvas.workspace import Workspace
+from opencanvas.workspace import Workspace, is_name
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -201,7 +201,7 @@ def load_autoencoder(ws: Workspace | None, spec: str, device: str | torch.device
     """An AutoencoderKL (eval mode) with its latent normalisation and provenance."""
     from diffusers import AutoencoderKL
 
-    source = resolve(ws, spec, ws.autoencoder_dir(spec) if ws else None, "vae", "autoencoder")
+    source = resolve(ws, spec, ws.autoencoder_dir(spec) if ws and is_name(spec) else None, "vae", "autoencoder")
     vae = from_source(AutoencoderKL, source, "autoencoder")
     vae = on_device(vae, device, dtype)
     record = read_record(source.path) if source.path is not None else {}
@@ -278,7 +278,7 @@ def load_text_encoder(ws: Workspace | None, spec: str, device: str | torch.devic
     hidden state *is* the penultimate layer of OpenCLIP ViT-H/14."""
     from transformers import CLIPTextModel
 
-    source = resolve(ws, spec, ws.clip_dir(spec) if ws else None, "text_encoder", "text encoder")
+    source = resolve(ws, spec, ws.clip_dir(spec) if ws and is_name(spec) else None, "text_encoder", "text encoder")
     model = from_source(CLIPTextModel, source, "text encoder")
     model = on_device(model, device, dtype)
     tokenizer = load_tokenizer(source)
@@ -358,7 +358,7 @@ def load_clip_evaluator(ws: Workspace | None, spec: str, device: str | torch.dev
     """A CLIPModel + tokenizer (+ the preprocessing stored beside them) from a spec."""
     from transformers import AutoTokenizer, CLIPModel
 
-    source = resolve(ws, spec, ws.clip_dir(spec) if ws else None, "clip", "CLIP")
+    source = resolve(ws, spec, ws.clip_dir(spec) if ws and is_name(spec) else None, "clip", "CLIP")
     model = on_device(from_source(CLIPModel, source, "CLIP"), device, dtype)
     tok_source = source
     if source.path is not None and (source.path / "tokenizer").is_dir():

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -64,6 +64,10 @@ def encode_command(
     ws = open_workspace(workspace)
     resolutions = _int_list(resolution, "--resolution")
     names = [c.strip() for c in captioners.split(",") if c.strip()]
+    ws.latents_dir(name)   # a bad name fails before anything else is looked at
+    require(ws, "fetched", subset)
+    for captions in names:
+        require(ws, "captions", captions)
     print_settings("encode", {
         "workspace": str(ws.root), "subset": subset, "autoencoder": autoencoder, "text_encoder": text_encoder,
         "captioners": names, "name": name, "resolutions": resolutions, "buckets": buckets,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
 
 SubsetOption = Annotated[str | None, typer.Option("--subset", "-s", help="Subset name (subsets/<NAME>.parquet).")]
 
@@ -15,6 +15,7 @@ SubsetOption = Annotated[str | None, typer.Option("--subset", "-s", help="Subset
 def register(app: typer.Typer) -> None:
     """Add `fetch` (a group: running it fetches; `fetch stats` reports) to the root app."""
     group = typer.Typer(
+        rich_markup_mode=None,  # plain help: rich truncates option names at 80 columns
         help="Fetch a subset's images into WebDataset shards under images/<subset>/ (resumable: "
         "re-run the same command after an interruption). `opencanvas fetch stats --subset NAME` reports.",
         invoke_without_command=True, no_args_is_help=False)
@@ -82,6 +83,7 @@ def run_fetch(
     from opencanvas.fetch.stage import FetchOptions, fetch
 
     ws = open_workspace(workspace)
+    require(ws, "subset", subset)
     if dry_run:
         from opencanvas.fetch.stage import dry_run as plan_only
 
@@ -127,7 +129,9 @@ def run_stats(subset: SubsetOption = None, workspace: WorkspaceOption = Path("."
     from opencanvas.fetch.stats import fetch_stats
 
     try:
-        report = fetch_stats(open_workspace(workspace), subset, verify=verify)
+        ws = open_workspace(workspace)
+        require(ws, "fetched", subset)
+        report = fetch_stats(ws, subset, verify=verify)
     except FileNotFoundError as e:
         raise fail(str(e)) from None
     print_settings(f"fetch stats: {subset}", report)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, fail, open_workspace, print_settings, require
 from opencanvas.diffusion.names import SAMPLER_NAMES, SPACINGS
 
 RunOption = Annotated[str | None, typer.Option("--run", help="Training run under runs/ to sample from.")]
@@ -56,7 +56,8 @@ def _check_choices(sampler: str, spacing: str | None, dtype: str) -> None:
 
 def sample_command(
     prompts: Annotated[list[str] | None, typer.Argument(help="Prompts (quote each one).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output directory for PNGs and grid.png.",
+    out: Annotated[Path, typer.Option("--out", help="Output directory for PNGs and grid.png (a relative path is "
+                                      "taken from the current directory, not from -w).",
                                       file_okay=False)] = ...,  # type: ignore[assignment]
     run: RunOption = None,
     pipeline: PipelineOption = None,
@@ -66,7 +67,9 @@ def sample_command(
     guidance_rescale: RescaleOption = 0.0,
     sampler: SamplerOption = "dpmpp-2m",
     spacing: SpacingOption = None,
-    seed: SeedOption = 0,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed of each prompt's first image: image j of every prompt uses seed + j (the seeds "
+        "restart per prompt, so one prompt's images do not depend on the others).")] = 0,
     negative_prompt: NegativeOption = "",
     size: Annotated[str | None, typer.Option("--size", help="WxH in pixels; default: the run's resolution.")]
     = None,
@@ -95,6 +98,8 @@ def sample_command(
     if not all_prompts:
         raise fail("no prompts: pass PROMPT arguments or --prompts-file F")
     ws = open_workspace(workspace)
+    if run is not None and pipeline is None:
+        require(ws, "run", run)
     try:
         model = load_model(ws, run, pipeline, ema=not no_ema, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
@@ -174,6 +179,8 @@ def eval_command(
     if run is None and pipeline is None:
         raise fail("give --run NAME (or --pipeline DIR to evaluate an exported/external diffusers folder)")
     ws = open_workspace(workspace)
+    if run is not None:
+        require(ws, "run", run)
     name = run or pipeline.name  # type: ignore[union-attr]
     print_settings("eval", {"run": name, "pipeline": str(pipeline or "-"), "prompts": prompts,
                             "reference": reference, "metrics": list(wanted), "guidance": [0.0, *scales], "n": n,

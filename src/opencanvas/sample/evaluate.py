@@ -33,7 +33,7 @@ from opencanvas.sample.metrics import (
     precision_recall,
 )
 from opencanvas.storage import atomic_write_json
-from opencanvas.workspace import Workspace
+from opencanvas.workspace import Workspace, is_name
 
 METRICS = ("fid", "kid", "clip", "pr", "memorization")
 BASELINE_GUIDANCE = 0.0
@@ -238,10 +238,10 @@ def load_clip(ws: Workspace, config: dict[str, Any], spec: str | None, device: s
 
     if spec is None:
         text_encoder = str(config.get("data", {}).get("text_encoder") or "")
-        if not text_encoder or not ws.clip_dir(text_encoder).is_dir():
+        if not is_name(text_encoder) or not ws.clip_dir(text_encoder).is_dir():
             raise FileNotFoundError(
                 f"CLIP-based metrics need a CLIP model, and the run's text encoder {text_encoder!r} is not a catalog "
-                f"CLIP under {ws.clip_dir('').as_posix()}: pass --clip NAME_OR_PATH (a CLIP under clips/, a local "
+                f"CLIP under {(ws.root / 'clips').as_posix()}: pass --clip NAME_OR_PATH (a CLIP under clips/, a local "
                 "transformers CLIPModel folder with its tokenizer, or a hub id)")
         spec = text_encoder
     return load_clip_evaluator(ws, spec, device=device)

@@ -315,7 +315,7 @@ def _run(s: Session) -> dict[str, Any]:
             if res not in flops:  # a forward pass on every rank (collective under FSDP)
                 flops[res] = _flops(s, res)
             scalars = train_step(s)
-            bar.update(task, completed=state.images_seen)
+            bar.update(task, completed=state.images_seen, loss=scalars["loss"])  # the progress line shows it
             state.wall_seconds = start_wall + time.perf_counter() - t0
             last = state.images_seen >= cfg.images
             if env.is_main and (last or _crossed(cfg.log_every, before, state.images_seen) or not cfg.log_every):

@@ -69,17 +69,18 @@ def fold_normalization(vae: Any, shift: list[float], scale: list[float]) -> None
 
 
 def scheduler_for(config: dict[str, Any]) -> Any:
-    """A DDIM scheduler with the run's training schedule and prediction type."""
-    from diffusers import DDIMScheduler
+    """DPM-Solver++(2M), the `opencanvas sample` default sampler, with the run's schedule and prediction type."""
+    from diffusers import DPMSolverMultistepScheduler
 
     from opencanvas.diffusion.denoiser import NoiseSchedule
 
     ns = NoiseSchedule(zero_terminal_snr=bool(config.get("zero_terminal_snr", False)))
-    return DDIMScheduler(num_train_timesteps=ns.num_train_timesteps, beta_start=ns.beta_start,
-                         beta_end=ns.beta_end, beta_schedule=ns.beta_schedule,
-                         prediction_type=config.get("prediction_type", "epsilon"),
-                         rescale_betas_zero_snr=ns.zero_terminal_snr, clip_sample=False, set_alpha_to_one=False,
-                         steps_offset=1, timestep_spacing="trailing" if ns.zero_terminal_snr else "leading")
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=ns.num_train_timesteps, beta_start=ns.beta_start, beta_end=ns.beta_end,
+        beta_schedule=ns.beta_schedule, prediction_type=config.get("prediction_type", "epsilon"),
+        rescale_betas_zero_snr=ns.zero_terminal_snr, solver_order=2, algorithm_type="dpmsolver++",
+        lower_order_final=True, final_sigmas_type="zero", use_karras_sigmas=False, steps_offset=1,
+        timestep_spacing="trailing" if ns.zero_terminal_snr else "leading")
 
 
 def _text_encoder(pipe: InferencePipeline) -> tuple[Any, Any]:
