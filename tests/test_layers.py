@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"shards", "captions", "cli_common"},
     {"diffusion"},
     {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"},
-    {"cards"}, {"demo"},
+    {"cards"}, {"study"}, {"demo"},
     {"cli"},
 ]
 

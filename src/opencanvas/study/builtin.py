@@ -1,0 +1,56 @@
+"""The built-in studies, sized for the Open Clip Art Library on 2 CPU cores (a workspace where
+`opencanvas demo` has run: subset clipart-c, autoencoder clipart-ae, CLIP clipart-clip)."""
+
+from __future__ import annotations
+
+DATA_SCALING = """\
+[study]
+name = "data-scaling"
+description = "CLIP score against the share of the catalog trained on (CommonCanvas section 5), for two UNet sizes, at equal compute."
+subset = "clipart-c"
+captioner = "metadata"
+resolution = 64
+autoencoder = "clipart-ae"
+text_encoder = "clipart-clip"
+
+[axes]
+preset = ["tiny", "tiny-wide"]
+fraction = [0.1, 0.3, 1.0]
+
+[train]
+images = 4096
+batch = 16
+
+[eval]
+prompts = "heldout"
+n = 32
+guidance = [1.5, 4.0]
+steps = 20
+"""
+
+CAPTIONS = """\
+[study]
+name = "captions"
+description = "Which captions to train on (CommonCanvas section 4): the title alone against title, description and keywords, at equal compute. On CommonCatalog, add the commoncatalog captioner (the released BLIP-2 captions)."
+subset = "clipart-c"
+resolution = 64
+autoencoder = "clipart-ae"
+text_encoder = "clipart-clip"
+
+[axes]
+captioner = ["title", "metadata"]
+
+[train]
+preset = "tiny"
+images = 4096
+batch = 16
+
+[eval]
+prompts = "heldout"
+prompt_captioner = "metadata"
+n = 32
+guidance = [1.5, 4.0]
+steps = 20
+"""
+
+BUILTIN_STUDIES = {"data-scaling": DATA_SCALING, "captions": CAPTIONS}
