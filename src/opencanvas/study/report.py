@@ -78,7 +78,10 @@ def scaling_plot(path: Path, records: Sequence[dict[str, Any]], spec: StudySpec,
             hi = [p[2][1] - p[1] if p[2] else 0.0 for p in points]
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=series)
         ax.set_xscale("log")
-        ax.set_xlabel("data fraction (log)")
+        fractions = sorted({float(f) for f in dict(spec.axes)["fraction"]})
+        ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+        ax.minorticks_off()
+        ax.set_xlabel("data fraction (log scale)")
         ax.set_ylabel("CLIP score")
         ax.set_title(f"guidance {g:g}")
         ax.legend(fontsize=7)

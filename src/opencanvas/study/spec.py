@@ -87,14 +87,12 @@ class StudySpec:
     text: str                                  # the file's text, kept beside the results
 
     def resolved(self) -> dict[str, Any]:
-        """Everything that decides the results (what a re-run compares against)."""
-        out = dataclasses.asdict(self)
-        for k in ("source", "text", "description"):
-            out.pop(k)
-        out["axes"] = {k: list(v) for k, v in self.axes}
-        out["train_options"] = dict(self.train_options)
-        out["eval"] = {k: list(v) if isinstance(v, tuple) else v for k, v in out["eval"].items()}
-        return out
+        """Everything that decides the results, by the file's tables (what a re-run compares against)."""
+        study = {k: getattr(self, k) for k in STUDY_KEYS if k != "description"}
+        train = {k: getattr(self, k) for k in TRAIN_KEYS}
+        train.update(dict(self.train_options))
+        evaluation = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.eval).items()}
+        return {"study": study, "axes": {k: list(v) for k, v in self.axes}, "train": train, "eval": evaluation}
 
     def axis_names(self) -> list[str]:
         return [k for k, _ in self.axes]
