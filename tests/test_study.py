@@ -188,7 +188,7 @@ def test_builtin_studies_parse() -> None:
     specs = {name: parse_study(text, name) for name, text in BUILTIN_STUDIES.items()}
     assert len(study_cells(specs["data-scaling"])) == 6
     assert {c.images for c in study_cells(specs["data-scaling"])} == {specs["data-scaling"].images}
-    assert [c.captioner for c in study_cells(specs["captions"])] == ["title", "metadata"]
+    assert [c.captioner for c in study_cells(specs["captions"])] == ["title", "title-tags", "metadata"]
 
 
 # ---- the example ---------------------------------------------------------------
@@ -277,7 +277,7 @@ def _study_process(ws: Path, study: Path) -> subprocess.Popen:
 
 
 def test_kill_and_resume_gives_identical_results(base_ws: Path, tmp_path: Path) -> None:
-    text = small_study("resume", [0.5, 1.0], images=512, checkpoint_every=64)
+    text = small_study("resume", [0.5, 1.0], images=192, checkpoint_every=32)
     study = write(tmp_path / "resume.toml", text)
     straight = copy_ws(base_ws, tmp_path / "straight")
     killed = copy_ws(base_ws, tmp_path / "killed")

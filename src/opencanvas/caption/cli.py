@@ -12,7 +12,7 @@ from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace
 
 CAPTION_HELP = """Caption every ok image of a subset into captions/<name>/part-NNNNN.parquet.
 
-Captioners: blip2 (the paper's BLIP-2, default Salesforce/blip2-opt-2.7b), blip, hf (any transformers image-text-to-text model, with --prompt), metadata (title + description + tags, offline), commoncatalog (the BLIP-2 caption shipped in CommonCatalog).
+Captioners: blip2 (the paper's BLIP-2, default Salesforce/blip2-opt-2.7b), blip, hf (any transformers image-text-to-text model, with --prompt), metadata (title + description + tags, offline), title and title-tags (the title alone, and with its keywords), commoncatalog (the BLIP-2 caption shipped in CommonCatalog).
 
 Re-run the same command after a crash: finished shards are skipped. Report with `opencanvas caption stats --subset NAME`.
 
@@ -25,6 +25,8 @@ class CaptionerName(str, Enum):
     blip = "blip"
     hf = "hf"
     metadata = "metadata"
+    title = "title"
+    title_tags = "title-tags"
     commoncatalog = "commoncatalog"
 
 

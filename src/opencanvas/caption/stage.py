@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from opencanvas.caption.captioners import (
-    CAPTIONERS, DEFAULT_MODELS, MODEL_CAPTIONERS, RESERVED_NAMES, CaptionInput, Captioner,
+    CAPTIONERS, DEFAULT_MODELS, METADATA_FIELDS, MODEL_CAPTIONERS, RESERVED_NAMES, CaptionInput, Captioner,
     CommonCatalogCaptioner, GenerationSettings, MetadataCaptioner,
 )
 from opencanvas.caption.loader import decoded_batches, describe_preprocessing
@@ -68,8 +68,8 @@ class CaptionJob:
 
 @functools.lru_cache(maxsize=1)  # one model per process (or Ray actor), reused across its shards
 def build_captioner(job: CaptionJob) -> Captioner:
-    if job.captioner == "metadata":
-        return MetadataCaptioner()
+    if job.captioner in METADATA_FIELDS:
+        return MetadataCaptioner(job.captioner)
     if job.captioner == "commoncatalog":
         return CommonCatalogCaptioner()
     from opencanvas.caption.vision import load_model_captioner

@@ -31,14 +31,14 @@ steps = 20
 CAPTIONS = """\
 [study]
 name = "captions"
-description = "Which captions to train on (CommonCanvas section 4): the title alone against title, description and keywords, at equal compute. On CommonCatalog, add the commoncatalog captioner (the released BLIP-2 captions)."
+description = "Which captions to train on (CommonCanvas section 4): the title alone, the title with its keywords, and title, description and keywords, at equal compute. Every cell is scored on the same prompts, the held-out metadata captions. On CommonCatalog, add the commoncatalog captioner (the released BLIP-2 captions) to the axis."
 subset = "clipart-c"
 resolution = 64
 autoencoder = "clipart-ae"
 text_encoder = "clipart-clip"
 
 [axes]
-captioner = ["title", "metadata"]
+captioner = ["title", "title-tags", "metadata"]
 
 [train]
 preset = "tiny"

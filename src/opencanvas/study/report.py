@@ -151,18 +151,19 @@ def _markdown(spec: StudySpec, cells: Sequence[Cell], records: Sequence[dict[str
                    f"{_fmt(r['clip_score'])} | {interval} | {_fmt(r['clip_score_unconditional'])} | {_fmt(r['fd'])} | "
                    f"{_fmt(r['kid'], 4)} | {_fmt(r['memorization'])} | `{r['run']}` | `{r['eval_id'] or '–'}` |")
     out += ["", "## Compute per cell", "",
-            "| cell | setting | training images (keys) | steps | wall s | images/s | device |", "|---|---|---|---|---|---|---|"]
+            "| cell | setting | training images (keys) | steps | wall s | images/s | device x ranks |",
+            "|---|---|---|---|---|---|---|"]
     for rec in records:
         c = rec.get("compute") or {}
         out.append(f"| {rec['cell']} | {rec['label']} | {_fmt(rec.get('train_images'))} ({_fmt(rec.get('train_keys'))}) "
                    f"| {_fmt(c.get('steps'))} | {_fmt(c.get('wall_seconds'), 1)} | {_fmt(c.get('images_per_s'), 1)} | "
-                   f"{c.get('device') or '–'} |")
+                   f"{c.get('device') or '–'} x {c.get('world_size') or 1} |")
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
         out += ["", "## Failed cells", ""] + [f"- cell {r['cell']} ({r['label']}): {r['reason']}" for r in failed]
     if plots:
         out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    if fd_name != "FID":
+    if fd_name not in ("FID", "FD"):
         out += ["", f"{fd_name}/{kid_name} are distances in CLIP image features, not FID: not comparable to "
                 "published FID numbers."]
     return "\n".join(out) + "\n"
