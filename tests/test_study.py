@@ -306,3 +306,23 @@ def test_kill_and_resume_gives_identical_results(base_ws: Path, tmp_path: Path) 
     b = (straight.root / "studies" / "resume" / "results.parquet").read_bytes()
     assert a == b
     assert pq.read_table(root / "results.parquet").num_rows == 2
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_local_results(base_ws: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from opencanvas.study.runner import run_study
+
+    text = small_study("on-ray", [0.5, 1.0], images=64)
+    spec = parse_study(text, "on-ray.toml")
+    local, on_ray = copy_ws(base_ws, tmp_path / "local"), copy_ws(base_ws, tmp_path / "ray")
+    run_study(local, spec)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}})
+    try:
+        result = run_study(on_ray, spec, engine="ray")
+    finally:
+        ray.shutdown()
+    assert sorted(result["cells"]) == [0, 1] and {r["status"] for r in result["cells"].values()} == {"ok"}
+    path = Path("studies") / "on-ray" / "results.parquet"
+    assert (on_ray.root / path).read_bytes() == (local.root / path).read_bytes()

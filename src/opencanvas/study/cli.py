@@ -35,8 +35,9 @@ def run_command(
                                           "eval prompts); run it once before parallel --cell jobs.")] = False,
     nproc: Annotated[Optional[int], typer.Option("--nproc", min=1, help="Train each cell under torchrun with N "
                                                  "processes (one per GPU).")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="local (the only one so far; use `study plan` for a "
-                                        "cluster).")] = "local",
+    engine: Annotated[str, typer.Option("--engine", help="local (cells one after another), or ray (cells as Ray "
+                                        "tasks on the cluster in RAY_ADDRESS, or a local one; the workspace must "
+                                        "be on a filesystem the workers share).")] = "local",
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run cells recorded as failed again.")]
     = False,
     workspace: WorkspaceOption = Path("."),

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,10 @@ from opencanvas.progress import console
 from opencanvas.storage import atomic_write_json, atomic_write_text
 from opencanvas.study import shared
 from opencanvas.study.cells import Cell, study_cells
-from opencanvas.study.spec import StudyError, StudySpec, check_workspace
+from opencanvas.study.spec import StudyError, StudySpec, check_workspace, parse_study
 from opencanvas.workspace import Workspace
 
-Engine = str  # "local" or "ray"
+Engine = str  # "local" (cells one after another) or "ray" (cells as Ray tasks)
 
 
 def check_unchanged(ws: Workspace, spec: StudySpec) -> None:
@@ -88,7 +89,7 @@ def _train(ws: Workspace, spec: StudySpec, cell: Cell, args: dict[str, Any], npr
         return train(ws, kwargs.pop("latents"), kwargs.pop("preset"), kwargs.pop("run"), **kwargs)
     # Training alone runs under torchrun; everything else stays in this process.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "opencanvas", "study", "train-cell", _study_arg(spec), "--cell", str(cell.index),
+           "-m", "opencanvas", "study", "train-cell", _study_arg(ws, spec), "--cell", str(cell.index),
            "-w", str(ws.root)]
     done = subprocess.run(cmd, check=False)
     if done.returncode:
@@ -96,8 +97,11 @@ def _train(ws: Workspace, spec: StudySpec, cell: Cell, args: dict[str, Any], npr
     return json.loads((ws.run_dir(args["run"]) / "summary.json").read_text())
 
 
-def _study_arg(spec: StudySpec) -> str:
-    return spec.source.removeprefix("builtin:")
+def _study_arg(ws: Workspace, spec: StudySpec) -> str:
+    """The study as a command argument: a built-in's name, else the copy kept in the workspace."""
+    if spec.source.startswith("builtin:"):
+        return spec.source.removeprefix("builtin:")
+    return str(shared.study_dir(ws, spec.name) / "study.toml")
 
 
 def _evaluate(ws: Workspace, spec: StudySpec, run: str, prompts: list[str], evaluator: Any) -> dict[str, Any]:
@@ -154,6 +158,31 @@ def run_cell(ws: Workspace, spec: StudySpec, cell: Cell, prompts: list[str], eva
     return record
 
 
+@dataclass(frozen=True)
+class CellTask:
+    """One cell for a Ray worker: the workspace must be on a filesystem the workers share."""
+
+    root: str
+    source: str
+    text: str
+    cell: int
+    nproc: int | None
+
+
+def run_cell_task(task: CellTask) -> dict[str, Any]:
+    """run_cell in a fresh process (a Ray task): reopens the workspace and re-reads the study."""
+    ws = Workspace.open(task.root)
+    spec = parse_study(task.text, task.source)
+    cell = study_cells(spec)[task.cell]
+    return run_cell(ws, spec, cell, shared.eval_prompts(ws, spec), _clip_evaluator(ws, spec), task.nproc)
+
+
+def _ray_options(nproc: int | None) -> dict[str, Any]:
+    import torch
+
+    return {"num_cpus": 1, **({"num_gpus": nproc or 1} if torch.cuda.is_available() else {})}
+
+
 def read_cell_records(ws: Workspace, spec: StudySpec) -> dict[int, dict[str, Any]]:
     out = {}
     for path in sorted((shared.study_dir(ws, spec.name) / "cells").glob("*.json")):
@@ -179,9 +208,9 @@ def run_study(ws: Workspace, spec: StudySpec, *, cell: int | None = None, nproc:
     cells = study_cells(spec)
     if cell is not None and not 0 <= cell < len(cells):
         raise StudyError(f"--cell {cell} is out of range: study {spec.name!r} has cells 0..{len(cells) - 1}")
-    if engine != "local":
-        raise StudyError(f"--engine {engine!r} is not available: use local, and `opencanvas study plan` to run "
-                         "cells in parallel on a cluster (one `--cell K` command each)")
+    if engine not in ("local", "ray"):
+        raise StudyError(f"--engine {engine!r} is unknown: use local (one cell after another here) or ray "
+                         "(cells as Ray tasks on the cluster in RAY_ADDRESS, or a local one)")
     root = shared.study_dir(ws, spec.name)
     atomic_write_json(root / "study.json", spec.resolved())
     if not (root / "study.toml").exists() or (root / "study.toml").read_text(encoding="utf-8") != spec.text:
@@ -194,17 +223,25 @@ def run_study(ws: Workspace, spec: StudySpec, *, cell: int | None = None, nproc:
         return {"cells": {}, "report": None, "shared": shared_record}
     prompts = shared.eval_prompts(ws, spec)
     records = read_cell_records(ws, spec)
-    evaluator = None
+    todo = []
     for c in chosen:
         old = records.get(c.index)
         if old is not None and (old["status"] == "ok" or not retry_failed):
             console.print(f"[dim]✓ cell {c.index} ({c.label()}): {old['status']} before, skipped[/]")
-            continue
-        if evaluator is None:
-            evaluator = _clip_evaluator(ws, spec)
-        records[c.index] = run_cell(ws, spec, c, prompts, evaluator, nproc)
+        else:
+            todo.append(c)
+    if engine == "ray":
+        from opencanvas.engines import map_shards
+
+        tasks = [CellTask(str(ws.root), spec.source, spec.text, c.index, nproc) for c in todo]
+        finished = map_shards(run_cell_task, tasks, engine="ray", ray_options=_ray_options(nproc))
+    else:
+        evaluator = _clip_evaluator(ws, spec) if todo else None
+        finished = (run_cell(ws, spec, c, prompts, evaluator, nproc) for c in todo)
+    for record in finished:
+        records[record["cell"]] = record
         if on_cell:
-            on_cell(records[c.index])
+            on_cell(record)
     report = None
     if all(c.index in records for c in cells):
         from opencanvas.study.report import write_report
