@@ -143,6 +143,44 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_prompts() -> None:
     assert bootstrap_mean([few], prompts=8, samples=500) == (lo, hi)  # seeded: reproducible
 
 
+def test_report_pools_seeds_and_puts_captioners_side_by_side(tmp_path: Path) -> None:
+    from opencanvas.storage import atomic_write_json
+    from opencanvas.study.cells import study_cells
+    from opencanvas.study.report import _grouped, write_report
+
+    text = small_study("grid", [0.5, 1.0]).replace("[axes]", '[axes]\ncaptioner = ["title", "metadata"]')
+    spec = parse_study(text.replace("fraction = [0.5, 1.0]", "fraction = [0.5, 1.0]\nseed = [0, 1]"), "grid.toml")
+    cells = study_cells(spec)
+    assert len(cells) == 8 and spec.axis_names() == ["captioner", "fraction", "seed"]
+    ws = Workspace.open(tmp_path / "ws")
+    atomic_write_json(ws.root / "studies" / "grid" / "prompts.json",
+                      {"sources": ["heldout"], "captioner": "metadata", "prompts": ["a", "b", "c", "d"]})
+    rng = np.random.default_rng(0)
+    records = []
+    for c in cells:
+        # metadata beats title by 5 points; seed 1 sits 3 points above seed 0.
+        scores = rng.normal(20 + 5 * (c.captioner == "metadata") + 3 * c.seed, 1.0, 4).tolist()
+        records.append({"cell": c.index, "label": c.label(), "values": c.values, "run": f"r{c.index}", "latents": "l",
+                        "fraction": c.fraction, "captioner": c.captioner, "preset": c.preset, "seed": c.seed,
+                        "status": "ok", "reason": "", "train_images": 128, "train_keys": 20, "eval_id": "e",
+                        "fd_metric": "FD-CLIP", "kid_metric": "KID-CLIP", "compute": {"steps": 16},
+                        "rows": [{"guidance": 0.0, "baseline": True, "clip_score": 15.0},
+                                 {"guidance": 3.0, "baseline": False, "clip_score": float(np.mean(scores)),
+                                  "clip_scores": scores, "fd": 1.0, "kid": 0.1, "memorization": 0.0}]})
+    records[-1] = {**records[-1], "status": "failed", "reason": "RuntimeError: out of memory", "rows": []}
+    report = write_report(ws, spec, cells, records)
+    text = report.read_text()
+    assert "## Captioners side by side" in text and "| guidance | fraction | seed | title | metadata |" in text
+    assert "cell 7 (captioner=metadata, fraction=1, seed=1): RuntimeError: out of memory" in text
+    assert {p.name for p in report.parent.glob("*.png")} == {"scaling.png", "captions.png"}
+    assert pq.read_table(report.parent / "results.parquet").num_rows == 8
+    # One line per captioner over the fractions, each point pooling its two seeds into a wider interval.
+    series = _grouped(records, spec, 3.0, 4, {"fraction", "seed"})
+    assert sorted(series) == ["captioner=metadata", "captioner=title"]
+    (x, mean, (lo, hi)), _ = series["captioner=title"]
+    assert x == 0.5 and lo < mean < hi and hi - lo > 2.0
+
+
 # ---- errors before any work ------------------------------------------------------------
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -6,7 +6,7 @@ from __future__ import annotations
 DATA_SCALING = """\
 [study]
 name = "data-scaling"
-description = "CLIP score against the share of the catalog trained on (CommonCanvas section 5), for two UNet sizes, at equal compute."
+description = "CLIP score against the share of the catalog trained on (paper section 5), two UNets, equal compute."
 subset = "clipart-c"
 captioner = "metadata"
 resolution = 64
@@ -31,7 +31,9 @@ steps = 20
 CAPTIONS = """\
 [study]
 name = "captions"
-description = "Which captions to train on (CommonCanvas section 4): the title alone, the title with its keywords, and title, description and keywords, at equal compute. Every cell is scored on the same prompts, the held-out metadata captions. On CommonCatalog, add the commoncatalog captioner (the released BLIP-2 captions) to the axis."
+# Every cell is scored on the same prompts: the held-out metadata captions. On CommonCatalog, add the
+# commoncatalog captioner (the released BLIP-2 captions) to the axis.
+description = "Which captions to train on (paper section 4): title, title + keywords, title + description + keywords."
 subset = "clipart-c"
 resolution = 64
 autoencoder = "clipart-ae"

@@ -43,10 +43,10 @@ def study_cells(spec: StudySpec) -> list[Cell]:
     """Every cell, in a fixed order: the first axis varies slowest (or all together when zipped)."""
     names = spec.axis_names()
     columns = [values for _, values in spec.axes]
-    combos = list(zip(*columns)) if spec.combine == "zip" else list(itertools.product(*columns))
+    combos = list(zip(*columns, strict=True)) if spec.combine == "zip" else list(itertools.product(*columns))
     cells = []
     for index, combo in enumerate(combos or [()]):
-        values = dict(zip(names, combo))
+        values = dict(zip(names, combo, strict=True))
         cells.append(Cell(
             index=index, values=values, fraction=float(values.get("fraction", spec.fraction)),
             fraction_seed=spec.fraction_seed, captioner=values.get("captioner", spec.captioner),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -29,11 +29,11 @@ On a cluster: `opencanvas study plan STUDY` prints one command per cell (--cell 
 
 def run_command(
     study: Annotated[str, typer.Argument(help="A study TOML file, or data-scaling / captions.")],
-    cell: Annotated[Optional[int], typer.Option("--cell", min=0, help="Run only cell K (see `study plan`); "
+    cell: Annotated[int | None, typer.Option("--cell", min=0, help="Run only cell K (see `study plan`); "
                                                 "the report is written once every cell has finished.")] = None,
     prepare: Annotated[bool, typer.Option("--prepare", help="Only the shared work (images, captions, latents, "
                                           "eval prompts); run it once before parallel --cell jobs.")] = False,
-    nproc: Annotated[Optional[int], typer.Option("--nproc", min=1, help="Train each cell under torchrun with N "
+    nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train each cell under torchrun with N "
                                                  "processes (one per GPU).")] = None,
     engine: Annotated[str, typer.Option("--engine", help="local (cells one after another), or ray (cells as Ray "
                                         "tasks on the cluster in RAY_ADDRESS, or a local one; the workspace must "
@@ -64,7 +64,7 @@ def run_command(
 
 def plan_command(
     study: Annotated[str, typer.Argument(help="A study TOML file, or data-scaling / captions.")],
-    nproc: Annotated[Optional[int], typer.Option("--nproc", min=1, help="Add --nproc N to each cell.")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Add --nproc N to each cell.")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Print every cell of a study as its own command (for a SLURM array or a Ray job)."""

@@ -70,7 +70,7 @@ def scaling_plot(path: Path, records: Sequence[dict[str, Any]], spec: StudySpec,
     """CLIP score against the data fraction (log x), one line per other axis value, one panel per guidance."""
     scales = spec.eval.guidance
     fig, axes = plt.subplots(1, len(scales), figsize=(4.2 * len(scales), 3.4), squeeze=False)
-    for ax, g in zip(axes[0], scales):
+    for ax, g in zip(axes[0], scales, strict=True):
         for series, points in sorted(_grouped(records, spec, g, prompts, {"fraction", "seed"}).items()):
             xs = [p[0] for p in points]
             ys = [p[1] for p in points]
@@ -90,20 +90,24 @@ def scaling_plot(path: Path, records: Sequence[dict[str, Any]], spec: StudySpec,
 
 
 def captions_plot(path: Path, records: Sequence[dict[str, Any]], spec: StudySpec, prompts: int) -> str:
-    """Bars of CLIP score per captioner, one group per guidance scale."""
+    """Bars of CLIP score per captioner (and other setting), one group per guidance scale."""
     scales = spec.eval.guidance
     captioners = spec.captioners()
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(scales) * len(captioners) / 2, 3.4))
-    width = 0.8 / max(1, len(captioners))
-    for gi, g in enumerate(scales):
-        grouped = _grouped(records, spec, g, prompts, {"captioner", "seed"})
-        for series, points in grouped.items():
-            for x, mean, interval in points:
-                ci = captioners.index(x)
-                err = [[mean - interval[0]], [interval[1] - mean]] if interval else None
-                ax.bar(gi + ci * width, mean, width, yerr=err, capsize=3, color=f"C{ci}",
-                       label=x if gi == 0 and series == sorted(grouped)[0] else None)
-    ax.set_xticks([gi + width * (len(captioners) - 1) / 2 for gi in range(len(scales))],
+    groups = [_grouped(records, spec, g, prompts, {"captioner", "seed"}) for g in scales]
+    series = sorted({name for grouped in groups for name in grouped})
+    bars = [(name, c) for name in series for c in captioners]  # one bar per (other setting, captioner)
+    width = 0.8 / max(1, len(bars))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.5 * len(scales) * len(bars)), 3.6))
+    for gi, grouped in enumerate(groups):
+        for bi, (name, captioner) in enumerate(bars):
+            point = next((p for p in grouped.get(name, []) if p[0] == captioner), None)
+            if point is None:
+                continue
+            _, mean, interval = point
+            err = [[mean - interval[0]], [interval[1] - mean]] if interval else None
+            label = (captioner if len(series) == 1 else f"{captioner}, {name}") if gi == 0 else None
+            ax.bar(gi + bi * width, mean, width, yerr=err, capsize=3, color=f"C{bi}", label=label)
+    ax.set_xticks([gi + width * (len(bars) - 1) / 2 for gi in range(len(scales))],
                   [f"guidance {g:g}" for g in scales])
     ax.set_ylabel("CLIP score")
     ax.set_title(f"{spec.name}: captioners (95% bootstrap intervals)", fontsize=9)
@@ -111,10 +115,31 @@ def captions_plot(path: Path, records: Sequence[dict[str, Any]], spec: StudySpec
     return _save(fig, path)
 
 
+def side_by_side(spec: StudySpec, rows: list[dict[str, Any]]) -> list[str]:
+    """The captions comparison: one column per captioner, one line per guidance scale and other setting."""
+    captioners = spec.captioners()
+    others = [k for k in spec.axis_names() if k != "captioner"]
+    lines: dict[tuple[Any, ...], dict[str, str]] = {}
+    for r in rows:
+        line = (r["guidance"], *(r[k] if k != "images" else r["train_images"] for k in others))
+        cell = f"{_fmt(r['clip_score'])} [{_fmt(r['clip_score_lo'])}, {_fmt(r['clip_score_hi'])}]" \
+            if r["clip_score_lo"] is not None else (_fmt(r["clip_score"]) if r["status"] == "ok" else r["status"])
+        lines.setdefault(line, {})[r["captioner"]] = cell
+    header = ["guidance", *others, *captioners]
+    out = ["", "## Captioners side by side (CLIP score [95% interval])", "", "| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+    for line, by_captioner in lines.items():
+        values = [f"{line[0]:g}", *(str(v) for v in line[1:]), *(by_captioner.get(c, "–") for c in captioners)]
+        out.append("| " + " | ".join(values) + " |")
+    return out
+
+
 def _markdown(spec: StudySpec, cells: Sequence[Cell], records: Sequence[dict[str, Any]], rows: list[dict[str, Any]],
               shared_record: dict[str, Any], prompts: dict[str, Any], plots: list[str]) -> str:
     fd_name = next((r.get("fd_metric") for r in records if r.get("fd_metric")), None) or "FD"
     kid_name = next((r.get("kid_metric") for r in records if r.get("kid_metric")), None) or "KID"
+    compute = "equal, every cell trains on the same number of images" if spec.mode == "images" else \
+        f"{spec.epochs} epochs of each cell’s own data"
     varied = ", ".join(f"{k} = {list(v)}" for k, v in spec.axes) or "nothing (one cell)"
     out = [f"# Study {spec.name}", ""]
     if spec.description:
@@ -123,8 +148,7 @@ def _markdown(spec: StudySpec, cells: Sequence[Cell], records: Sequence[dict[str
             f"{'zipped' if spec.combine == 'zip' else 'crossed'}.", "",
             "## What varied and what was shared", "",
             f"- Varied: {varied}.",
-            f"- Compute: {'equal, every cell trains on the same number of images' if spec.mode == 'images' else f'{spec.epochs} epochs of each cell’s own data'}"
-            f" (batch {spec.batch or 'the preset’s'}).",
+            f"- Compute: {compute} (batch {spec.batch or 'the preset’s'}).",
             f"- Subset `{spec.subset}`; data fractions are nested (key in fraction F when the first 8 bytes of "
             f"sha256(\"{spec.fraction_seed}:<key>\") / 2^64 < F); the held-out split is left out at every fraction.",
             f"- One autoencoder `{spec.autoencoder}` and one text encoder `{spec.text_encoder}` for every cell; "
@@ -140,7 +164,8 @@ def _markdown(spec: StudySpec, cells: Sequence[Cell], records: Sequence[dict[str
             "## Results", "",
             f"CLIP score with its 95% bootstrap interval over eval prompts ({spec.eval.bootstrap} resamples); "
             f"{fd_name} and {kid_name} against `{spec.eval.reference or spec.subset}`; memorization is the share of "
-            "samples whose nearest reference image has cosine ≥ 0.95. Every row traces to `runs/<run>/eval/<eval id>/`.",
+            "samples whose nearest reference image has cosine ≥ 0.95. Every row traces to "
+            "`runs/<run>/eval/<eval id>/`.",
             "", f"| cell | setting | status | train images | guidance | CLIP score | interval | uncond. CLIP | "
                 f"{fd_name} | {kid_name} | memorization | run | eval id |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -150,13 +175,16 @@ def _markdown(spec: StudySpec, cells: Sequence[Cell], records: Sequence[dict[str
         out.append(f"| {r['cell']} | {r['label']} | {r['status']} | {_fmt(r['train_images'])} | {r['guidance']:g} | "
                    f"{_fmt(r['clip_score'])} | {interval} | {_fmt(r['clip_score_unconditional'])} | {_fmt(r['fd'])} | "
                    f"{_fmt(r['kid'], 4)} | {_fmt(r['memorization'])} | `{r['run']}` | `{r['eval_id'] or '–'}` |")
+    if len(dict(spec.axes).get("captioner", ())) > 1:
+        out += side_by_side(spec, rows)
     out += ["", "## Compute per cell", "",
             "| cell | setting | training images (keys) | steps | wall s | images/s | device x ranks |",
             "|---|---|---|---|---|---|---|"]
     for rec in records:
         c = rec.get("compute") or {}
-        out.append(f"| {rec['cell']} | {rec['label']} | {_fmt(rec.get('train_images'))} ({_fmt(rec.get('train_keys'))}) "
-                   f"| {_fmt(c.get('steps'))} | {_fmt(c.get('wall_seconds'), 1)} | {_fmt(c.get('images_per_s'), 1)} | "
+        out.append(f"| {rec['cell']} | {rec['label']} | {_fmt(rec.get('train_images'))} "
+                   f"({_fmt(rec.get('train_keys'))}) | {_fmt(c.get('steps'))} | {_fmt(c.get('wall_seconds'), 1)} | "
+                   f"{_fmt(c.get('images_per_s'), 1)} | "
                    f"{c.get('device') or '–'} x {c.get('world_size') or 1} |")
     failed = [r for r in records if r["status"] != "ok"]
     if failed:

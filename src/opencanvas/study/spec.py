@@ -267,17 +267,19 @@ def check_workspace(ws: Workspace, spec: StudySpec) -> None:
     from opencanvas.caption.captioners import CAPTIONERS
     from opencanvas.train.presets import PRESETS
 
+    hint = "; the built-in studies run in a workspace where `opencanvas demo` has run" \
+        if spec.source.startswith("builtin:") else ""
     if not ws.subset_path(spec.subset).exists():
         subsets = sorted(p.stem for p in ws.subset_path("x").parent.glob("*.parquet"))
         raise StudyError(f"[study] subset = {spec.subset!r} does not exist: allowed are "
-                         f"{', '.join(subsets) or 'none yet (opencanvas catalog subset)'}")
+                         f"{', '.join(subsets) or 'none yet (opencanvas catalog subset)'}{hint}")
     for key, spec_value, directory in (("autoencoder", spec.autoencoder, ws.autoencoder_dir("x").parent),
                                        ("text_encoder", spec.text_encoder, ws.clip_dir("x").parent)):
         local = Path(spec_value).expanduser()
         hub_id = "/" in spec_value and not local.exists() and re.match(r"^[\w.-]+/[\w.-]+$", spec_value)
         if not ((directory / spec_value).is_dir() and "/" not in spec_value) and not local.is_dir() and not hub_id:
             raise StudyError(f"[study] {key} = {spec_value!r} does not exist: allowed are a name under "
-                             f"{ws.relative(directory)}/ ({_listing(directory)}), a local directory, or a hub id")
+                             f"{ws.relative(directory)}/ ({_listing(directory)}), a local directory, or a hub id{hint}")
     captions_root = ws.captions_dir("x").parent
     for captioner in spec.captioners() + [c for c in [spec.eval.prompt_captioner] if c]:
         if captioner not in CAPTIONERS and not (captions_root / captioner).is_dir():
