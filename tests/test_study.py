@@ -305,6 +305,17 @@ def test_plan_cells_and_a_failed_cell(base_ws: Path, tmp_path: Path) -> None:
     assert "## Failed cells" in (root / "REPORT.md").read_text()
     assert "cell 0 (fraction=0.05) failed" in " ".join(result.output.split())
 
+    # Equal compute by default; mode = "epochs" gives each fraction its own epochs x keys instead.
+    from opencanvas.study.cells import study_cells
+    from opencanvas.study.runner import train_arguments
+
+    equal = parse_study(study.read_text(), "grid.toml")
+    assert [train_arguments(ws, equal, c)["images"] for c in study_cells(equal)[1:]] == [128, 128]
+    epochs = parse_study(study.read_text().replace("images = 128", 'mode = "epochs"\nepochs = 3'), "grid.toml")
+    args = [train_arguments(ws, epochs, c) for c in study_cells(epochs)[1:]]
+    assert [a["images"] for a in args] == [3 * (a["_train_keys"] // 8) * 8 for a in args]
+    assert args[0]["images"] < args[1]["images"]
+
 
 # ---- kill -9 and resume ----------------------------------------------------------------
 
