@@ -129,6 +129,23 @@ def test_fractions_are_nested_and_follow_the_documented_formula() -> None:
         in_fraction("k", 0, 0.0)
 
 
+def test_latent_loader_reads_a_fraction_through_a_key_filter(tmp_path: Path) -> None:
+    from opencanvas.encode import LatentLoader, open_latents
+    from opencanvas.encode.synthetic import write_random_latents
+    from opencanvas.splits import key_fraction
+
+    ws = Workspace.open(tmp_path / "ws")
+    write_random_latents(ws, "lat", 200, resolution=64, text_len=8, text_dim=16)
+    latent_set = open_latents(ws, "lat")
+    keys = latent_set.keys()
+    chosen = frozenset(fraction_keys(keys, 0, 0.3))
+    loader = LatentLoader(latent_set, 4, seed=0, holdout=0.1, keys=chosen)
+    seen = {k for batch in loader for k in batch["keys"]}
+    expected = {k for k in chosen if key_fraction(k) >= 0.1}
+    assert seen <= expected and len(seen) >= len(expected) - 3  # only the epoch's tail (< one batch) is dropped
+    assert len(expected) < 0.4 * len(keys)
+
+
 def test_bootstrap_interval_covers_the_mean_and_narrows_with_prompts() -> None:
     rng = np.random.default_rng(0)
     few = rng.normal(20, 5, 8)
