@@ -71,8 +71,10 @@ def scaling_plot(path: Path, records: Sequence[dict[str, Any]], spec: StudySpec,
     scales = spec.eval.guidance
     fig, axes = plt.subplots(1, len(scales), figsize=(4.2 * len(scales), 3.4), squeeze=False)
     for ax, g in zip(axes[0], scales, strict=True):
-        for series, points in sorted(_grouped(records, spec, g, prompts, {"fraction", "seed"}).items()):
-            xs = [p[0] for p in points]
+        lines = sorted(_grouped(records, spec, g, prompts, {"fraction", "seed"}).items())
+        for i, (series, points) in enumerate(lines):
+            dodge = 1.0 + 0.04 * (i - (len(lines) - 1) / 2)  # side by side, so the error bars do not overlap
+            xs = [p[0] * dodge for p in points]
             ys = [p[1] for p in points]
             lo = [p[1] - p[2][0] if p[2] else 0.0 for p in points]
             hi = [p[2][1] - p[1] if p[2] else 0.0 for p in points]
