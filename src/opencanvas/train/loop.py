@@ -229,7 +229,7 @@ def _stream(s: Session) -> LatentStream:
     if s.stream is None or s.stream.resolution != res:
         s.stream = LatentStream.open(s.ws, s.cfg.latents, res, s.cfg.micro_batch, s.cfg.seed, s.env.rank,
                                      s.env.world, s.env.device, position=s.data_position, workers=s.cfg.workers,
-                                     holdout=s.cfg.holdout)
+                                     holdout=s.cfg.holdout, key_filter=s.cfg.key_filter)
     return s.stream
 
 
