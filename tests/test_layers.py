@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "opencanvas"
 # Lowest first. A part may import parts of its own rank or below; never one above it.
 LAYERS: list[set[str]] = [
     {"allocator", "progress", "storage", "workspace", "licenses", "engines", "pixels", "splits"},
-    {"shards", "captions", "cli_common"},
+    {"shards", "captions", "cli_common", "marking"},
     {"diffusion"},
-    {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"},
+    {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"}, {"provenance"},
     {"cards"}, {"demo"},
     {"cli"},
 ]

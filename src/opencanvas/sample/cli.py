@@ -9,6 +9,7 @@ import typer
 
 from opencanvas.cli_common import WorkspaceOption, fail, open_workspace, print_settings
 from opencanvas.diffusion.names import SAMPLER_NAMES, SPACINGS
+from opencanvas.marking.options import C2paCertOption, C2paKeyOption, C2paOmitPromptOption, apply_marking
 
 RunOption = Annotated[str | None, typer.Option("--run", help="Training run under runs/ to sample from.")]
 PipelineOption = Annotated[Path | None, typer.Option(
@@ -77,6 +78,9 @@ def sample_command(
     batch_size: BatchOption = 8,
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "float32",
+    c2pa_cert: C2paCertOption = None,
+    c2pa_key: C2paKeyOption = None,
+    c2pa_omit_prompt: C2paOmitPromptOption = False,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Generate images with classifier-free guidance; each PNG carries its prompt, seed and provenance."""
@@ -95,6 +99,7 @@ def sample_command(
     if not all_prompts:
         raise fail("no prompts: pass PROMPT arguments or --prompts-file F")
     ws = open_workspace(workspace)
+    apply_marking(ws, c2pa_cert, c2pa_key, c2pa_omit_prompt)  # a bad cert/key fails before any image
     try:
         model = load_model(ws, run, pipeline, ema=not no_ema, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
@@ -154,6 +159,9 @@ def eval_command(
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "float32",
     no_ema: NoEmaOption = False,
+    c2pa_cert: C2paCertOption = None,
+    c2pa_key: C2paKeyOption = None,
+    c2pa_omit_prompt: C2paOmitPromptOption = False,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Score a run across guidance scales: FID/KID (or FD-CLIP/KID-CLIP), CLIP score, precision/recall, memorization.
@@ -174,6 +182,7 @@ def eval_command(
     if run is None and pipeline is None:
         raise fail("give --run NAME (or --pipeline DIR to evaluate an exported/external diffusers folder)")
     ws = open_workspace(workspace)
+    apply_marking(ws, c2pa_cert, c2pa_key, c2pa_omit_prompt)  # a bad cert/key fails before any image
     name = run or pipeline.name  # type: ignore[union-attr]
     print_settings("eval", {"run": name, "pipeline": str(pipeline or "-"), "prompts": prompts,
                             "reference": reference, "metrics": list(wanted), "guidance": [0.0, *scales], "n": n,
