@@ -38,6 +38,7 @@ from opencanvas.catalog.sources import ADAPTERS, InputUnit
 from opencanvas.engines import map_shards
 from opencanvas.progress import progress_bar
 from opencanvas.storage import atomic_path, atomic_write_json, atomic_write_parquet, sha256_file
+from opencanvas.tombstones import tombstoned_keys, without_tombstoned
 from opencanvas.workspace import Workspace
 
 PART_ROWS = 250_000  # rows per catalog part: ~10-20 MB of Parquet
@@ -199,7 +200,8 @@ def ingest_unit(task: UnitTask, on_batch: Callable[[int], None] | None = None) -
         catalog = _PartWriter(Path(task.source_dir), f"part-{task.uid}", CATALOG_SCHEMA, writer, CATALOG_PARQUET)
         quarantine = _PartWriter(Path(task.quarantine_dir), f"{unit.source}-{task.uid}", QUARANTINE_SCHEMA, writer)
         try:
-            _read_unit(unit, catalog, quarantine, result, on_batch)
+            _read_unit(unit, catalog, quarantine, result, on_batch,
+                       tombstoned_keys(Path(task.source_dir).parent))  # taken-down keys never come back
             result.parts, result.quarantine_parts = catalog.close(), quarantine.close()
         except BaseException:
             for part_writer in (catalog, quarantine):
@@ -214,13 +216,14 @@ def ingest_unit(task: UnitTask, on_batch: Callable[[int], None] | None = None) -
 
 
 def _read_unit(unit: InputUnit, catalog: _PartWriter, quarantine: _PartWriter, result: UnitResult,
-               on_batch: Callable[[int], None] | None) -> None:
+               on_batch: Callable[[int], None] | None, tombstoned: frozenset[str] = frozenset()) -> None:
     batch: SourceBatch
     for batch in ADAPTERS[unit.source].read(unit):
         rows, rejects = batch.catalog, batch.quarantine
         if rows.num_rows + rejects.num_rows != batch.read:
             raise RuntimeError(f"{unit.source} adapter returned {rows.num_rows} rows + {rejects.num_rows} rejects "
                                f"for {batch.read} records read from {unit.path}: an adapter bug")
+        rows = without_tombstoned(rows, tombstoned)
         catalog.add(rows)
         quarantine.add(rejects)
         result.read += batch.read

@@ -1,4 +1,4 @@
-"""CLI verbs: `opencanvas verify`, `opencanvas c2pa make-test-cert` (registered by opencanvas.cli)."""
+"""CLI verbs: `verify`, `c2pa make-test-cert`, `takedown`, `trace` (registered by opencanvas.cli)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,54 @@ def verify_command(
         raise typer.Exit(code=1)
 
 
+def takedown_command(
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the tombstone table and the record).")]
+    = ...,  # type: ignore[assignment]
+    key: Annotated[list[str] | None, typer.Option("--key", help="Catalog key to remove (repeatable).")] = None,
+    author: Annotated[list[str] | None, typer.Option(
+        "--author", help="Remove every image by this creator (name or creator URL; repeatable).")] = None,
+    url: Annotated[list[str] | None, typer.Option(
+        "--url", help="Remove the image at this landing or download URL (repeatable).")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Remove images everywhere (catalog, subsets, shards, captions, latents), tombstone their keys, and write
+    takedowns/ID.json naming every autoencoder, CLIP and run that trained on them. Re-run to resume."""
+    from opencanvas.provenance.takedown import takedown
+
+    ws = open_workspace(workspace)
+    try:
+        record = takedown(ws, key or [], author or [], url or [], reason)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    removed = ", ".join(f"{n} {kind}" for kind, n in record["removed"].items() if n) or "nothing left to remove"
+    typer.echo(f"takedown {record['id']}: {len(record['keys'])} images; removed {removed}")
+    retrain = record["affected"]["retrain"]
+    typer.echo(f"retrain: {', '.join(retrain)}" if retrain else "no trained component or run saw these images")
+    typer.echo(f"record: {ws.root / 'takedowns' / (record['id'] + '.json')}")
+
+
+def trace_command(
+    run: Annotated[str, typer.Option("--run", help="Training run under runs/.")],
+    key: Annotated[str, typer.Option("--key", help="Catalog key of the image.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Did run R train on image K? (From its latent set, held-out split and past takedowns.)"""
+    from opencanvas.provenance.takedown import trace
+
+    try:
+        answer = trace(open_workspace(workspace), run, key)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+    else:
+        typer.echo(f"{'yes' if answer['trained_on'] else 'no'}: {answer['why']}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the provenance verbs to the root app."""
     app.add_typer(c2pa_app, name="c2pa")
     app.command("verify")(verify_command)
+    app.command("takedown")(takedown_command)
+    app.command("trace")(trace_command)

@@ -1,0 +1,150 @@
+"""Takedown end to end: an image leaves the catalog, subsets, shards, captions and latents; its key is
+tombstoned; the record names the runs and components that trained on it; re-ingest skips it; trace."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from opencanvas.captions import read_captions
+from opencanvas.catalog.ingest import ingest
+from opencanvas.catalog.query import catalog_rows
+from opencanvas.cli import app
+from opencanvas.components.records import write_record
+from opencanvas.encode.store import open_latents
+from opencanvas.encode.synthetic import write_random_latents
+from opencanvas.provenance import removal
+from opencanvas.provenance.takedown import takedown
+from opencanvas.shards import iter_shard, read_index
+from opencanvas.splits import key_fraction
+from opencanvas.storage import atomic_write_json
+from opencanvas.tombstones import read_tombstones
+from opencanvas.workspace import Workspace
+from tests.factories import make_captions, make_image_subset
+
+
+def _rekey_latents(ws: Workspace, name: str, subset: str) -> None:
+    """write_random_latents names keys synthetic:%08d; the factory catalog uses synthetic:%05d."""
+    root = ws.latents_dir(name)
+    for path in list(root.glob("res-*/shard-*/*.keys.parquet")) + list(root.glob("text/shard-*/keys.parquet")):
+        table = pq.read_table(path)
+        keys = [f"synthetic:{int(k.split(':')[1]):05d}" for k in table.column("key").to_pylist()]
+        pq.write_table(table.set_column(0, "key", pa.array(keys)), path)
+    meta = json.loads((root / "meta.json").read_text())
+    atomic_write_json(root / "meta.json", meta | {"subset": subset})
+
+
+@pytest.fixture
+def trained(tmp_path: Path) -> tuple[Workspace, list[str]]:
+    """A workspace with 24 images in catalog/subset/shards/captions/latents, an autoencoder record trained on
+    the subset, and a tiny run trained on the latents."""
+    from opencanvas.sample.tiny import tiny_text_model, tiny_tokenizer, tiny_vae
+    from opencanvas.train import loop
+
+    ws = Workspace.open(tmp_path / "ws")
+    keys = make_image_subset(ws, "shapes", n=24, size=16, shard_size=12)
+    make_captions(ws, "shapes")
+    write_random_latents(ws, "lat", 24, resolution=16, downscale=2, text_len=8, text_dim=32, shard_size=12)
+    _rekey_latents(ws, "lat", "shapes")
+    tiny_vae(1).save_pretrained(ws.autoencoder_dir("synthetic"))
+    tiny_text_model(2).save_pretrained(ws.clip_dir("synthetic"))
+    tiny_tokenizer().save_pretrained(ws.clip_dir("synthetic"))
+    write_record(ws.autoencoder_dir("ae-shapes"), {"subset": "shapes", "images_seen": 96})
+    loop.train(ws, "lat", "tiny", "r", images=16, batch=8)
+    return ws, keys
+
+
+def _trained_key(keys: list[str]) -> str:
+    return next(k for k in keys if key_fraction(k) >= 0.1)
+
+
+def test_takedown_removes_everywhere_and_names_the_runs(trained: tuple[Workspace, list[str]]) -> None:
+    ws, keys = trained
+    key, held_out = _trained_key(keys), next(k for k in keys if key_fraction(k) < 0.1)
+    r = CliRunner().invoke(app, ["takedown", "--key", key, "--key", held_out, "--reason", "author request",
+                                 "-w", str(ws.root)])
+    assert r.exit_code == 0, r.output
+    assert "retrain: autoencoders/ae-shapes, latents/lat (re-encode), runs/r" in r.output
+    [record_path] = (ws.root / "takedowns").glob("*.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "done" and record["keys"] == sorted([key, held_out])
+    assert record["removed"] == {"catalog": 2, "quarantine": 0, "subsets": 2, "images": 2, "captions": 2,
+                                 "latents": 2, "latent_texts": 2}
+    [run] = record["affected"]["runs"]
+    assert run["name"] == "r" and run["keys"] == [key] and run["images_seen"] == 16  # held-out key never trained
+    assert [c["name"] for c in record["affected"]["autoencoders"]] == ["ae-shapes"]
+    # gone from every record the stages wrote
+    doomed = {key, held_out}
+    assert not doomed & set(catalog_rows(ws).column("key").to_pylist())
+    assert not doomed & set(pq.read_table(ws.subset_path("shapes")).column("key").to_pylist())
+    assert not doomed & set(read_index(ws.images_dir("shapes")).column("key").to_pylist())
+    assert not doomed & {img.key for tar in ws.images_dir("shapes").glob("*.tar") for img in iter_shard(tar)}
+    assert not doomed & set(read_captions(ws, "metadata").column("key").to_pylist())
+    latents = open_latents(ws, "lat")
+    assert len(latents) == 22 and not doomed & set(latents.keys())
+    assert all(rec.key == k for k, rec in zip(latents.keys(), (latents.get(i) for i in range(len(latents)))))
+    assert pq.read_table(ws.subset_path("shapes")).schema.metadata[b"policy"] == b"commercial"  # metadata kept
+    tomb = read_tombstones(ws.catalog_dir).to_pylist()
+    assert {t["key"] for t in tomb} == doomed and {t["reason"] for t in tomb} == {"author request"}
+    # trace: both directions, after the takedown too
+    for k, yes in ((key, True), (held_out, False), (_trained_key([k for k in keys if k not in doomed]), True)):
+        out = CliRunner().invoke(app, ["trace", "--run", "r", "--key", k, "--json", "-w", str(ws.root)])
+        assert out.exit_code == 0 and json.loads(out.output)["trained_on"] is yes, out.output
+    again = CliRunner().invoke(app, ["takedown", "--key", key, "--key", held_out, "--reason", "author request",
+                                     "-w", str(ws.root)])
+    assert again.exit_code == 0 and json.loads(record_path.read_text()) == record  # idempotent
+
+
+def test_unknown_key_changes_nothing(trained: tuple[Workspace, list[str]]) -> None:
+    ws, keys = trained
+    before = {p: p.read_bytes() for p in ws.root.rglob("*.parquet")}
+    r = CliRunner().invoke(app, ["takedown", "--key", keys[3], "--key", "synthetic:nope", "--reason", "x",
+                                 "-w", str(ws.root)])
+    assert r.exit_code == 2 and "not in the catalog: synthetic:nope" in r.output
+    assert {p: p.read_bytes() for p in ws.root.rglob("*.parquet")} == before
+    assert not (ws.root / "takedowns").exists()
+
+
+def test_a_killed_takedown_resumes(trained: tuple[Workspace, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    ws, keys = trained
+    key = _trained_key(keys)
+
+    def killed(*_: object) -> int:
+        raise KeyboardInterrupt  # as if killed while rewriting the first image shard
+
+    monkeypatch.setattr(removal, "filter_shard", killed)
+    with pytest.raises(KeyboardInterrupt):
+        takedown(ws, [key], reason="dmca")
+    [record_path] = (ws.root / "takedowns").glob("*.json")
+    assert json.loads(record_path.read_text())["status"] == "removing"
+    assert key not in set(catalog_rows(ws).column("key").to_pylist())  # done before the kill
+    monkeypatch.undo()
+    record = takedown(ws, [key], reason="dmca")
+    assert record["status"] == "done" and record["affected"]["runs"][0]["keys"] == [key]
+    assert key not in set(read_index(ws.images_dir("shapes")).column("key").to_pylist())
+    assert key not in set(open_latents(ws, "lat").keys())
+
+
+def test_reingest_skips_tombstoned_keys(tmp_path: Path) -> None:
+    from PIL import Image
+
+    ws = Workspace.open(tmp_path / "ws")
+    root = tmp_path / "a" / "photos"
+    root.mkdir(parents=True)
+    for name, creator in (("x.png", "Cleo"), ("y.png", "Dan")):
+        Image.new("RGB", (8, 8)).save(root / name)
+        (root / f"{name}.json").write_text(json.dumps({"creator": creator, "license": "CC0 1.0"}))
+    assert ingest(ws, "folder", [root]).ingested == 2
+    r = CliRunner().invoke(app, ["takedown", "--author", "Cleo", "--reason", "asked", "-w", str(ws.root)])
+    assert r.exit_code == 0, r.output
+    assert set(catalog_rows(ws).column("key").to_pylist()) == {"folder:photos/y.png"}
+    again = tmp_path / "b" / "photos"  # the same images from another place: a new input
+    shutil.copytree(root, again)
+    ingest(ws, "folder", [again])
+    assert set(catalog_rows(ws).column("key").to_pylist()) == {"folder:photos/y.png"}
