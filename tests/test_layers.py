@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"shards", "captions", "cli_common", "marking"},
     {"diffusion"},
     {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"}, {"provenance"},
-    {"cards"}, {"demo"},
+    {"cards"}, {"publish"}, {"demo"},
     {"cli"},
 ]
 

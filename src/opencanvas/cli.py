@@ -52,11 +52,12 @@ def _register_stages() -> None:
     from opencanvas.encode import cli as encode_cli
     from opencanvas.fetch import cli as fetch_cli
     from opencanvas.provenance import cli as provenance_cli
+    from opencanvas.publish import cli as publish_cli
     from opencanvas.sample import cli as sample_cli
     from opencanvas.train import cli as train_cli
 
     for module in (catalog_cli, fetch_cli, caption_cli, components_cli, encode_cli,
-                   train_cli, sample_cli, provenance_cli, cards_cli, demo_cli):
+                   train_cli, sample_cli, provenance_cli, cards_cli, publish_cli, demo_cli):
         module.register(app)
 
 
