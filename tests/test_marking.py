@@ -150,3 +150,21 @@ def test_make_test_cert_command(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     creds = load_credentials(tmp_path / "c2pa-cert.pem", tmp_path / "c2pa-key.pem")
     assert creds.alg == "es256" and "OpenCanvas local test signer" in creds.signer
+
+
+def test_eval_images_are_marked(folder: Path, cert: tuple[Path, Path], tmp_path: Path) -> None:
+    from opencanvas.sample.tiny import write_tiny_clip
+    from tests.factories import make_image_subset
+
+    ws = Workspace.open(tmp_path / "ws")
+    make_image_subset(ws, "shapes", n=8, size=16, shard_size=8)
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
+    r = CliRunner().invoke(app, ["eval", "--pipeline", str(folder), "--prompts", str(tmp_path / "p.txt"),
+                                 "--reference", "shapes", "--metrics", "clip", "--guidance", "3", "-n", "2",
+                                 "--steps", "1", "--clip", str(write_tiny_clip(tmp_path / "clip")),
+                                 "--c2pa-cert", str(cert[0]), "--c2pa-key", str(cert[1]), "-w", str(ws.root)])
+    assert r.exit_code == 0, r.output
+    images = sorted(ws.run_dir(folder.name).glob("eval/*/g*/*.png"))
+    assert len(images) == 4  # guidance 0 (the unconditional baseline) and 3, two images each
+    code, verdicts = _verify(*map(str, images))
+    assert code == 0 and all(v["manifest"]["generation"]["weights_sha256"] == "f" * 64 for v in verdicts)
