@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 CLIPART := /usr/share/openclipart/svg
 
-.PHONY: demo test lint setup clipart venv bench gpu-wheels clean
+.PHONY: demo test lint setup clipart chromium venv bench gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -30,7 +30,15 @@ clipart:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openclipart-png openclipart-svg; \
 	else echo "warning: no apt-get; install openclipart-png and openclipart-svg by hand (tests on it are skipped)"; fi
 
-setup: venv clipart
+# Debian's Chromium and its driver, for the web app's browser tests (skipped when absent).
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "Chromium: present"; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	else echo "warning: no apt-get; install chromium and chromium-driver by hand (browser tests are skipped)"; fi
+
+setup: venv clipart chromium
 
 demo: setup
 	$(VENV)/bin/opencanvas demo --workspace demo-workspace

@@ -55,9 +55,10 @@ def test_map_shards_process_pool_matches_serial() -> None:
     assert sorted(map_shards(_square, [1, 2, 3], workers=2)) == [1, 4, 9]
 
 
-# Every verb of docs/architecture.md's pipeline, plus the component trainers, export and the demo.
+# Every verb of docs/architecture.md's pipeline, plus the component trainers, export, the demo,
+# human evaluation and the web app.
 STAGE_VERBS = {"catalog", "fetch", "caption", "autoencoder", "clip", "encode", "train", "export", "sample", "eval",
-               "card", "demo"}
+               "card", "demo", "humaneval", "serve"}
 
 
 def test_cli_help_lists_stage_verbs() -> None:

@@ -4,7 +4,6 @@ tombstoned; the record names the runs and components that trained on it; re-inge
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -65,8 +64,12 @@ def _trained_key(keys: list[str]) -> str:
 
 
 def test_takedown_removes_everywhere_and_names_the_runs(trained: tuple[Workspace, list[str]]) -> None:
+    from opencanvas.catalog.stats import catalog_stats
+    from opencanvas.catalog.subset import catalog_hash
+
     ws, keys = trained
     key, held_out = _trained_key(keys), next(k for k in keys if key_fraction(k) < 0.1)
+    snapshot = catalog_hash(ws)
     r = CliRunner().invoke(app, ["takedown", "--key", key, "--key", held_out, "--reason", "author request",
                                  "-w", str(ws.root)])
     assert r.exit_code == 0, r.output
@@ -90,6 +93,7 @@ def test_takedown_removes_everywhere_and_names_the_runs(trained: tuple[Workspace
     assert len(latents) == 22 and not doomed & set(latents.keys())
     assert all(rec.key == k for k, rec in zip(latents.keys(), (latents.get(i) for i in range(len(latents)))))
     assert pq.read_table(ws.subset_path("shapes")).schema.metadata[b"policy"] == b"commercial"  # metadata kept
+    assert catalog_stats(ws)["total"]["balanced"] and catalog_hash(ws) != snapshot  # a new catalog snapshot
     tomb = read_tombstones(ws.catalog_dir).to_pylist()
     assert {t["key"] for t in tomb} == doomed and {t["reason"] for t in tomb} == {"author request"}
     # trace: both directions, after the takedown too
@@ -132,19 +136,21 @@ def test_a_killed_takedown_resumes(trained: tuple[Workspace, list[str]], monkeyp
 
 
 def test_reingest_skips_tombstoned_keys(tmp_path: Path) -> None:
-    from PIL import Image
+    from opencanvas.catalog.query import query
+    from opencanvas.catalog.stats import catalog_stats
+    from tests.test_catalog_sources import write_yfcc, yfcc_fields
 
-    ws = Workspace.open(tmp_path / "ws")
-    root = tmp_path / "a" / "photos"
-    root.mkdir(parents=True)
-    for name, creator in (("x.png", "Cleo"), ("y.png", "Dan")):
-        Image.new("RGB", (8, 8)).save(root / name)
-        (root / f"{name}.json").write_text(json.dumps({"creator": creator, "license": "CC0 1.0"}))
-    assert ingest(ws, "folder", [root]).ingested == 2
-    r = CliRunner().invoke(app, ["takedown", "--author", "Cleo", "--reason", "asked", "-w", str(ws.root)])
+    ws, t = Workspace.open(tmp_path / "ws"), "\t".join
+    ingest(ws, "yfcc100m", [write_yfcc(tmp_path / "a.tsv", [t(yfcc_fields(1)), t(yfcc_fields(2))])])
+    gone = "yfcc100m:5000001"
+    r = CliRunner().invoke(app, ["takedown", "--key", gone, "--reason", "asked", "-w", str(ws.root)])
     assert r.exit_code == 0, r.output
-    assert set(catalog_rows(ws).column("key").to_pylist()) == {"folder:photos/y.png"}
-    again = tmp_path / "b" / "photos"  # the same images from another place: a new input
-    shutil.copytree(root, again)
-    ingest(ws, "folder", [again])
-    assert set(catalog_rows(ws).column("key").to_pylist()) == {"folder:photos/y.png"}
+    assert catalog_rows(ws).column("key").to_pylist() == ["yfcc100m:5000002"]
+    later = ingest(ws, "yfcc100m", [write_yfcc(tmp_path / "b.tsv", [t(yfcc_fields(1)), t(yfcc_fields(3))])])
+    assert (later.ingested, later.quarantined, later.reasons) == (1, 1, {"taken-down": 1})
+    assert catalog_rows(ws).column("key").to_pylist() == ["yfcc100m:5000002", "yfcc100m:5000003"]
+    # the takedown's own row and the re-ingest's: the key only, never the content
+    quarantined = query(ws, "SELECT raw, reason FROM {quarantine}").to_pylist()
+    assert quarantined == [{"raw": json.dumps({"key": gone}), "reason": "taken-down"}] * 2
+    stats = catalog_stats(ws)["sources"]["yfcc100m"]
+    assert stats["balanced"] and (stats["read"], stats["ingested"], stats["quarantined"]) == (4, 2, 2)

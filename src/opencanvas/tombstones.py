@@ -38,11 +38,16 @@ def tombstoned_keys(catalog_dir: Path) -> frozenset[str]:
     return frozenset(read_tombstones(catalog_dir).column("key").to_pylist())
 
 
+def tombstoned_mask(rows: pa.Table, keys: frozenset[str]) -> pa.Array:
+    """True for the rows whose key was taken down."""
+    if not keys or rows.num_rows == 0:
+        return pa.array([False] * rows.num_rows, pa.bool_())
+    return pc.is_in(rows.column("key"), pa.array(sorted(keys), pa.string()))
+
+
 def without_tombstoned(rows: pa.Table, keys: frozenset[str]) -> pa.Table:
     """`rows` less those whose key was taken down."""
-    if not keys or rows.num_rows == 0:
-        return rows
-    return rows.filter(pc.invert(pc.is_in(rows.column("key"), pa.array(sorted(keys), pa.string()))))
+    return rows.filter(pc.invert(tombstoned_mask(rows, keys)))
 
 
 def add_tombstones(catalog_dir: Path, keys: Iterable[str], reason: str, takedown_id: str) -> int:

@@ -48,21 +48,34 @@ def ingest_cmd(
 def subset_cmd(
     policy: Annotated[str, typer.Option(help=f"License policy: {policy_choices()}.")],
     name: Annotated[str, typer.Option(help="Subset name: writes subsets/NAME.parquet.")],
+    fraction: Annotated[float, typer.Option(help="Keep this random fraction (0, 1] of the policy's images, "
+                                                 "by a hash of (key, seed): with one seed, smaller fractions "
+                                                 "lie inside larger ones.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the fraction's random order.")] = 0,
+    max_rows: Annotated[int | None, typer.Option(help="Keep at most this many images (first in the seed's "
+                                                      "random order).", min=1)] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Select the catalog keys a license policy admits (ND and unknown licenses never enter)."""
-    from opencanvas.catalog.subset import make_subset
+    from opencanvas.catalog.subset import check_fraction, make_subset
     from opencanvas.storage import parquet_metadata
 
-    ws = open_workspace(workspace)
     try:
-        path = make_subset(ws, policy, name)
+        check_fraction(fraction)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    ws = open_workspace(workspace)
+    print_settings("catalog subset", {"workspace": str(ws.root), "policy": policy, "name": name,
+                                      "fraction": fraction, "seed": seed, "max_rows": max_rows})
+    try:
+        path = make_subset(ws, policy, name, fraction=fraction, seed=seed, max_rows=max_rows)
     except ValueError as e:
         raise fail(str(e)) from None
     import pyarrow.parquet as pq
 
     meta = parquet_metadata(path)
-    console.print(f"{ws.relative(path)}: {pq.read_metadata(path).num_rows:,} images, policy {meta['policy']}, "
+    part = "" if fraction == 1 and max_rows is None else f" (fraction {fraction}, seed {seed})"
+    console.print(f"{ws.relative(path)}: {pq.read_metadata(path).num_rows:,} images{part}, policy {meta['policy']}, "
                   f"catalog {meta['catalog_hash'][:12]}")
 
 

@@ -43,6 +43,77 @@ def filter_parquet(path: Path, keys: frozenset[str]) -> int:
     return int(pc.sum(mask).as_py() or 0)
 
 
+def _taken_down_rows(keys: list[str], source: str, input_file: str, tid: str) -> pa.Table:
+    from opencanvas.catalog.schema import QUARANTINE_SCHEMA
+
+    n = len(keys)
+    return pa.table({"source": [source] * n, "input_file": [input_file] * n, "record_no": pa.nulls(n, pa.int64()),
+                     "raw": [json.dumps({"key": k}) for k in keys], "reason": ["taken-down"] * n,
+                     "detail": [f"removed by takedown {tid}; content not kept"] * n}, schema=QUARANTINE_SCHEMA)
+
+
+def remove_from_catalog(ws: Workspace, keys: frozenset[str], tid: str) -> int:
+    """Move `keys` out of the catalog parts of every input unit, keeping each source balanced.
+
+    Per unit: a quarantine part `<source>-<unit>-takedown-<tid>.parquet` names the removed keys
+    (reason `taken-down`, never the content), then the parts are rewritten, then the unit's
+    done-record gets the new part hashes (so the catalog hash changes) and counts, last. A kill
+    anywhere is finished by the next run.
+    """
+    from opencanvas.catalog.ingest import DONE_DIR
+    from opencanvas.catalog.query import catalog_sources
+    from opencanvas.storage import atomic_write_json, sha256_file
+
+    removed = 0
+    for source in catalog_sources(ws):
+        source_dir = ws.source_dir(source)
+        for done_path in sorted((source_dir / DONE_DIR).glob("*.json")):
+            record = json.loads(done_path.read_text())
+            qname = f"{source}-{record['unit']}-takedown-{tid}.parquet"
+            qpath = ws.quarantine_dir / qname
+            have = pq.read_table(qpath).column("raw").to_pylist() if qpath.exists() else []
+            have_keys = [json.loads(raw)["key"] for raw in have]
+            found = [k for name in record["parts"]
+                     for k in pq.read_table(source_dir / name, columns=["key"]).column("key").to_pylist()
+                     if k in keys]
+            if not found and (not have_keys or qname in record.get("quarantine_parts", [])):
+                continue
+            union = sorted(set(have_keys) | set(found))
+            atomic_write_parquet(qpath, _taken_down_rows(union, source, record.get("input", ""), tid))
+            for name in record["parts"]:
+                filter_parquet(source_dir / name, keys)
+            new = len(union) - (len(have_keys) if qname in record.get("quarantine_parts", []) else 0)
+            reasons = record.get("reasons", {})
+            record |= {"parts": {name: sha256_file(source_dir / name) for name in record["parts"]},
+                       "quarantine_parts": sorted(set(record.get("quarantine_parts", [])) | {qname}),
+                       "ingested": record.get("ingested", 0) - new, "quarantined": record.get("quarantined", 0) + new,
+                       "reasons": reasons | {"taken-down": reasons.get("taken-down", 0) + new}}
+            atomic_write_json(done_path, record)
+            removed += new
+    return removed
+
+
+def scrub_quarantine(path: Path, keys: frozenset[str], tid: str) -> int:
+    """Replace quarantined records of `keys` (e.g. duplicates, which hold the whole row) by the key alone.
+
+    Rows stay, so the source's read = ingested + quarantined still holds."""
+    table = pq.read_table(path)
+    raw, reason = table.column("raw").to_pylist(), table.column("reason").to_pylist()
+    hits = {i: k for i, text in enumerate(raw) for k in keys
+            if reason[i] != "taken-down" and text and f'"{k}"' in text}
+    if not hits:
+        return 0
+    for i, k in hits.items():
+        raw[i], reason[i] = json.dumps({"key": k}), "taken-down"
+    detail = [f"removed by takedown {tid}; content not kept" if i in hits else d
+              for i, d in enumerate(table.column("detail").to_pylist())]
+    for name, values in (("raw", raw), ("reason", reason), ("detail", detail)):
+        table = table.set_column(table.schema.get_field_index(name), table.schema.field(name),
+                                 pa.array(values, pa.string()))
+    atomic_write_parquet(path, table)
+    return len(hits)
+
+
 def filter_shard(index_path: Path, keys: frozenset[str]) -> int:
     """Rewrite one image shard (tar, then its index: the done-marker) without `keys`; returns images removed."""
     if not keys_in(index_path, keys):
@@ -136,15 +207,15 @@ def blank_text_part(part: Path, keys: frozenset[str]) -> int:
     return len(rows)
 
 
-def remove_everywhere(ws: Workspace, keys: Iterable[str]) -> dict[str, int]:
+def remove_everywhere(ws: Workspace, keys: Iterable[str], tid: str) -> dict[str, int]:
     """Remove `keys` from catalog parts, quarantine, subsets, image shards, captions and latents."""
-    from opencanvas.catalog.query import part_files, quarantine_files
+    from opencanvas.catalog.query import quarantine_files
 
     doomed = frozenset(keys)
     counts = {"catalog": 0, "quarantine": 0, "subsets": 0, "images": 0, "captions": 0, "latents": 0,
               "latent_texts": 0}
-    counts["catalog"] = sum(filter_parquet(p, doomed) for p in part_files(ws) if p.exists())
-    counts["quarantine"] = sum(filter_parquet(p, doomed) for p in quarantine_files(ws) if p.exists())
+    counts["quarantine"] = sum(scrub_quarantine(p, doomed, tid) for p in quarantine_files(ws) if p.exists())
+    counts["catalog"] = remove_from_catalog(ws, doomed, tid)
     counts["subsets"] = sum(filter_parquet(p, doomed) for p in sorted((ws.root / "subsets").glob("*.parquet")))
     counts["images"] = sum(filter_shard(p, doomed) for p in sorted((ws.root / "images").glob("*/shard-*.parquet")))
     counts["captions"] = sum(filter_parquet(p, doomed)

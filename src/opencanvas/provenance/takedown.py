@@ -137,7 +137,7 @@ def takedown(ws: Workspace, keys: Sequence[str] = (), authors: Sequence[str] = (
                   "affected": affected(ws, found)}
         atomic_write_json(path, record)
     add_tombstones(ws.catalog_dir, record["keys"], reason, tid)
-    removed = remove_everywhere(ws, record["keys"])
+    removed = remove_everywhere(ws, record["keys"], tid)
     if record["status"] != "done":
         record |= {"status": "done", "removed": removed, "finished_at": datetime.now(UTC).isoformat()}
         atomic_write_json(path, record)

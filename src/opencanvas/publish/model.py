@@ -3,44 +3,40 @@ a README with the model card under the Hub's YAML header, and ATTRIBUTION.md / a
 
 from __future__ import annotations
 
-import shutil
-from collections import Counter
+import json
 from pathlib import Path
 
-from opencanvas.publish.hub_card import header_fields, hub_license
-from opencanvas.storage import atomic_write_text
+from opencanvas.storage import atomic_write_bytes, atomic_write_text
 from opencanvas.workspace import Workspace
 
 MODEL_TAGS = ["text-to-image", "diffusers", "creative-commons", "opencanvas"]
 
 
 def publish_model(ws: Workspace, run: str, out: Path) -> Path:
-    """Write the Hub model folder for `run` at `out` (new or empty); returns `out`."""
+    """Write the Hub model folder for `run` at `out` (new or empty); returns `out`.
+
+    The cards are (re)written first (`opencanvas card`), so the README's model card, the attribution
+    files and the license (`opencanvas.model_license`, as `export` states it) come from one source.
+    """
     from huggingface_hub import ModelCardData
 
-    from opencanvas.cards.attribution import write_attribution
-    from opencanvas.cards.writer import gather, model_card
+    from opencanvas.cards.writer import write_cards
     from opencanvas.provenance.takedown import takedowns_section
     from opencanvas.train.to_diffusers import export
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not empty: pass a new --out directory")
-    facts = gather(ws, run)  # fails (ValueError) before any export work when records are missing
-    tmp = out.with_name(f".{out.name}.publish")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export(ws, run, tmp)
-    rows = facts["training_rows"]
-    license_id, explanation = hub_license(Counter((r["license_id"], r["license_version"] or "") for r in rows))
-    header = ModelCardData(**header_fields(license_id, explanation), datasets=[facts["subset"]["name"]],
+    cards = write_cards(ws, run)  # fails before any export work when the run's records are missing
+    facts = json.loads((cards / "cards.json").read_text())
+    export(ws, run, out)
+    header = ModelCardData(license=facts["model_license"]["license_id"], datasets=[facts["subset"]["name"]],
                            base_model="none", tags=MODEL_TAGS, library_name="diffusers",
                            pipeline_tag="text-to-image")
-    atomic_write_text(tmp / "README.md", f"---\n{header.to_yaml()}\n---\n\n{model_card(facts)}\n\n"
-                      f"{takedowns_section(ws, run)}")
-    write_attribution(tmp, rows, heldout=facts["split"]["heldout"])
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    for name in ("ATTRIBUTION.md", "attribution.csv"):
+        atomic_write_bytes(out / name, (cards / name).read_bytes())
+    atomic_write_text(out / "README.md", f"---\n{header.to_yaml()}\n---\n\n{(cards / 'MODEL_CARD.md').read_text()}"
+                      f"\n\n{takedowns_section(ws, run)}")  # README last: a folder with it is complete
     return out
 
 
