@@ -168,3 +168,36 @@ def test_eval_images_are_marked(folder: Path, cert: tuple[Path, Path], tmp_path:
     assert len(images) == 4  # guidance 0 (the unconditional baseline) and 3, two images each
     code, verdicts = _verify(*map(str, images))
     assert code == 0 and all(v["manifest"]["generation"]["weights_sha256"] == "f" * 64 for v in verdicts)
+
+
+def test_web_app_images_are_marked(cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`opencanvas serve --c2pa-cert/--c2pa-key` marks process-wide: generation runs in a worker thread."""
+    import re
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from opencanvas.marking.marker import set_process_marker
+    from opencanvas.web.app import WebConfig, create_app
+    from opencanvas.web.security import Secrets
+    from tests.web_workspace import shared_web_workspace
+
+    ws, clip = shared_web_workspace(tmp_path_factory)
+    set_process_marker(Marker(load_credentials(*cert)))
+    try:
+        client = TestClient(create_app(WebConfig(ws=ws, host="127.0.0.1", clip=str(clip), secrets=Secrets())),
+                            base_url="http://127.0.0.1:8000")
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/generate").text).group(1)  # type: ignore[union-attr]
+        job = client.post("/api/generate", headers={"x-csrf-token": csrf},
+                          json={"run": "tiny-a", "prompt": "a blue square", "steps": 2, "seed": 11, "guidance": 3})
+        assert job.status_code == 200, job.text
+        for _ in range(600):
+            state = client.get(f"/api/generate/{job.json()['id']}").json()
+            if state["status"] in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        assert state["status"] == "done", state["error"]
+        check = read_manifest(client.get(state["image_url"]).content)
+    finally:
+        set_process_marker(None)
+    assert check.valid and check.generation["prompt"] == "a blue square" and check.generation["run"] == "tiny-a"

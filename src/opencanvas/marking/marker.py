@@ -35,6 +35,15 @@ class Marker:
 
 
 _ACTIVE: ContextVar[Marker | None] = ContextVar("opencanvas_marker", default=None)
+# A server (`opencanvas serve`) writes images from worker threads, which start with an empty
+# context; the marker it is started with applies to the whole process.
+_process_marker: Marker | None = None
+
+
+def set_process_marker(marker: Marker | None) -> None:
+    """Mark every image this process writes with `marker` (unless a block chose another); None clears it."""
+    global _process_marker
+    _process_marker = marker
 
 
 def activate(marker: Marker) -> Token[Marker | None]:
@@ -89,7 +98,7 @@ def png_info_with_xmp(info: PngInfo, meta: dict[str, Any]) -> PngInfo:
 
 def mark_image_bytes(data: bytes, mime: str, meta: dict[str, Any], title: str = "image") -> bytes:
     """Sign encoded image bytes (which already carry XMP) with the active marker; unchanged without one."""
-    marker = _ACTIVE.get()
+    marker = _ACTIVE.get() or _process_marker
     if marker is None or marker.credentials is None:
         return data
     return sign_image(data, mime, generation_claims(meta, marker.omit_prompt), marker.credentials, title)
