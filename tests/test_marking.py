@@ -201,3 +201,33 @@ def test_web_app_images_are_marked(cert: tuple[Path, Path], tmp_path_factory: py
     finally:
         set_process_marker(None)
     assert check.valid and check.generation["prompt"] == "a blue square" and check.generation["run"] == "tiny-a"
+
+
+@pytest.mark.parametrize("fmt,suffix", [("jpeg", "jpg"), ("webp", "webp")])
+def test_sample_format_jpeg_webp_is_marked_and_resumes(folder: Path, cert: tuple[Path, Path], tmp_path: Path,
+                                                       fmt: str, suffix: str) -> None:
+    from opencanvas.sample.pngmeta import read_image_meta
+
+    out = tmp_path / "o"
+    signing = ["--c2pa-cert", str(cert[0]), "--c2pa-key", str(cert[1]), "--format", fmt]
+    _sample(folder, out, *signing)
+    images = sorted(out.glob(f"0*.{suffix}"))
+    assert [p.name for p in images] == [f"00000-s0.{suffix}", f"00001-s1.{suffix}"]
+    code, verdicts = _verify(*map(str, images))
+    assert code == 0 and verdicts[1]["xmp"]["weights_sha256"] == "f" * 64
+    assert read_image_meta(images[1])["seed"] == 1 and read_image_meta(images[1])["prompt"] == "a red circle"
+    before = [p.stat().st_mtime_ns for p in images]
+    _sample(folder, out, *signing)  # same command: every image found done, none rewritten
+    assert [p.stat().st_mtime_ns for p in images] == before
+    r = CliRunner().invoke(app, ["sample", "--pipeline", str(folder), "x", "--out", str(tmp_path / "n"),
+                                 "--format", "gif", "-w", str(tmp_path / "ws")])
+    assert r.exit_code == 2 and "unknown --format" in r.output
+
+
+def test_xmp_round_trips_awkward_text() -> None:
+    from opencanvas.marking.xmp import xmp_packet
+
+    meta = {"model": 'run "a" <b> & c', "weights_hash": "ab" * 32, "prompt": "line one\nline 'two'\t\"3\" & <4>"}
+    fields = read_xmp_fields(xmp_packet(meta, with_generation=True))
+    assert fields["model"] == meta["model"] and json.loads(fields["generation"]) == meta
+    assert fields["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA

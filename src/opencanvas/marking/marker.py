@@ -13,14 +13,15 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from opencanvas.marking.certificates import SigningCredentials, load_credentials
-from opencanvas.marking.manifest import sign_image
 from opencanvas.marking.xmp import PNG_XMP_KEY, xmp_packet
+
+if TYPE_CHECKING:  # c2pa and cryptography load when an image is signed, not with the CLI
+    from opencanvas.marking.certificates import SigningCredentials
 
 NO_C2PA_NOTICE = ("note: images carry XMP (IPTC trainedAlgorithmicMedia) but no C2PA manifest; to sign them, "
                   "run `opencanvas c2pa make-test-cert` and pass --c2pa-cert/--c2pa-key (or set [c2pa] cert/key "
@@ -77,6 +78,8 @@ def resolve_marker(settings: dict[str, Any], root: Path, cert: Path | None, key:
         return Marker(None, omit_prompt)
     if cert is None or key is None:
         raise ValueError("C2PA signing needs both a certificate and a key: give --c2pa-cert and --c2pa-key")
+    from opencanvas.marking.certificates import load_credentials
+
     return Marker(load_credentials(cert, key), omit_prompt)
 
 
@@ -101,6 +104,8 @@ def mark_image_bytes(data: bytes, mime: str, meta: dict[str, Any], title: str = 
     marker = _ACTIVE.get() or _process_marker
     if marker is None or marker.credentials is None:
         return data
+    from opencanvas.marking.manifest import sign_image
+
     return sign_image(data, mime, generation_claims(meta, marker.omit_prompt), marker.credentials, title)
 
 
@@ -112,5 +117,6 @@ def encode_marked(image: Image.Image, meta: dict[str, Any], fmt: str = "png", qu
     if fmt == "png":
         image.save(buf, format="PNG", pnginfo=png_info_with_xmp(PngInfo(), meta))
     else:
-        image.convert("RGB").save(buf, format=fmt.upper(), quality=quality, xmp=xmp_packet(meta).encode("utf-8"))
+        xmp = xmp_packet(meta, with_generation=True).encode("utf-8")
+        image.convert("RGB").save(buf, format=fmt.upper(), quality=quality, xmp=xmp)
     return mark_image_bytes(buf.getvalue(), FORMATS[fmt], meta)

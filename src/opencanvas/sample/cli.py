@@ -78,6 +78,7 @@ def sample_command(
     batch_size: BatchOption = 8,
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "float32",
+    image_format: Annotated[str, typer.Option("--format", help="Image format: png, jpeg or webp.")] = "png",
     c2pa_cert: C2paCertOption = None,
     c2pa_key: C2paKeyOption = None,
     c2pa_omit_prompt: C2paOmitPromptOption = False,
@@ -89,6 +90,8 @@ def sample_command(
     from opencanvas.sample.prompts import read_prompts
 
     _check_choices(sampler, spacing, dtype)
+    if image_format not in ("png", "jpeg", "webp"):
+        raise fail(f"unknown --format {image_format!r}: choose png, jpeg or webp")
     all_prompts = list(prompts or [])
     try:
         if prompts_file is not None:
@@ -113,7 +116,8 @@ def sample_command(
                               "prompts": len(all_prompts), "images": len(all_prompts) * n, "seed": seed,
                               **provenance, "out": str(out)})
     try:
-        paths = sample_to_dir(model, plan(all_prompts, n, seed), settings, out, name, provenance, batch_size)
+        paths = sample_to_dir(model, plan(all_prompts, n, seed), settings, out, name, provenance, batch_size,
+                              image_format)
     except ValueError as e:
         raise fail(str(e)) from None
     typer.echo(f"wrote {len(paths)} images and {out / 'grid.png'}")
