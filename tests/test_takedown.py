@@ -54,7 +54,8 @@ def trained(tmp_path: Path) -> tuple[Workspace, list[str]]:
     tiny_vae(1).save_pretrained(ws.autoencoder_dir("synthetic"))
     tiny_text_model(2).save_pretrained(ws.clip_dir("synthetic"))
     tiny_tokenizer().save_pretrained(ws.clip_dir("synthetic"))
-    write_record(ws.autoencoder_dir("ae-shapes"), {"subset": "shapes", "images_seen": 96})
+    write_record(ws.autoencoder_dir("ae-shapes"), {"subset": "shapes", "images_seen": 96,
+                                                    "heldout_keys": [keys[0]]})
     loop.train(ws, "lat", "tiny", "r", images=16, batch=8)
     return ws, keys
 
@@ -81,7 +82,8 @@ def test_takedown_removes_everywhere_and_names_the_runs(trained: tuple[Workspace
                                  "latents": 2, "latent_texts": 2}
     [run] = record["affected"]["runs"]
     assert run["name"] == "r" and run["keys"] == [key] and run["images_seen"] == 16  # held-out key never trained
-    assert [c["name"] for c in record["affected"]["autoencoders"]] == ["ae-shapes"]
+    [ae] = record["affected"]["autoencoders"]
+    assert ae["name"] == "ae-shapes" and ae["keys"] == sorted({key, held_out} - {keys[0]})  # its own held-out list
     # gone from every record the stages wrote
     doomed = {key, held_out}
     assert not doomed & set(catalog_rows(ws).column("key").to_pylist())
@@ -154,3 +156,47 @@ def test_reingest_skips_tombstoned_keys(tmp_path: Path) -> None:
     assert quarantined == [{"raw": json.dumps({"key": gone}), "reason": "taken-down"}] * 2
     stats = catalog_stats(ws)["sources"]["yfcc100m"]
     assert stats["balanced"] and (stats["read"], stats["ingested"], stats["quarantined"]) == (4, 2, 2)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from opencanvas.provenance import removal
+from opencanvas.provenance.takedown import takedown
+from opencanvas.workspace import Workspace
+
+where, root, key = sys.argv[1:4]
+if where == "latents":  # killed halfway through swapping a rebuilt latent part into place
+    def swap(part, staged):
+        os.replace(part, part.with_name(part.name + ".removed"))
+        os.kill(os.getpid(), signal.SIGKILL)
+    removal._swap_dir = swap
+else:  # killed after the catalog, before the first image shard
+    removal.filter_shard = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+takedown(Workspace.open(root), [key], reason="dmca")
+"""
+
+
+@pytest.mark.parametrize("where", ["shards", "latents"])
+def test_sigkilled_takedown_resumes(trained: tuple[Workspace, list[str]], where: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    ws, keys = trained
+    key = _trained_key(keys)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, where, str(ws.root), key], env=env, timeout=300)
+    assert done.returncode == -9
+    [record_path] = (ws.root / "takedowns").glob("*.json")
+    assert json.loads(record_path.read_text())["status"] == "removing"
+    r = CliRunner().invoke(app, ["takedown", "--key", key, "--reason", "dmca", "-w", str(ws.root)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(record_path.read_text())["status"] == "done"
+    latents = open_latents(ws, "lat")
+    assert len(latents) == 23 and key not in set(latents.keys())
+    leftovers = [*ws.latents_dir("lat").glob("res-*/*.removed"), *ws.latents_dir("lat").glob("res-*/*.takedown")]
+    assert not leftovers
+    assert key not in set(read_index(ws.images_dir("shapes")).column("key").to_pylist())
+    assert key not in {img.key for tar in ws.images_dir("shapes").glob("*.tar") for img in iter_shard(tar)}
+    assert key not in set(catalog_rows(ws).column("key").to_pylist())

@@ -95,7 +95,10 @@ def affected(ws: Workspace, keys: Sequence[str]) -> dict[str, Any]:
         for record in sorted((ws.root / kind).glob("*/opencanvas.json")):
             prov = _read_json(record)
             if prov.get("subset") in subsets:
-                seen = trained_keys(doomed & _subset_keys(ws, prov["subset"]), 0.1)
+                # The component's record lists its held-out keys; without them, the split rule (splits.py).
+                held = set(prov.get("heldout_keys") or [])
+                candidates = doomed & _subset_keys(ws, prov["subset"])
+                seen = sorted(candidates - held) if held else trained_keys(candidates, 0.1)
                 components[kind].append({"name": record.parent.name, "subset": prov["subset"], "keys": seen,
                                          "images_seen": prov.get("images_seen", prov.get("max_images"))})
     tainted_specs = {c["name"] for c in components["autoencoders"] + components["clips"]}
