@@ -231,3 +231,13 @@ def test_xmp_round_trips_awkward_text() -> None:
     fields = read_xmp_fields(xmp_packet(meta, with_generation=True))
     assert fields["model"] == meta["model"] and json.loads(fields["generation"]) == meta
     assert fields["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+
+
+def test_verify_an_unmarked_image(tmp_path: Path) -> None:
+    path = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(path)
+    code, [v] = _verify(str(path))
+    assert code == 1 and v["reasons"] == ["no C2PA manifest", "no XMP Iptc4xmpExt:DigitalSourceType "
+                                          "trainedAlgorithmicMedia"]
+    r = CliRunner().invoke(app, ["verify", str(path)])
+    assert r.exit_code == 1 and "not valid" in r.output and "C2PA manifest: absent" in r.output

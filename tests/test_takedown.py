@@ -200,3 +200,15 @@ def test_sigkilled_takedown_resumes(trained: tuple[Workspace, list[str]], where:
     assert key not in set(read_index(ws.images_dir("shapes")).column("key").to_pylist())
     assert key not in {img.key for tar in ws.images_dir("shapes").glob("*.tar") for img in iter_shard(tar)}
     assert key not in set(catalog_rows(ws).column("key").to_pylist())
+
+
+def test_trace_unknown_run_and_empty_request(trained: tuple[Workspace, list[str]]) -> None:
+    ws, keys = trained
+    r = CliRunner().invoke(app, ["trace", "--run", "nope", "--key", keys[0], "-w", str(ws.root)])
+    assert r.exit_code == 2 and "no run 'nope'" in r.output
+    r = CliRunner().invoke(app, ["trace", "--run", "r", "--key", "synthetic:99999", "-w", str(ws.root)])
+    assert r.exit_code == 0 and r.output.startswith("no: not in the run's latent set")
+    for args in (["--reason", "x"], ["--key", keys[0], "--reason", " "]):
+        r = CliRunner().invoke(app, ["takedown", *args, "-w", str(ws.root)])
+        assert r.exit_code == 2, r.output
+    assert not (ws.root / "takedowns").exists()
