@@ -19,7 +19,7 @@ from opencanvas.components.records import write_record
 from opencanvas.encode.store import open_latents
 from opencanvas.encode.synthetic import write_random_latents
 from opencanvas.provenance import removal
-from opencanvas.provenance.takedown import takedown
+from opencanvas.provenance.takedown import resolve_keys, takedown
 from opencanvas.shards import iter_shard, read_index
 from opencanvas.splits import key_fraction
 from opencanvas.storage import atomic_write_json
@@ -112,7 +112,11 @@ def test_unknown_key_changes_nothing(trained: tuple[Workspace, list[str]]) -> No
     before = {p: p.read_bytes() for p in ws.root.rglob("*.parquet")}
     r = CliRunner().invoke(app, ["takedown", "--key", keys[3], "--key", "synthetic:nope", "--reason", "x",
                                  "-w", str(ws.root)])
-    assert r.exit_code == 2 and "not in the catalog: synthetic:nope" in r.output
+    assert r.exit_code == 2 and "not in the catalog: key synthetic:nope" in r.output
+    r = CliRunner().invoke(app, ["takedown", "--author", "Nobody", "--reason", "x", "-w", str(ws.root)])
+    assert r.exit_code == 2 and "not in the catalog: author Nobody" in r.output
+    assert resolve_keys(ws, [], ["Test Author"], []) == sorted(keys)  # by creator name (or creator URL)
+    assert resolve_keys(ws, [], [], ["https://example.org/00003"]) == [keys[3]]  # by landing or download URL
     assert {p: p.read_bytes() for p in ws.root.rglob("*.parquet")} == before
     assert not (ws.root / "takedowns").exists()
 
@@ -161,7 +165,7 @@ def test_reingest_skips_tombstoned_keys(tmp_path: Path) -> None:
 KILL_SCRIPT = """
 import os, signal, sys
 from opencanvas.provenance import removal
-from opencanvas.provenance.takedown import takedown
+from opencanvas.provenance.takedown import resolve_keys, takedown
 from opencanvas.workspace import Workspace
 
 where, root, key = sys.argv[1:4]
