@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from opencanvas.splits import key_fraction
 from opencanvas.storage import atomic_write_json
@@ -63,15 +62,26 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _subset_keys(ws: Workspace, subset: str | None) -> set[str]:
+def _present(paths: list[Path], keys: set[str]) -> set[str]:
+    """Which of `keys` the Parquet files hold (a filtered scan of the key column: only matches are read out)."""
+    if not paths or not keys:
+        return set()
+    import pyarrow.dataset as ds
+
+    table = ds.dataset([str(p) for p in paths], format="parquet").to_table(
+        columns=["key"], filter=ds.field("key").isin(sorted(keys)))
+    return set(table.column("key").to_pylist())
+
+
+def _subset_keys(ws: Workspace, subset: str | None, keys: set[str]) -> set[str]:
     path = ws.subset_path(subset) if subset else None
-    return set(pq.read_table(path, columns=["key"]).column("key").to_pylist()) if path and path.exists() else set()
+    return _present([path], keys) if path and path.exists() else set()
 
 
-def _latent_keys(ws: Workspace, latents: str) -> set[str]:
+def _latent_keys(ws: Workspace, latents: str, keys: set[str]) -> set[str]:
     root = ws.latents_dir(latents)
-    return {k for p in root.glob("res-*/shard-*/*.keys.parquet") if (p.parent / "done.json").exists()
-            for k in pq.read_table(p, columns=["key"]).column("key").to_pylist()}
+    return _present([p for p in root.glob("res-*/shard-*/*.keys.parquet") if (p.parent / "done.json").exists()],
+                    keys)
 
 
 def _images_seen(run_dir: Path) -> int:
@@ -90,7 +100,7 @@ def trained_keys(keys: set[str], holdout: float) -> list[str]:
 def affected(ws: Workspace, keys: Sequence[str]) -> dict[str, Any]:
     """Every subset, autoencoder, CLIP, latent set and run whose data held `keys`, and what to retrain."""
     doomed = set(keys)
-    subsets = sorted(p.stem for p in (ws.root / "subsets").glob("*.parquet") if _subset_keys(ws, p.stem) & doomed)
+    subsets = sorted(p.stem for p in (ws.root / "subsets").glob("*.parquet") if _subset_keys(ws, p.stem, doomed))
     components: dict[str, list[dict[str, Any]]] = {"autoencoders": [], "clips": []}
     for kind in components:
         for record in sorted((ws.root / kind).glob("*/opencanvas.json")):
@@ -98,12 +108,12 @@ def affected(ws: Workspace, keys: Sequence[str]) -> dict[str, Any]:
             if prov.get("subset") in subsets:
                 # The component's record lists its held-out keys; without them, the split rule (splits.py).
                 held = set(prov.get("heldout_keys") or [])
-                candidates = doomed & _subset_keys(ws, prov["subset"])
+                candidates = _subset_keys(ws, prov["subset"], doomed)
                 seen = sorted(candidates - held) if held else trained_keys(candidates, 0.1)
                 components[kind].append({"name": record.parent.name, "subset": prov["subset"], "keys": seen,
                                          "images_seen": prov.get("images_seen", prov.get("max_images"))})
     tainted_specs = {c["name"] for c in components["autoencoders"] + components["clips"]}
-    latents = sorted(d.name for d in (ws.root / "latents").glob("*") if _latent_keys(ws, d.name) & doomed)
+    latents = sorted(d.name for d in (ws.root / "latents").glob("*") if _latent_keys(ws, d.name, doomed))
     runs = []
     for config_path in sorted((ws.root / "runs").glob("*/config.json")):
         config = _read_json(config_path)
@@ -112,7 +122,7 @@ def affected(ws: Workspace, keys: Sequence[str]) -> dict[str, Any]:
         via += [f"{part} {data.get(part)}" for part in ("autoencoder", "text_encoder")
                 if data.get(part) in tainted_specs]
         if via:
-            seen = trained_keys(doomed & _latent_keys(ws, str(config.get("latents"))), config.get("holdout", 0.1))
+            seen = trained_keys(_latent_keys(ws, str(config.get("latents")), doomed), config.get("holdout", 0.1))
             runs.append({"name": config_path.parent.name, "via": via, "keys": seen,
                          "images_seen": _images_seen(config_path.parent)})
     retrain = ([f"autoencoders/{c['name']}" for c in components["autoencoders"]]
@@ -166,7 +176,7 @@ def trace(ws: Workspace, run: str, key: str) -> dict[str, Any]:
                                  f"removed it ({r['images_seen']} images seen then)"}
     if key in set(read_tombstones(ws.catalog_dir).column("key").to_pylist()):
         return answer | {"trained_on": False, "why": "taken down; no takedown record names this run"}
-    if key not in _latent_keys(ws, latents):
+    if not _latent_keys(ws, latents, {key}):
         return answer | {"trained_on": False, "why": f"not in the run's latent set {latents!r}"}
     if key_fraction(key) < holdout:
         return answer | {"trained_on": False, "why": f"in latents {latents!r} but in the held-out split "
