@@ -216,3 +216,15 @@ def test_trace_unknown_run_and_empty_request(trained: tuple[Workspace, list[str]
         r = CliRunner().invoke(app, ["takedown", *args, "-w", str(ws.root)])
         assert r.exit_code == 2, r.output
     assert not (ws.root / "takedowns").exists()
+
+
+def test_a_run_whose_latents_were_deleted_is_still_named(trained: tuple[Workspace, list[str]]) -> None:
+    import shutil
+
+    from opencanvas.provenance.takedown import affected
+
+    ws, keys = trained
+    key = _trained_key(keys)
+    shutil.rmtree(ws.latents_dir("lat"))
+    [run] = affected(ws, [key])["runs"]
+    assert run["name"] == "r" and run["via"] == ["subset shapes (latents deleted)"] and run["keys"] == [key]

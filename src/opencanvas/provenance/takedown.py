@@ -119,10 +119,15 @@ def affected(ws: Workspace, keys: Sequence[str]) -> dict[str, Any]:
         config = _read_json(config_path)
         data = config.get("data", {})
         via = [f"latents {config.get('latents')}"] if config.get("latents") in latents else []
+        # A latent set deleted since still trained the run: then its subset says what it held.
+        gone = not ws.latents_dir(str(config.get("latents"))).is_dir()
+        via += [f"subset {data['subset']} (latents deleted)"] if gone and data.get("subset") in subsets else []
         via += [f"{part} {data.get(part)}" for part in ("autoencoder", "text_encoder")
                 if data.get(part) in tainted_specs]
         if via:
-            seen = trained_keys(_latent_keys(ws, str(config.get("latents")), doomed), config.get("holdout", 0.1))
+            held_in = (_latent_keys(ws, str(config.get("latents")), doomed) if config.get("latents") in latents
+                       else _subset_keys(ws, data.get("subset"), doomed))
+            seen = trained_keys(held_in, config.get("holdout", 0.1))
             runs.append({"name": config_path.parent.name, "via": via, "keys": seen,
                          "images_seen": _images_seen(config_path.parent)})
     retrain = ([f"autoencoders/{c['name']}" for c in components["autoencoders"]]
