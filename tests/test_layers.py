@@ -12,11 +12,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "opencanvas"
 # Lowest first. A part may import parts of its own rank or below; never one above it.
 LAYERS: list[set[str]] = [
     {"allocator", "progress", "storage", "workspace", "licenses", "engines", "pixels", "splits", "untrusted",
-     "model_license"},
-    {"shards", "captions", "cli_common"},
+     "model_license", "tombstones"},
+    {"shards", "captions", "cli_common", "marking"},
     {"diffusion"},
-    {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"},
-    {"cards"}, {"study"}, {"demo"}, {"humaneval"},
+    {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"}, {"provenance"},
+    {"cards"}, {"study"}, {"publish"}, {"demo"}, {"humaneval"},
     {"web"},
     {"cli"},
 ]

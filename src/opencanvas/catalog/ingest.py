@@ -40,6 +40,7 @@ from opencanvas.catalog.sources import ADAPTERS, InputUnit
 from opencanvas.engines import map_shards
 from opencanvas.progress import progress_bar
 from opencanvas.storage import atomic_path, atomic_write_json, sha256_file
+from opencanvas.tombstones import tombstoned_keys, tombstoned_mask
 from opencanvas.workspace import Workspace
 
 PART_ROWS = 250_000  # rows per catalog part: ~10-20 MB of Parquet
@@ -209,7 +210,8 @@ def ingest_unit(task: UnitTask, on_batch: Callable[[int], None] | None = None) -
         catalog = _PartWriter(Path(task.source_dir), f"part-{task.uid}", CATALOG_SCHEMA, writer, CATALOG_PARQUET)
         quarantine = _PartWriter(Path(task.quarantine_dir), f"{unit.source}-{task.uid}", QUARANTINE_SCHEMA, writer)
         try:
-            _read_unit(unit, catalog, quarantine, result, on_batch)
+            _read_unit(unit, catalog, quarantine, result, on_batch,
+                       tombstoned_keys(Path(task.source_dir).parent))  # taken-down keys never come back
             result.parts, result.quarantine_parts = catalog.close(), quarantine.close()
         except BaseException:
             for part_writer in (catalog, quarantine):
@@ -224,13 +226,16 @@ def ingest_unit(task: UnitTask, on_batch: Callable[[int], None] | None = None) -
 
 
 def _read_unit(unit: InputUnit, catalog: _PartWriter, quarantine: _PartWriter, result: UnitResult,
-               on_batch: Callable[[int], None] | None) -> None:
+               on_batch: Callable[[int], None] | None, tombstoned: frozenset[str] = frozenset()) -> None:
     batch: SourceBatch
     for batch in ADAPTERS[unit.source].read(unit):
         rows, rejects = batch.catalog, batch.quarantine
         if rows.num_rows + rejects.num_rows != batch.read:
             raise RuntimeError(f"{unit.source} adapter returned {rows.num_rows} rows + {rejects.num_rows} rejects "
                                f"for {batch.read} records read from {unit.path}: an adapter bug")
+        gone = tombstoned_mask(rows, tombstoned)
+        rejects = pa.concat_tables([rejects, _taken_down(rows.filter(gone), unit.path)])
+        rows = rows.filter(pc.invert(gone))
         catalog.add(rows)
         quarantine.add(rejects)
         result.read += batch.read
@@ -239,6 +244,17 @@ def _read_unit(unit: InputUnit, catalog: _PartWriter, quarantine: _PartWriter, r
         result.reasons.update(rejects["reason"].to_pylist())
         if on_batch is not None:
             on_batch(batch.read)
+
+
+def _taken_down(rows: pa.Table, input_file: str) -> pa.Table:
+    """Quarantine rows for taken-down keys: the key and reason only, never the record's content."""
+    n = rows.num_rows
+    return pa.table({"source": rows["source"], "input_file": pa.array([input_file] * n, pa.string()),
+                     "record_no": pa.nulls(n, pa.int64()),
+                     "raw": pa.array([json.dumps({"key": k}) for k in rows["key"].to_pylist()], pa.string()),
+                     "reason": pa.array(["taken-down"] * n, pa.string()),
+                     "detail": pa.array(["tombstoned by `opencanvas takedown`"] * n, pa.string())},
+                    schema=QUARANTINE_SCHEMA)
 
 
 def _repeated_rows(source_dir: Path, parts: Sequence[str]) -> dict[str, pa.Array]:

@@ -9,6 +9,7 @@ import typer
 
 from opencanvas.cli_common import WorkspaceOption, fail, open_workspace, print_settings, require
 from opencanvas.diffusion.names import SAMPLER_NAMES, SPACINGS
+from opencanvas.marking.options import C2paCertOption, C2paKeyOption, C2paOmitPromptOption, apply_marking
 
 RunOption = Annotated[str | None, typer.Option("--run", help="Training run under runs/ to sample from.")]
 PipelineOption = Annotated[Path | None, typer.Option(
@@ -80,6 +81,10 @@ def sample_command(
     batch_size: BatchOption = 8,
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "float32",
+    image_format: Annotated[str, typer.Option("--format", help="Image format: png, jpeg or webp.")] = "png",
+    c2pa_cert: C2paCertOption = None,
+    c2pa_key: C2paKeyOption = None,
+    c2pa_omit_prompt: C2paOmitPromptOption = False,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Generate images with classifier-free guidance; each PNG carries its prompt, seed and provenance."""
@@ -88,6 +93,8 @@ def sample_command(
     from opencanvas.sample.prompts import read_prompts
 
     _check_choices(sampler, spacing, dtype)
+    if image_format not in ("png", "jpeg", "webp"):
+        raise fail(f"unknown --format {image_format!r}: choose png, jpeg or webp")
     all_prompts = list(prompts or [])
     try:
         if prompts_file is not None:
@@ -100,6 +107,7 @@ def sample_command(
     ws = open_workspace(workspace)
     if run is not None and pipeline is None:
         require(ws, "run", run)
+    apply_marking(ws, c2pa_cert, c2pa_key, c2pa_omit_prompt)  # a bad cert/key fails before any image
     try:
         model = load_model(ws, run, pipeline, ema=not no_ema, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
@@ -113,7 +121,8 @@ def sample_command(
                               "prompts": len(all_prompts), "images": len(all_prompts) * n, "seed": seed,
                               **provenance, "out": str(out)})
     try:
-        paths = sample_to_dir(model, plan(all_prompts, n, seed), settings, out, name, provenance, batch_size)
+        paths = sample_to_dir(model, plan(all_prompts, n, seed), settings, out, name, provenance, batch_size,
+                              image_format)
     except ValueError as e:
         raise fail(str(e)) from None
     typer.echo(f"wrote {len(paths)} images and {out / 'grid.png'}")
@@ -159,6 +168,9 @@ def eval_command(
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "float32",
     no_ema: NoEmaOption = False,
+    c2pa_cert: C2paCertOption = None,
+    c2pa_key: C2paKeyOption = None,
+    c2pa_omit_prompt: C2paOmitPromptOption = False,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Score a run across guidance scales: FID/KID (or FD-CLIP/KID-CLIP), CLIP score, precision/recall, memorization.
@@ -181,6 +193,7 @@ def eval_command(
     ws = open_workspace(workspace)
     if run is not None:
         require(ws, "run", run)
+    apply_marking(ws, c2pa_cert, c2pa_key, c2pa_omit_prompt)  # a bad cert/key fails before any image
     name = run or pipeline.name  # type: ignore[union-attr]
     print_settings("eval", {"run": name, "pipeline": str(pipeline or "-"), "prompts": prompts,
                             "reference": reference, "metrics": list(wanted), "guidance": [0.0, *scales], "n": n,

@@ -171,25 +171,26 @@ def sample_metadata(spec: SampleSpec, settings: SampleSettings, model: str, weig
 
 
 def sample_to_dir(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings, out: Path,
-                  model: str, provenance: dict[str, str], batch_size: int = 8) -> list[Path]:
-    """Write `<index>-s<seed>.png` per spec (with metadata) and `grid.png` (the first GRID_MAX); resumable.
+                  model: str, provenance: dict[str, str], batch_size: int = 8, fmt: str = "png") -> list[Path]:
+    """Write `<index>-s<seed>.png` (or .jpg/.webp by `fmt`) per spec (with metadata, marked) and `grid.png`
+    (the first GRID_MAX); resumable.
 
     An existing PNG whose metadata matches is kept, so a killed run re-run with
     the same command only makes what is missing.
     """
     from opencanvas.progress import progress_bar
     from opencanvas.sample.grid import contact_sheet
-    from opencanvas.sample.pngmeta import read_png_meta, save_png
+    from opencanvas.sample.pngmeta import IMAGE_FORMATS, read_image_meta, save_image
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {s.index: out / f"{s.index:05d}-s{s.seed}.png" for s in specs}
+    paths = {s.index: out / f"{s.index:05d}-s{s.seed}.{IMAGE_FORMATS[fmt]}" for s in specs}
     metas = {s.index: sample_metadata(s, settings, model, pipeline.weights_hash, provenance) for s in specs}
 
     def done(spec: SampleSpec) -> bool:
         path = paths[spec.index]
         try:
-            return path.exists() and read_png_meta(path) == metas[spec.index]
+            return path.exists() and read_image_meta(path) == metas[spec.index]
         except (ValueError, OSError):
             return False
 
@@ -203,7 +204,7 @@ def sample_to_dir(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], setti
         def save(batch: list[SampleSpec], images: list[Image.Image]) -> None:
             nonlocal saved
             for spec, image in zip(batch, images, strict=True):
-                save_png(paths[spec.index], image, metas[spec.index])
+                save_image(paths[spec.index], image, metas[spec.index])
             saved += len(batch)
             bar.update(task, description=f"sample {saved}/{len(todo)} images")
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from opencanvas.cli_common import WorkspaceOption, console, open_workspace, print_settings
+from opencanvas.marking.options import C2paCertOption, C2paKeyOption, C2paOmitPromptOption, apply_marking
 
 
 def serve_command(
@@ -17,6 +18,9 @@ def serve_command(
     clip: Annotated[str | None, typer.Option(help="CLIP for nearest-training-image search (a name under "
                                                 "clips/ or a folder); default: the run's own catalog CLIP.")] = None,
     device: Annotated[str, typer.Option(help="Device for generation.")] = "cpu",
+    c2pa_cert: C2paCertOption = None,
+    c2pa_key: C2paKeyOption = None,
+    c2pa_omit_prompt: C2paOmitPromptOption = False,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Serve the gallery, generation with provenance, and the pairwise human-evaluation arena."""
@@ -26,6 +30,7 @@ def serve_command(
     from opencanvas.web.security import is_local
 
     ws = open_workspace(workspace)
+    apply_marking(ws, c2pa_cert, c2pa_key, c2pa_omit_prompt, process_wide=True)  # generated images: XMP + C2PA
     config = WebConfig(ws=ws, host=host, port=port, clip=clip, device=device)
     print_settings("serve", {"workspace": str(ws.root), "url": f"http://{host}:{port}/", "clip": clip or "(run's)",
                              "access": "local (no tokens)" if is_local(host) else "tokens required"})
