@@ -8,6 +8,8 @@ model) live in `opencanvas.caption.vision`; the two here need no pixels:
   CommonCanvas (arXiv 2310.16825, Sec. 3) compares its synthetic captions to.
 - `commoncatalog`: the BLIP-2 caption shipped with CommonCatalog, read from the
   catalog row's `extra` JSON (key `blip2_caption`).
+- `gpic-tag`, `gpic-short`, `gpic-medium`, `gpic-long`: the VLM caption shipped with
+  GPIC, of that caption_type (`extra` keys `caption` and `caption_type`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, get_args
 
-CaptionerName = Literal["blip2", "blip", "hf", "metadata", "commoncatalog"]
+CaptionerName = Literal["blip2", "blip", "hf", "metadata", "commoncatalog", "gpic-tag", "gpic-short", "gpic-medium",
+                        "gpic-long"]
 CAPTIONERS: tuple[str, ...] = get_args(CaptionerName)
 MODEL_CAPTIONERS = ("blip2", "blip", "hf")
 DEFAULT_MODELS = {"blip2": "Salesforce/blip2-opt-2.7b", "blip": "Salesforce/blip-image-captioning-large"}
@@ -135,16 +138,27 @@ class MetadataCaptioner:
         return [(c, degeneracy(c)) for c in captions]
 
 
-def shipped_blip2_caption(meta: dict[str, Any]) -> str | None:
-    """The BLIP-2 caption CommonCatalog ships, from the catalog row's `extra` JSON."""
+def _extra(meta: dict[str, Any]) -> dict[str, Any]:
     extra = meta.get("extra") or {}
     if isinstance(extra, str):
         try:
             extra = json.loads(extra) if extra.strip() else {}
         except json.JSONDecodeError:
-            return None
-    value = extra.get("blip2_caption") if isinstance(extra, dict) else None
+            return {}
+    return extra if isinstance(extra, dict) else {}
+
+
+def shipped_blip2_caption(meta: dict[str, Any]) -> str | None:
+    """The BLIP-2 caption CommonCatalog ships, from the catalog row's `extra` JSON."""
+    value = _extra(meta).get("blip2_caption")
     return value if isinstance(value, str) else None
+
+
+def shipped_gpic_caption(meta: dict[str, Any], caption_type: str) -> str | None:
+    """The caption GPIC ships with the image, when it is of `caption_type` (one type per record)."""
+    extra = _extra(meta)
+    value = extra.get("caption")
+    return value if isinstance(value, str) and extra.get("caption_type") == caption_type else None
 
 
 class CommonCatalogCaptioner:
@@ -162,5 +176,24 @@ class CommonCatalogCaptioner:
         out = []
         for item in items:
             text = shipped_blip2_caption(item.meta)
+            out.append(("", "missing") if text is None else (text.strip(), degeneracy(text)))
+        return out
+
+
+class GpicCaptioner:
+    """Records GPIC's shipped caption of one caption_type; an image without one gets flag "missing"."""
+
+    needs_pixels = False
+
+    def __init__(self, caption_type: str) -> None:
+        self.name, self.caption_type = f"gpic-{caption_type}", caption_type
+        self.provenance = Provenance(model_id="", model_revision="gpic", prompt="",
+                                     generation=json.dumps({"source": "extra.caption", "caption_type": caption_type}),
+                                     preprocessing=f"shipped with GPIC, caption_type {caption_type}")
+
+    def caption(self, items: Sequence[CaptionInput], pixels: Any = None) -> list[tuple[str, str]]:
+        out = []
+        for item in items:
+            text = shipped_gpic_caption(item.meta, self.caption_type)
             out.append(("", "missing") if text is None else (text.strip(), degeneracy(text)))
         return out

@@ -37,6 +37,7 @@ from opencanvas.caption.captioners import (
     CaptionInput,
     CommonCatalogCaptioner,
     GenerationSettings,
+    GpicCaptioner,
     MetadataCaptioner,
 )
 from opencanvas.caption.loader import decoded_batches, describe_preprocessing
@@ -79,6 +80,8 @@ def build_captioner(job: CaptionJob) -> Captioner:
         return MetadataCaptioner()
     if job.captioner == "commoncatalog":
         return CommonCatalogCaptioner()
+    if job.captioner.startswith("gpic-"):
+        return GpicCaptioner(job.captioner.removeprefix("gpic-"))
     from opencanvas.caption.vision import load_model_captioner
 
     return load_model_captioner(job.captioner, job.model, name=job.name, device=job.device, dtype=job.dtype,

@@ -18,9 +18,12 @@ catalog_app = typer.Typer(help="The license-aware catalog (CommonCatalog builder
 @catalog_app.command("ingest")
 def ingest_cmd(
     source: Annotated[str, typer.Argument(help="Source adapter: openclipart, yfcc100m, commoncatalog, openverse, "
-                                              "wikimedia or folder (`opencanvas catalog sources` describes them).")],
+                                              "wikimedia, folder or gpic (`opencanvas catalog sources` describes "
+                                              "them).")],
     paths: Annotated[list[Path], typer.Argument(help="Input files or folders of that source.")],
     workers: Annotated[int, typer.Option(help="Processes reading input files in parallel.", min=1)] = 1,
+    split: Annotated[str | None, typer.Option(help="gpic only: keep the records of this split (nano, lite or "
+                                                   "full).")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Read SOURCE's files into catalog/<source>/ (rejects into catalog/quarantine/); resumable."""
@@ -29,11 +32,15 @@ def ingest_cmd(
 
     if source not in ADAPTERS:
         raise fail(f"unknown source {source!r}; choose one of: {', '.join(ADAPTERS)}")
+    if split is not None and source != "gpic":
+        raise fail(f"--split filters GPIC's splits; drop it for source {source!r}")
+    if split is not None and split not in ("nano", "lite", "full"):
+        raise fail(f"--split {split!r}: use nano, lite or full")
     ws = open_workspace(workspace)
     print_settings("catalog ingest", {"workspace": str(ws.root), "source": source,
-                                      "paths": [str(p) for p in paths], "workers": workers})
+                                      "paths": [str(p) for p in paths], "workers": workers, "split": split})
     try:
-        stats = ingest(ws, source, paths, workers=workers)
+        stats = ingest(ws, source, paths, workers=workers, options={"split": split} if split else None)
     except InputFormatError as e:
         raise fail(str(e)) from None
     console.print(

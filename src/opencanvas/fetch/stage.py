@@ -11,6 +11,7 @@ unfinished or damaged one is redone from scratch, so every key ends up in exactl
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -301,10 +302,13 @@ def _fetcher(root: Path, client: PoliteClient, opts: FetchOptions
 
 def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, max_bytes: int
                   ) -> tuple[bytes, dict[str, Any]]:
-    """The source's bytes: `local_path` when it exists (a local mirror), else `download_url`."""
+    """The source's bytes: `local_path` when it exists (a local mirror, or a tar member), else `download_url`."""
     local, url = row.get("local_path"), row.get("download_url")
     if local:
         path = Path(local) if Path(local).is_absolute() else root / local
+        member = tar_member(row)
+        if member is not None and path.is_file():
+            return _member_bytes(path, *member, max_bytes)
         if path.is_file():
             size = path.stat().st_size
             if size > max_bytes:
@@ -320,6 +324,27 @@ def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, max_byt
                       "content_type": got.content_type,
                       "attempts": got.attempts, "source_sha256": sha256_bytes(got.data),
                       "source_bytes": len(got.data)}
+
+
+def tar_member(row: dict[str, Any]) -> tuple[str, int, int] | None:
+    """(member name, data offset, size) when the row's pixels are one member of the tar at `local_path` (GPIC)."""
+    extra = row.get("extra")
+    if not extra or "tar_offset" not in extra:
+        return None
+    fields = json.loads(extra)
+    return str(fields["tar_member"]), int(fields["tar_offset"]), int(fields["tar_size"])
+
+
+def _member_bytes(path: Path, name: str, offset: int, size: int, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
+    """The recorded byte range of a tar member: one seek, no scan of the tar."""
+    if size > max_bytes:
+        raise FetchFailure("failed", f"too-large: tar member {size} > {max_bytes}")
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise FetchFailure("failed", f"missing-file: {path} ends before member {name} (the tar changed since ingest)")
+    return data, {"fetched_from": f"{path}#{name}", "source_sha256": sha256_bytes(data), "source_bytes": size}
 
 
 def _redacted(row: dict[str, Any]) -> dict[str, Any]:

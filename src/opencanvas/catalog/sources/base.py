@@ -23,6 +23,7 @@ class InputUnit:
     source: str
     path: str  # absolute path
     root: str = ""  # for tree sources: the library root that keys are relative to
+    options: tuple[tuple[str, str], ...] = ()  # reader options (e.g. GPIC's split); part of the unit's identity
 
 
 @dataclass(frozen=True)
