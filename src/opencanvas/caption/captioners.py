@@ -10,6 +10,8 @@ model) live in `opencanvas.caption.vision`; the two here need no pixels:
   catalog row's `extra` JSON (key `blip2_caption`).
 - `gpic-tag`, `gpic-short`, `gpic-medium`, `gpic-long`: the VLM caption shipped with
   GPIC, of that caption_type (`extra` keys `caption` and `caption_type`).
+- `pd12m`, `shipped`: the caption a table dump ships (PD12M's, or the `--captions NAME`
+  column of `catalog ingest table`), from `extra` keys `caption` and `caption_set`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, get_args
 
 CaptionerName = Literal["blip2", "blip", "hf", "metadata", "commoncatalog", "gpic-tag", "gpic-short", "gpic-medium",
-                        "gpic-long"]
+                        "gpic-long", "pd12m", "shipped"]
 CAPTIONERS: tuple[str, ...] = get_args(CaptionerName)
 MODEL_CAPTIONERS = ("blip2", "blip", "hf")
 DEFAULT_MODELS = {"blip2": "Salesforce/blip2-opt-2.7b", "blip": "Salesforce/blip-image-captioning-large"}
@@ -196,4 +198,23 @@ class GpicCaptioner:
         for item in items:
             text = shipped_gpic_caption(item.meta, self.caption_type)
             out.append(("", "missing") if text is None else (text.strip(), degeneracy(text)))
+        return out
+
+
+class ShippedCaptioner:
+    """Records the caption a table dump shipped (PD12M's, or `catalog ingest table --captions NAME`)."""
+
+    needs_pixels = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.provenance = Provenance(model_id="", model_revision="shipped", prompt="",
+                                     generation=json.dumps({"source": "extra.caption"}),
+                                     preprocessing=f"shipped with the dataset ({name})")
+
+    def caption(self, items: Sequence[CaptionInput], pixels: Any = None) -> list[tuple[str, str]]:
+        out = []
+        for item in items:
+            value = _extra(item.meta).get("caption")
+            out.append(("", "missing") if not isinstance(value, str) else (value.strip(), degeneracy(value)))
         return out

@@ -10,6 +10,7 @@ unfinished or damaged one is redone from scratch, so every key ends up in exactl
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
@@ -278,6 +279,7 @@ def _fetcher(root: Path, client: PoliteClient, opts: FetchOptions
             return Outcome(key, None, "failed", "not-in-catalog: key missing from catalog/*/part-*.parquet")
         try:
             data, facts = _source_bytes(root, row, client, opts.http.max_bytes)
+            check_md5(row, data)
         except FetchFailure as e:
             return Outcome(key, row, e.status, e.reason)
         except Exception as e:  # noqa: BLE001 - one bad URL or file must never stop the stage
@@ -333,6 +335,17 @@ def tar_member(row: dict[str, Any]) -> tuple[str, int, int] | None:
         return None
     fields = json.loads(extra)
     return str(fields["tar_member"]), int(fields["tar_offset"]), int(fields["tar_size"])
+
+
+def check_md5(row: dict[str, Any], data: bytes) -> None:
+    """A source that ships an MD5 per image (PD12M's `hash`): the downloaded bytes must match it."""
+    extra = row.get("extra")
+    if not extra or '"md5"' not in extra:
+        return
+    want = str(json.loads(extra).get("md5") or "").strip().lower()
+    got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if want and got != want:
+        raise FetchFailure("failed", f"md5-mismatch: downloaded bytes have MD5 {got}, the source lists {want}")
 
 
 def _member_bytes(path: Path, name: str, offset: int, size: int, max_bytes: int) -> tuple[bytes, dict[str, Any]]:

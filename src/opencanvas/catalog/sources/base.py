@@ -32,6 +32,7 @@ class SourceAdapter:
     summary: str
     plan: Callable[[Sequence[Path]], list[InputUnit]]        # expands and checks the inputs
     read: Callable[[InputUnit], Iterator[SourceBatch]]       # reads one unit, batch by batch
+    check_options: Callable[[InputUnit], None] | None = None  # file-level checks needing the unit's options
 
 
 def record_license(name: Any = None, url: Any = None, what: str = "license") -> License:
