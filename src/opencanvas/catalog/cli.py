@@ -76,7 +76,7 @@ def subset_cmd(
                                                       "random order).", min=1)] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Select the catalog keys a license policy admits (ND and unknown licenses never enter)."""
+    """Select the catalog keys a license policy admits (ND only under nd-eval, never for training; unknown never)."""
     from opencanvas.catalog.subset import check_fraction, make_subset
     from opencanvas.storage import parquet_metadata
 
