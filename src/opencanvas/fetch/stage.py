@@ -27,6 +27,7 @@ import pyarrow as pa
 from opencanvas.engines import Engine, map_shards, shard_share
 from opencanvas.fetch.decode import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, DecodeError
 from opencanvas.fetch.dedup import DEFAULT_DISTANCE, DuplicateIndex, reconcile_duplicates
+from opencanvas.fetch.flickr import FALLBACK_ON, FLICKR_HOST, size_candidates
 from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient, redact_credentials
 from opencanvas.fetch.placeholders import PLACEHOLDER_COPIES, placeholder_reason
 from opencanvas.fetch.plan import PLAN_FILE, ShardPlan, dry_run_counts, keys_digest, load_plan, shard_rows
@@ -48,6 +49,8 @@ class FetchOptions:
     placeholder_copies: int = PLACEHOLDER_COPIES  # the same bytes behind this many keys: a placeholder; 0 = off
     threads: int = 16                    # concurrent fetches inside one shard
     verify: str = "sha256"               # finished shards' tars checked against their index: "sha256" or "size"
+    flickr_size: str = "original"        # Flickr rows (YFCC): original, large or medium, falling back on 404/410
+    flickr_host: str = FLICKR_HOST       # where Flickr's static files are (a test server in tests)
     http: HttpConfig = field(default_factory=HttpConfig)
 
 
@@ -278,7 +281,7 @@ def _fetcher(root: Path, client: PoliteClient, opts: FetchOptions
         if row is None:
             return Outcome(key, None, "failed", "not-in-catalog: key missing from catalog/*/part-*.parquet")
         try:
-            data, facts = _source_bytes(root, row, client, opts.http.max_bytes)
+            data, facts = _source_bytes(root, row, client, opts)
             check_md5(row, data)
         except FetchFailure as e:
             return Outcome(key, row, e.status, e.reason)
@@ -302,10 +305,13 @@ def _fetcher(root: Path, client: PoliteClient, opts: FetchOptions
     return fetch_one
 
 
-def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, max_bytes: int
+def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, opts: FetchOptions
                   ) -> tuple[bytes, dict[str, Any]]:
     """The source's bytes: `local_path` when it exists (a local mirror, or a tar member), else `download_url`."""
     local, url = row.get("local_path"), row.get("download_url")
+    max_bytes = opts.http.max_bytes
+    if not local and (sizes := size_candidates(row, opts.flickr_size, opts.flickr_host)):
+        return _flickr_bytes(client, sizes)
     if local:
         path = Path(local) if Path(local).is_absolute() else root / local
         member = tar_member(row)
@@ -326,6 +332,23 @@ def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, max_byt
                       "content_type": got.content_type,
                       "attempts": got.attempts, "source_sha256": sha256_bytes(got.data),
                       "source_bytes": len(got.data)}
+
+
+def _flickr_bytes(client: PoliteClient, sizes: list[tuple[str, str]]) -> tuple[bytes, dict[str, Any]]:
+    """The first size Flickr still serves, from the asked one down; records which size it got."""
+    tried = []
+    for i, (size, url) in enumerate(sizes):
+        try:
+            got = client.fetch(url)
+        except FetchFailure as e:
+            if e.reason not in FALLBACK_ON or i == len(sizes) - 1:
+                raise FetchFailure(e.status, e.reason + (f" (after {', '.join(tried)})" if tried else "")) from None
+            tried.append(f"{size}: {e.reason}")
+            continue
+        return got.data, {"fetched_from": url, "final_url": got.final_url, "content_type": got.content_type,
+                          "attempts": got.attempts, "source_sha256": sha256_bytes(got.data),
+                          "source_bytes": len(got.data), "flickr_size": size, "flickr_fallbacks": tried}
+    raise FetchFailure("failed", "no-source: no Flickr size to try")
 
 
 def tar_member(row: dict[str, Any]) -> tuple[str, int, int] | None:

@@ -14,6 +14,7 @@ path segment picks the behaviour, the rest names the image:
     /html/NAME                200 with Content-Type: text/html
     /oversize/NAME            streams `oversize_bytes` of data without Content-Length
     /missing/NAME             404
+    /gone/NAME                410
 
 Every response waits `delay` seconds first (to slow a run down for kill tests).
 `hits[path]` counts requests, so tests can check retries happened.
@@ -107,6 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
             hops = int(parts[1])
             target = f"/redirect/{hops - 1}/{name}" if hops > 1 else f"/img/{name}"
             return self._send(302, headers={"Location": target})
+        if kind == "gone":
+            return self._send(410, b"gone", "text/plain")
         if name not in st.images or kind == "missing":
             return self._send(404, b"not found", "text/plain")
         body, ctype = st.images[name]
