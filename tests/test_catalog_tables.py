@@ -130,3 +130,27 @@ def test_fetch_checks_pd12m_md5_and_fails_a_mismatch_with_its_reason(tmp_path):
     assert index["pd12m:p0"]["status"] == "ok"
     assert index["pd12m:p1"]["status"] == "failed" and index["pd12m:p1"]["reason"].startswith("md5-mismatch:")
     assert stats.counts == {"ok": 1, "failed": 1}
+
+
+def test_megalith_takes_the_high_resolution_url_and_needs_a_license_column(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    page = "https://www.flickr.com/photos/someone/{}/"
+    rows = [{"url": "https://live.staticflickr.com/1/11_a_b.jpg",
+             "url_highres": "https://live.staticflickr.com/1/11_x_o.jpg", "url_source": page.format(11), "license": "CC0 1.0"},
+            {"url": "https://live.staticflickr.com/1/12_a_b.jpg", "url_highres": None,
+             "url_source": page.format(12), "license": "Public Domain Mark 1.0"},
+            {"url": "https://live.staticflickr.com/1/13_a_b.jpg", "url_highres": "",
+             "url_source": page.format(13), "license": "No known copyright restrictions"},
+            {"url": "https://live.staticflickr.com/1/14_a_b.jpg", "url_highres": None,
+             "url_source": "https://example.org/not-a-flickr-page", "license": "CC0 1.0"}]
+    stats = ingest(ws, "megalith", [write_parquet(tmp_path / "m.parquet", rows)])
+    got = catalog(ws)
+    assert sorted(got) == ["megalith:11", "megalith:12"]
+    assert got["megalith:11"]["download_url"].endswith("11_x_o.jpg")  # high resolution when present
+    assert got["megalith:12"]["download_url"].endswith("12_a_b.jpg")
+    assert got["megalith:11"]["landing_url"] == page.format(11) and got["megalith:12"]["license_id"] == "pdm"
+    assert sorted(r["reason"] for r in quarantine(ws)) == ["license:other", "missing:key"]
+    assert stats.read == 4
+    bare = write_parquet(tmp_path / "bare.parquet", [{k: v for k, v in rows[0].items() if k != "license"}])
+    with pytest.raises(InputFormatError, match="no license or license_url column"):
+        ingest(ws, "megalith", [bare])

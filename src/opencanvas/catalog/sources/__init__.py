@@ -20,7 +20,8 @@ from opencanvas.catalog.sources.base import InputFormatError, InputUnit, SourceA
 
 ADAPTERS: dict[str, SourceAdapter] = {
     a.name: a for a in (openclipart.ADAPTER, yfcc100m.ADAPTER, commoncatalog.ADAPTER, openverse.ADAPTER,
-                        wikimedia.ADAPTER, folder.ADAPTER, gpic.ADAPTER, tables.PD12M, tables.TABLE)
+                        wikimedia.ADAPTER, folder.ADAPTER, gpic.ADAPTER, tables.PD12M, tables.MEGALITH,
+                        tables.TABLE)
 }
 
 __all__ = ["ADAPTERS", "InputFormatError", "InputUnit", "SourceAdapter"]

@@ -17,7 +17,7 @@ key or URL, or without an open license, goes to quarantine with its reason.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import duckdb
@@ -175,14 +175,19 @@ FROM (SELECT *, CASE
 
 
 def read_table(unit: InputUnit, source: str, mapping: dict[str, str], caption_set: str | None,
-               extra_columns: Sequence[str] = ()) -> Iterator[SourceBatch]:
-    """One table file -> catalog rows and quarantine rows, batch by batch."""
-    columns = sorted({*mapping.values(), *extra_columns})
+               extra_columns: Sequence[str] = (), columns: Sequence[str] | None = None,
+               prepare: Callable[[pa.Table], pa.Table] | None = None) -> Iterator[SourceBatch]:
+    """One table file -> catalog rows and quarantine rows, batch by batch.
+
+    `prepare` derives mapped columns from the file's `columns` (Megalith: the photo id from its page URL).
+    """
+    columns = sorted(columns or {*mapping.values(), *extra_columns})
     sql = _sql(source, mapping, extra_columns)
     first_row = 1
     con = duckdb.connect(config={"threads": 1})
     try:
-        for raw_batch in batches(Path(unit.path), columns):
+        for file_batch in batches(Path(unit.path), columns):
+            raw_batch = prepare(file_batch) if prepare else file_batch
             n = raw_batch.num_rows
             batch = pa.table({
                 **{f: _text(raw_batch, mapping.get(f)) for f in FIELDS if f not in ("caption", "md5", "license",
@@ -256,6 +261,49 @@ def _read_table(unit: InputUnit) -> Iterator[SourceBatch]:
     return read_table(unit, "table", parse_map(options["map"]), options.get("captions"))
 
 
+# Megalith-10m: url (Flickr's 1024-px copy), url_highres (a larger copy, when there is one) and url_source
+# (the photo page). Its images mix CC0, the Public Domain Mark, "no known copyright restrictions" and US
+# Government works, and the metadata names none per image, so a license or license_url column is required.
+MEGALITH_COLUMNS = ("url", "url_source")
+_FLICKR_PHOTO_ID = r"flickr\.com/photos/[^/]+/(?P<id>\d+)"
+
+
+def _check_megalith(path: Path) -> None:
+    have = set(columns_of(path))
+    check_columns(path, {c: c for c in MEGALITH_COLUMNS})
+    if not {"license", "license_url"} & have:
+        raise InputFormatError(
+            f"{path}: no license or license_url column. Megalith-10m mixes CC0, Public Domain Mark, 'no known "
+            "copyright restrictions' and US Government works without naming one per image; add the Flickr "
+            "license per photo (e.g. from the Flickr API) as a license or license_url column, then re-run")
+
+
+def _megalith_prepare(table: pa.Table) -> pa.Table:
+    """photo_id from the page URL; the download URL is the high-resolution one when present."""
+    best = table["url"]
+    if "url_highres" in table.column_names:
+        highres = pc.if_else(pc.equal(pc.utf8_trim_whitespace(table["url_highres"].cast(pa.string())), ""),
+                             None, table["url_highres"].cast(pa.string()))
+        best = pc.coalesce(highres, table["url"].cast(pa.string()))
+    photo_id = pc.struct_field(pc.extract_regex(table["url_source"].cast(pa.string()), _FLICKR_PHOTO_ID), "id")
+    return table.append_column("photo_id", photo_id).append_column("best_url", best)
+
+
+def _plan_megalith(paths: Sequence[Path]) -> list[InputUnit]:
+    return [InputUnit("megalith", str(f)) for f in plan_files(paths, _check_megalith)]
+
+
+def _read_megalith(unit: InputUnit) -> Iterator[SourceBatch]:
+    path = Path(unit.path)
+    have = set(columns_of(path))
+    licenses = [c for c in ("license", "license_url") if c in have]
+    mapping = {"key": "photo_id", "url": "best_url", "landing_url": "url_source", **{c: c for c in licenses}}
+    columns = [*MEGALITH_COLUMNS, *licenses, *(["url_highres"] if "url_highres" in have else [])]
+    return read_table(unit, "megalith", mapping, None, columns=columns, prepare=_megalith_prepare)
+
+
+MEGALITH = SourceAdapter("megalith", "Megalith-10m metadata Parquet (url, url_highres, url_source) with a license "
+                         "column; the high-resolution URL when present", _plan_megalith, _read_megalith)
 PD12M = SourceAdapter("pd12m", "PD12M metadata Parquet (id, url, caption, width, height, mime_type, hash, license, "
                       "source); MD5 checked on fetch", _plan_pd12m, _read_pd12m)
 TABLE = SourceAdapter("table", "any Parquet / JSON lines / CSV image-text dump, with --map FIELD=COLUMN,...",
