@@ -83,7 +83,8 @@ def test_gpic_tar_ingests_good_pairs_and_quarantines_each_bad_member(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     members = [
         ("ok1.json", gpic_json("ok1")), ("ok1.jpg", jpeg()),
-        ("nd.json", gpic_json("nd", license="CC BY-ND 2.0", license_url="https://creativecommons.org/licenses/by-nd/2.0/")),
+        ("nd.json", gpic_json("nd", license="CC BY-ND 2.0",
+                              license_url="https://creativecommons.org/licenses/by-nd/2.0/")),
         ("nd.jpg", jpeg("blue")),
         ("arr.json", gpic_json("arr", license="All rights reserved", license_url=None)), ("arr.jpg", jpeg()),
         ("clash.json", gpic_json("clash", license="CC0")), ("clash.jpg", jpeg()),  # name and URL disagree

@@ -136,7 +136,8 @@ def test_megalith_takes_the_high_resolution_url_and_needs_a_license_column(tmp_p
     ws = Workspace.open(tmp_path / "ws")
     page = "https://www.flickr.com/photos/someone/{}/"
     rows = [{"url": "https://live.staticflickr.com/1/11_a_b.jpg",
-             "url_highres": "https://live.staticflickr.com/1/11_x_o.jpg", "url_source": page.format(11), "license": "CC0 1.0"},
+             "url_highres": "https://live.staticflickr.com/1/11_x_o.jpg", "url_source": page.format(11),
+             "license": "CC0 1.0"},
             {"url": "https://live.staticflickr.com/1/12_a_b.jpg", "url_highres": None,
              "url_source": page.format(12), "license": "Public Domain Mark 1.0"},
             {"url": "https://live.staticflickr.com/1/13_a_b.jpg", "url_highres": "",
