@@ -66,7 +66,8 @@ def write_pd12m(path: Path, rows: int) -> None:
                        "https://creativecommons.org/publicdomain/mark/1.0/").astype(object)
         lic[ids % 100 == 7] = "https://example.org/all-rights-reserved"
         table = pa.table({
-            "id": pa.array([f"{i:09d}" for i in ids]), "url": pa.array([f"https://cdn.example.org/{i}.jpg" for i in ids]),
+            "id": pa.array([f"{i:09d}" for i in ids]),
+            "url": pa.array([f"https://cdn.example.org/{i}.jpg" for i in ids]),
             "caption": pa.array([f"a public domain image number {i} of something" for i in ids]),
             "width": pa.array(np.full(n, 1024)), "height": pa.array(np.full(n, 768)),
             "mime_type": pa.array(["image/jpeg"] * n), "hash": pa.array([f"{i:032x}" for i in ids]),
@@ -103,8 +104,9 @@ def main() -> None:
             fetch_s = time.perf_counter() - start
             assert fetched.counts.get("ok") == args.images, fetched.counts
             print(f"GPIC {args.images} images: ingest {stats.ingested} in {ingest_s:.2f}s "
-                  f"({args.images / ingest_s:,.0f} img/s), fetch {fetch_s:.2f}s ({args.images / fetch_s:,.0f} img/s); "
-                  f"ingest + shard copy {args.images / (ingest_s + fetch_s):,.0f} img/s; peak RSS {peak_rss_mb():.0f} MB")
+                  f"({args.images / ingest_s:,.0f} img/s), fetch {fetch_s:.2f}s "
+                  f"({args.images / fetch_s:,.0f} img/s); ingest + shard copy "
+                  f"{args.images / (ingest_s + fetch_s):,.0f} img/s; peak RSS {peak_rss_mb():.0f} MB")
         if args.rows:
             write_pd12m(root / "pd12m.parquet", args.rows)
             ws = Workspace.open(root / "ws-pd")

@@ -155,3 +155,26 @@ def test_megalith_takes_the_high_resolution_url_and_needs_a_license_column(tmp_p
     bare = write_parquet(tmp_path / "bare.parquet", [{k: v for k, v in rows[0].items() if k != "license"}])
     with pytest.raises(InputFormatError, match="no license or license_url column"):
         ingest(ws, "megalith", [bare])
+
+
+def test_cli_ingest_table_and_option_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from opencanvas.cli import app
+
+    path = tmp_path / "d.csv"
+    path.write_text("id,link,lic,text\n1,https://e.org/1.jpg,CC0 1.0,a cat\n")
+    runner = CliRunner()
+    ws = str(tmp_path / "ws")
+    ok = runner.invoke(app, ["catalog", "ingest", "table", str(path), "--map",
+                             "key=id,url=link,license=lic,caption=text", "--captions", "mine", "-w", ws])
+    assert ok.exit_code == 0, ok.output
+    assert "ingested 1" in ok.output
+    bad = runner.invoke(app, ["catalog", "ingest", "table", str(path), "--map", "key=id,url=url,license=lic",
+                              "-w", ws])
+    assert bad.exit_code != 0 and "no column(s) url" in " ".join(bad.output.split())
+    assert "Traceback" not in bad.output
+    wrong = runner.invoke(app, ["catalog", "ingest", "pd12m", str(path), "--split", "nano", "-w", ws])
+    assert wrong.exit_code != 0 and "--split filters GPIC's splits" in " ".join(wrong.output.split())
+    listed = runner.invoke(app, ["catalog", "sources"])
+    assert all(name in listed.output for name in ("gpic", "pd12m", "megalith", "table"))
