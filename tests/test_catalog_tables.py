@@ -178,3 +178,18 @@ def test_cli_ingest_table_and_option_errors(tmp_path):
     assert wrong.exit_code != 0 and "--split filters GPIC's splits" in " ".join(wrong.output.split())
     listed = runner.invoke(app, ["catalog", "sources"])
     assert all(name in listed.output for name in ("gpic", "pd12m", "megalith", "table"))
+
+
+def test_bad_lines_in_jsonl_and_csv_are_quarantined_and_the_rest_ingests(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"id": "a", "u": "https://e.org/a.jpg", "l": "CC0 1.0"}\n{not json\n[1, 2]\n\n'
+                     '{"id": "b", "u": "https://e.org/b.jpg", "l": "CC0 1.0", "w": 640}\n')
+    csv = tmp_path / "d.csv"
+    csv.write_text("id,u,l\nc,https://e.org/c.jpg,CC0 1.0\nbroken\nd,https://e.org/d.jpg,CC0 1.0\ne,x,y,z\n")
+    stats = ingest(ws, "table", [jsonl, csv], options={"map": "key=id,url=u,license=l"})
+    assert sorted(catalog(ws)) == ["table:a", "table:b", "table:c", "table:d"]
+    bad = sorted((Path(r["input_file"]).suffix, r["record_no"], r["reason"], r["raw"]) for r in quarantine(ws))
+    assert bad == [(".csv", 2, "malformed", "broken"), (".csv", 4, "malformed", "e,x,y,z"),
+                   (".jsonl", 2, "malformed", "{not json"), (".jsonl", 3, "malformed", "[1, 2]")]
+    assert stats.read == 8 == stats.ingested + stats.quarantined

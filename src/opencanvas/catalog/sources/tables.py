@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from opencanvas.catalog.records import SourceBatch
+from opencanvas.catalog.records import SourceBatch, safe_text
 from opencanvas.catalog.schema import CATALOG_SCHEMA, QUARANTINE_SCHEMA
 from opencanvas.catalog.sources.base import InputFormatError, InputUnit, SourceAdapter, plan_files
 from opencanvas.licenses import OTHER, LicenseRejected, license_of
@@ -76,7 +76,8 @@ def columns_of(path: Path) -> list[str]:
         if fmt == "parquet":
             return pq.ParquetFile(path).schema_arrow.names
         if fmt == "csv":
-            with pacsv.open_csv(path) as reader:
+            skip_bad = pacsv.ParseOptions(invalid_row_handler=lambda row: "skip")  # rows are judged when read
+            with pacsv.open_csv(path, parse_options=skip_bad) as reader:
                 return reader.schema.names
         with open(path, "rb") as f:
             first = json.loads(next(line for line in f if line.strip()))
@@ -95,22 +96,78 @@ def check_columns(path: Path, mapping: dict[str, str], extra: Sequence[str] = ()
                                "Fix the --map (or the file)")
 
 
-def batches(path: Path, columns: Sequence[str]) -> Iterator[pa.Table]:
-    """The file's `columns`, as text, a batch at a time."""
+@dataclass
+class FileBatch:
+    table: pa.Table                    # the file's columns (text for JSON lines and CSV)
+    record_nos: list[int]              # each row's 1-based record number in the file (data lines for CSV)
+    rejects: list[tuple[int, str, str]]  # (record number, raw text, detail) of lines that do not parse
+
+
+def batches(path: Path, columns: Sequence[str]) -> Iterator[FileBatch]:
+    """The file's `columns`, a batch at a time; lines that do not parse come back as rejects."""
     fmt = table_format(path)
     if fmt == "parquet":
+        first = 1
         for batch in pq.ParquetFile(path).iter_batches(BATCH_ROWS, columns=list(columns)):
-            yield pa.Table.from_batches([batch])
+            yield FileBatch(pa.Table.from_batches([batch]), list(range(first, first + batch.num_rows)), [])
+            first += batch.num_rows
     elif fmt == "csv":
-        names = columns_of(path)
-        options = pacsv.ConvertOptions(column_types={c: pa.string() for c in names}, include_columns=list(columns))
-        with pacsv.open_csv(path, convert_options=options) as reader:
-            for batch in reader:
-                yield pa.Table.from_batches([batch])
-    else:  # JSON lines: Arrow's reader holds the file's table (its blocks are freed as we slice them away)
-        table = pajson.read_json(path).select(list(columns))
-        for lo in range(0, table.num_rows, BATCH_ROWS):
-            yield table.slice(lo, BATCH_ROWS)
+        yield from _csv_batches(path, columns)
+    else:
+        yield from _jsonl_batches(path, columns)
+
+
+def _csv_batches(path: Path, columns: Sequence[str]) -> Iterator[FileBatch]:
+    bad: dict[int, str] = {}
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        bad[row.number - 1] = row.text  # file line -> data record number (line 1 is the header)
+        return "skip"
+
+    options = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns_of(path)},
+                                   include_columns=list(columns))
+    record = 0
+    with pacsv.open_csv(path, read_options=pacsv.ReadOptions(use_threads=False), convert_options=options,
+                        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid)) as reader:
+        for batch in reader:  # blocks are parsed in order, so `bad` holds this block's invalid lines now
+            numbers = []
+            while len(numbers) < batch.num_rows:
+                record += 1
+                if record not in bad:
+                    numbers.append(record)
+            rejects = [(n, bad.pop(n), "wrong number of fields") for n in sorted(k for k in bad if k <= record)]
+            yield FileBatch(pa.Table.from_batches([batch]), numbers, rejects)
+    if bad:
+        yield FileBatch(pa.Table.from_pylist([], pa.schema([(c, pa.string()) for c in columns])), [],
+                        [(n, text, "wrong number of fields") for n, text in sorted(bad.items())])
+
+
+def _jsonl_batches(path: Path, columns: Sequence[str]) -> Iterator[FileBatch]:
+    """JSON lines, parsed line by line so that one bad line is that line's problem; values become text."""
+    schema = pa.schema([(c, pa.string()) for c in columns])
+    values: dict[str, list[str | None]] = {c: [] for c in columns}
+    numbers: list[int] = []
+    rejects: list[tuple[int, str, str]] = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                rejects.append((number, line.decode("utf-8", "replace").rstrip("\n"), f"invalid JSON: {e}"))
+                continue
+            if not isinstance(record, dict):
+                rejects.append((number, line.decode("utf-8", "replace").rstrip("\n"), "line is JSON but not an object"))
+                continue
+            for c in columns:
+                v = record.get(c)
+                values[c].append(v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False))
+            numbers.append(number)
+            if len(numbers) + len(rejects) >= BATCH_ROWS:
+                yield FileBatch(pa.table(values, schema=schema), numbers, rejects)
+                values, numbers, rejects = {c: [] for c in columns}, [], []
+    yield FileBatch(pa.table(values, schema=schema), numbers, rejects)
 
 
 _LICENSE_SCHEMA = pa.schema([
@@ -162,7 +219,7 @@ SELECT '{source}:' || trim(key) AS key, '{source}' AS source, trim(key) AS sourc
   CASE WHEN x_caption IS NOT NULL AND trim(x_caption) <> '' THEN
     to_json(struct_pack({extra}, caption_set := $caption_set))::VARCHAR
   WHEN {bool(kept)} THEN to_json(struct_pack({extra}))::VARCHAR END AS extra,
-  reason, record_no,
+  reason, record_no, pos,
   CASE WHEN reason LIKE 'missing:%' THEN 'required field ' || replace(reason, 'missing:', '') || ' missing or empty'
     WHEN reason IS NOT NULL THEN coalesce(license_detail, 'no open license') END AS detail
 FROM (SELECT *, CASE
@@ -183,11 +240,10 @@ def read_table(unit: InputUnit, source: str, mapping: dict[str, str], caption_se
     """
     columns = sorted(columns or {*mapping.values(), *extra_columns})
     sql = _sql(source, mapping, extra_columns)
-    first_row = 1
     con = duckdb.connect(config={"threads": 1})
     try:
         for file_batch in batches(Path(unit.path), columns):
-            raw_batch = prepare(file_batch) if prepare else file_batch
+            raw_batch = prepare(file_batch.table) if prepare else file_batch.table
             n = raw_batch.num_rows
             batch = pa.table({
                 **{f: _text(raw_batch, mapping.get(f)) for f in FIELDS if f not in ("caption", "md5", "license",
@@ -197,7 +253,8 @@ def read_table(unit: InputUnit, source: str, mapping: dict[str, str], caption_se
                 "license_url": pc.fill_null(_text(raw_batch, mapping.get("license_url")), ""),
                 "x_caption": _text(raw_batch, mapping.get("caption")), "x_md5": _text(raw_batch, mapping.get("md5")),
                 **{f"x_{c}": _text(raw_batch, c) for c in extra_columns},
-                "record_no": pa.array(range(first_row, first_row + n), pa.int64()),
+                "record_no": pa.array(file_batch.record_nos, pa.int64()),
+                "pos": pa.array(range(n), pa.int64()),
             })
             con.register("batch", batch)
             con.register("lic", _license_table(batch))
@@ -206,14 +263,13 @@ def read_table(unit: InputUnit, source: str, mapping: dict[str, str], caption_se
             finally:
                 con.unregister("batch")
                 con.unregister("lic")
-            yield _split(con, judged, raw_batch, first_row, source, unit.path)
-            first_row += n
+            yield _split(con, judged, raw_batch, file_batch.rejects, source, unit.path)
     finally:
         con.close()
 
 
-def _split(con: duckdb.DuckDBPyConnection, table: pa.Table, raw_batch: pa.Table, first_row: int, source: str,
-           path: str) -> SourceBatch:
+def _split(con: duckdb.DuckDBPyConnection, table: pa.Table, raw_batch: pa.Table,
+           unparsed: list[tuple[int, str, str]], source: str, path: str) -> SourceBatch:
     """(catalog rows, quarantine rows); only rejected rows pay for their raw JSON."""
     ok = pc.is_null(table["reason"])
     rows = table.select(CATALOG_SCHEMA.names).filter(ok).cast(CATALOG_SCHEMA)
@@ -221,7 +277,7 @@ def _split(con: duckdb.DuckDBPyConnection, table: pa.Table, raw_batch: pa.Table,
     n = bad.num_rows
     raw = pa.array([], pa.string())
     if n:
-        con.register("raw_rows", raw_batch.take(pc.subtract(bad["record_no"], first_row)))
+        con.register("raw_rows", raw_batch.take(bad["pos"]))
         try:
             raw = con.sql("SELECT to_json(r)::VARCHAR AS raw FROM raw_rows r").to_arrow_table()["raw"]
         finally:
@@ -230,7 +286,11 @@ def _split(con: duckdb.DuckDBPyConnection, table: pa.Table, raw_batch: pa.Table,
         "source": pa.array([source] * n, pa.string()), "input_file": pa.array([path] * n, pa.string()),
         "record_no": bad["record_no"], "raw": raw, "reason": bad["reason"], "detail": bad["detail"],
     }, schema=QUARANTINE_SCHEMA)
-    return SourceBatch(rows, rejects, rows.num_rows + n)
+    if unparsed:
+        rejects = pa.concat_tables([rejects, pa.Table.from_pylist(
+            [{"source": source, "input_file": path, "record_no": no, "raw": safe_text(text), "reason": "malformed",
+              "detail": safe_text(detail)} for no, text, detail in unparsed], schema=QUARANTINE_SCHEMA)])
+    return SourceBatch(rows, rejects, rows.num_rows + rejects.num_rows)
 
 
 # ---- the adapters ----------------------------------------------------------------
