@@ -82,3 +82,8 @@ def test_fetch_takes_the_largest_size_flickr_serves_and_records_it(tmp_path):
                                                  flickr_size="medium"))
         (meta,) = [img.meta for t in ws.images_dir("medium").glob("shard-*.tar") for img in iter_shard(t)]
         assert meta["flickr_size"] == "medium" and meta["original_width"] == 300
+        # --max-side still applies to the original after download.
+        write_catalog_subset(ws, "small", rows[:1])
+        fetch(ws, "small", options=FetchOptions(http=http, min_side=16, max_side=256, flickr_host=url))
+        (meta,) = [img.meta for t in ws.images_dir("small").glob("shard-*.tar") for img in iter_shard(t)]
+        assert meta["flickr_size"] == "original" and (meta["original_width"], meta["width"]) == (640, 256)
