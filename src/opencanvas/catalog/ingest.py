@@ -370,9 +370,9 @@ def ingest(ws: Workspace, source: str, paths: Sequence[Path | str], *, workers: 
     units = list(dict.fromkeys(ADAPTERS[source].plan([Path(p) for p in paths])))  # raises InputFormatError
     if options:
         units = [replace(u, options=tuple(sorted(options.items()))) for u in units]
-    if ADAPTERS[source].check_options is not None:
+    if (check_options := ADAPTERS[source].check_options) is not None:
         for unit in units:
-            ADAPTERS[source].check_options(unit)  # raises InputFormatError
+            check_options(unit)  # raises InputFormatError
     stats = IngestStats(source, inputs=len(units))
     source_dir = ws.source_dir(source)
     finished = done_records(ws, source)

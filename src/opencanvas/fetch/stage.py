@@ -336,7 +336,7 @@ def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, opts: F
 
 def _flickr_bytes(client: PoliteClient, sizes: list[tuple[str, str]]) -> tuple[bytes, dict[str, Any]]:
     """The first size Flickr still serves, from the asked one down; records which size it got."""
-    tried = []
+    tried: list[str] = []
     for i, (size, url) in enumerate(sizes):
         try:
             got = client.fetch(url)

@@ -117,7 +117,7 @@ def _row(tar_path: str, stem: str, meta_raw: bytes, member: tarfile.TarInfo, dat
     caption_type = clean_text(record.get("caption_type"))
     if caption_type is not None and caption_type not in CAPTION_TYPES:
         raise Rejected("malformed", f"caption_type {caption_type!r} is not one of {', '.join(CAPTION_TYPES)}")
-    row = {
+    row: dict[str, Any] = {
         "title": None, "description": None, "tags": [], "category": clean_text(record.get("split")),
         "creator": author, "creator_url": author_url, "landing_url": author_url if author_url else None,
         "download_url": None, "local_path": tar_path,

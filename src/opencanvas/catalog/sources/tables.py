@@ -130,7 +130,7 @@ def _csv_batches(path: Path, columns: Sequence[str]) -> Iterator[FileBatch]:
     with pacsv.open_csv(path, read_options=pacsv.ReadOptions(use_threads=False), convert_options=options,
                         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid)) as reader:
         for batch in reader:  # blocks are parsed in order, so `bad` holds this block's invalid lines now
-            numbers = []
+            numbers: list[int] = []
             while len(numbers) < batch.num_rows:
                 record += 1
                 if record not in bad:
@@ -305,7 +305,11 @@ def _read_pd12m(unit: InputUnit) -> Iterator[SourceBatch]:
 
 
 def _plan_table(paths: Sequence[Path]) -> list[InputUnit]:
-    return [InputUnit("table", str(f)) for f in plan_files(paths, table_format)]
+    return [InputUnit("table", str(f)) for f in plan_files(paths, _check_suffix)]
+
+
+def _check_suffix(path: Path) -> None:
+    table_format(path)  # raises InputFormatError for a file that is not .parquet, .jsonl or .csv
 
 
 def _check_table(unit: InputUnit) -> None:
@@ -357,7 +361,8 @@ def _read_megalith(unit: InputUnit) -> Iterator[SourceBatch]:
     path = Path(unit.path)
     have = set(columns_of(path))
     licenses = [c for c in ("license", "license_url") if c in have]
-    mapping = {"key": "photo_id", "url": "best_url", "landing_url": "url_source", **{c: c for c in licenses}}
+    mapping: dict[str, str] = {"key": "photo_id", "url": "best_url", "landing_url": "url_source",
+                               **{c: c for c in licenses}}
     columns = [*MEGALITH_COLUMNS, *licenses, *(["url_highres"] if "url_highres" in have else [])]
     return read_table(unit, "megalith", mapping, None, columns=columns, prepare=_megalith_prepare)
 
