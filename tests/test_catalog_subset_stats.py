@@ -80,7 +80,7 @@ def test_stats_counts_and_balance(mixed_ws: Workspace, tmp_path: Path) -> None:
     assert s["sources"]["yfcc100m"] == {"inputs": 1, "read": 8, "ingested": 3, "quarantined": 5, "balanced": True}
     assert s["total"] == {"read": 17, "ingested": 11, "quarantined": 6, "balanced": True}
     assert s["licenses"]["cc-by-sa"] == 2 and s["licenses"]["cc-by-nc-nd"] == 2
-    assert s["policies"] == {"commercial": 6, "noncommercial": 8}
+    assert s["policies"] == {"commercial": 6, "noncommercial": 8, "nd-eval": 3}
     assert s["quarantine"] == {"encoding": 2, "license:other": 2, "malformed": 1, "video": 1}
     assert s["quarantine_by_source"]["openverse"] == {"license:other": 1}
     json.dumps(s)  # JSON-able

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 # The canonical license ids of the catalog's `license_id` column (architecture.md).
@@ -45,9 +46,11 @@ assert tuple(LICENSE_FLAGS) == LICENSE_IDS
 # License policies (architecture.md): the license ids each admits, and the one sentence that states it.
 # Subsets, model cards and the CLI all read these, so the wording lives here only.
 _COMMERCIAL = frozenset({"cc0", "pdm", "cc-by", "cc-by-sa"})
+NO_DERIVATIVES = frozenset({"cc-by-nd", "cc-by-nc-nd"})
 POLICIES: dict[str, frozenset[str]] = {
     "commercial": _COMMERCIAL,
     "noncommercial": _COMMERCIAL | {"cc-by-nc", "cc-by-nc-sa"},
+    "nd-eval": NO_DERIVATIVES,  # the paper's ND evaluation set: captioned and evaluated on, never trained on
 }
 POLICY_TEXT: dict[str, str] = {
     "commercial": "CommonCatalog-C: CC0, Public Domain Mark, CC BY and CC BY-SA images; commercial use allowed, "
@@ -56,8 +59,38 @@ POLICY_TEXT: dict[str, str] = {
     "noncommercial": "CommonCatalog-NC: the commercial set plus CC BY-NC and CC BY-NC-SA images; non-commercial "
                      "use only, attribution owed, BY-NC-SA terms apply to adaptations. "
                      "ND and unknown licenses excluded.",
+    "nd-eval": "ND evaluation set: CC BY-ND and CC BY-NC-ND images only, for captioning and evaluation; never "
+               "trained on, because these licenses forbid derivatives.",
 }
 assert set(POLICY_TEXT) == set(POLICIES)
+
+
+class DerivativesForbidden(ValueError):
+    """A training stage was given a subset whose licenses forbid derivatives."""
+
+
+def refuse_no_derivatives(policy: str, licenses: str | None, *, stage: str, subset: str) -> None:
+    """Raise `DerivativesForbidden` when a subset's policy (or its recorded license list) admits an ND license.
+
+    Every stage that makes a derivative of the images (encode, train, autoencoder train, clip train)
+    calls this once on its subset: a model trained on ND images would be a derivative work.
+    """
+    admitted = set(POLICIES.get(policy, ())) | {x for x in (licenses or "").split(",") if x}
+    nd = sorted(admitted & NO_DERIVATIVES)
+    if nd:
+        raise DerivativesForbidden(
+            f"{stage} refuses subset {subset!r}: its policy {policy!r} admits {', '.join(nd)}, whose license "
+            "forbids derivatives (a trained model or its latents are one); nd-eval subsets are for captioning and "
+            "evaluation only (`eval --reference/--prompts`). Use a commercial or noncommercial subset.")
+
+
+def refuse_nd_subset(subset_path: Path, stage: str) -> None:
+    """`refuse_no_derivatives` for a subset file (subsets/<name>.parquet), by the policy it records."""
+    from opencanvas.storage import parquet_metadata  # here: the license table itself needs no Parquet
+
+    if subset_path.exists():
+        meta = parquet_metadata(subset_path)
+        refuse_no_derivatives(meta.get("policy", ""), meta.get("licenses"), stage=stage, subset=subset_path.stem)
 
 
 def policy_choices() -> str:

@@ -10,6 +10,10 @@ model) live in `opencanvas.caption.vision`; the two here need no pixels:
   baselines of the paper's caption comparison, for the `captions` study).
 - `commoncatalog`: the BLIP-2 caption shipped with CommonCatalog, read from the
   catalog row's `extra` JSON (key `blip2_caption`).
+- `gpic-tag`, `gpic-short`, `gpic-medium`, `gpic-long`: the VLM caption shipped with
+  GPIC, of that caption_type (`extra` keys `caption` and `caption_type`).
+- `pd12m`, `shipped`: the caption a table dump ships (PD12M's, or the `--captions NAME`
+  column of `catalog ingest table`), from `extra` keys `caption` and `caption_set`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, get_args
 
-CaptionerName = Literal["blip2", "blip", "hf", "metadata", "title", "title-tags", "commoncatalog"]
+CaptionerName = Literal["blip2", "blip", "hf", "metadata", "title", "title-tags", "commoncatalog", "gpic-tag",
+                        "gpic-short", "gpic-medium", "gpic-long", "pd12m", "shipped"]
 CAPTIONERS: tuple[str, ...] = get_args(CaptionerName)
 MODEL_CAPTIONERS = ("blip2", "blip", "hf")
 DEFAULT_MODELS = {"blip2": "Salesforce/blip2-opt-2.7b", "blip": "Salesforce/blip-image-captioning-large"}
@@ -142,16 +147,27 @@ class MetadataCaptioner:
         return [(c, degeneracy(c)) for c in captions]
 
 
-def shipped_blip2_caption(meta: dict[str, Any]) -> str | None:
-    """The BLIP-2 caption CommonCatalog ships, from the catalog row's `extra` JSON."""
+def _extra(meta: dict[str, Any]) -> dict[str, Any]:
     extra = meta.get("extra") or {}
     if isinstance(extra, str):
         try:
             extra = json.loads(extra) if extra.strip() else {}
         except json.JSONDecodeError:
-            return None
-    value = extra.get("blip2_caption") if isinstance(extra, dict) else None
+            return {}
+    return extra if isinstance(extra, dict) else {}
+
+
+def shipped_blip2_caption(meta: dict[str, Any]) -> str | None:
+    """The BLIP-2 caption CommonCatalog ships, from the catalog row's `extra` JSON."""
+    value = _extra(meta).get("blip2_caption")
     return value if isinstance(value, str) else None
+
+
+def shipped_gpic_caption(meta: dict[str, Any], caption_type: str) -> str | None:
+    """The caption GPIC ships with the image, when it is of `caption_type` (one type per record)."""
+    extra = _extra(meta)
+    value = extra.get("caption")
+    return value if isinstance(value, str) and extra.get("caption_type") == caption_type else None
 
 
 class CommonCatalogCaptioner:
@@ -170,4 +186,42 @@ class CommonCatalogCaptioner:
         for item in items:
             text = shipped_blip2_caption(item.meta)
             out.append(("", "missing") if text is None else (text.strip(), degeneracy(text)))
+        return out
+
+
+class GpicCaptioner:
+    """Records GPIC's shipped caption of one caption_type; an image without one gets flag "missing"."""
+
+    needs_pixels = False
+
+    def __init__(self, caption_type: str) -> None:
+        self.name, self.caption_type = f"gpic-{caption_type}", caption_type
+        self.provenance = Provenance(model_id="", model_revision="gpic", prompt="",
+                                     generation=json.dumps({"source": "extra.caption", "caption_type": caption_type}),
+                                     preprocessing=f"shipped with GPIC, caption_type {caption_type}")
+
+    def caption(self, items: Sequence[CaptionInput], pixels: Any = None) -> list[tuple[str, str]]:
+        out = []
+        for item in items:
+            text = shipped_gpic_caption(item.meta, self.caption_type)
+            out.append(("", "missing") if text is None else (text.strip(), degeneracy(text)))
+        return out
+
+
+class ShippedCaptioner:
+    """Records the caption a table dump shipped (PD12M's, or `catalog ingest table --captions NAME`)."""
+
+    needs_pixels = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.provenance = Provenance(model_id="", model_revision="shipped", prompt="",
+                                     generation=json.dumps({"source": "extra.caption"}),
+                                     preprocessing=f"shipped with the dataset ({name})")
+
+    def caption(self, items: Sequence[CaptionInput], pixels: Any = None) -> list[tuple[str, str]]:
+        out = []
+        for item in items:
+            value = _extra(item.meta).get("caption")
+            out.append(("", "missing") if not isinstance(value, str) else (value.strip(), degeneracy(value)))
         return out

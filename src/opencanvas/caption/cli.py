@@ -17,7 +17,9 @@ CAPTION_HELP = """Caption every ok image of a subset into captions/<name>/part-N
 Captioners: blip2 (the paper's BLIP-2, default Salesforce/blip2-opt-2.7b), blip, hf (any transformers
 image-text-to-text model, with --prompt), metadata (title + description + tags, offline), title and
 title-tags (the title alone, and with its keywords), commoncatalog
-(the BLIP-2 caption shipped in CommonCatalog).
+(the BLIP-2 caption shipped in CommonCatalog), gpic-tag, gpic-short, gpic-medium, gpic-long (the caption of
+that caption_type shipped with GPIC), pd12m (PD12M's caption), shipped (the caption column of `catalog ingest
+table --captions NAME`; use --name NAME).
 
 Re-run the same command after a crash: finished shards are skipped. Report with
 `opencanvas caption stats --subset NAME`.

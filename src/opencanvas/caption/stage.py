@@ -38,7 +38,9 @@ from opencanvas.caption.captioners import (
     CaptionInput,
     CommonCatalogCaptioner,
     GenerationSettings,
+    GpicCaptioner,
     MetadataCaptioner,
+    ShippedCaptioner,
 )
 from opencanvas.caption.loader import decoded_batches, describe_preprocessing
 from opencanvas.captions import CAPTION_SCHEMA
@@ -80,6 +82,10 @@ def build_captioner(job: CaptionJob) -> Captioner:
         return MetadataCaptioner(job.captioner)
     if job.captioner == "commoncatalog":
         return CommonCatalogCaptioner()
+    if job.captioner.startswith("gpic-"):
+        return GpicCaptioner(job.captioner.removeprefix("gpic-"))
+    if job.captioner in ("pd12m", "shipped"):
+        return ShippedCaptioner(job.name)
     from opencanvas.caption.vision import load_model_captioner
 
     return load_model_captioner(job.captioner, job.model, name=job.name, device=job.device, dtype=job.dtype,

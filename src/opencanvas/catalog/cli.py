@@ -19,9 +19,18 @@ catalog_app = typer.Typer(help="The license-aware catalog (CommonCatalog builder
 @catalog_app.command("ingest")
 def ingest_cmd(
     source: Annotated[str, typer.Argument(help="Source adapter: openclipart, yfcc100m, commoncatalog, openverse, "
-                                              "wikimedia or folder (`opencanvas catalog sources` describes them).")],
+                                              "wikimedia, folder, gpic, pd12m or table (`opencanvas catalog "
+                                              "sources` describes them).")],
     paths: Annotated[list[Path], typer.Argument(help="Input files or folders of that source.")],
     workers: Annotated[int, typer.Option(help="Processes reading input files in parallel.", min=1)] = 1,
+    split: Annotated[str | None, typer.Option(help="gpic only: keep the records of this split (nano, lite or "
+                                                   "full).")] = None,
+    column_map: Annotated[str | None, typer.Option("--map", help="table only: FIELD=COLUMN,... for key, url, license "
+                                                   "(or license_url) and optionally title, description, author, "
+                                                   "author_url, landing_url, width, height, caption, md5.")] = None,
+    captions: Annotated[str | None, typer.Option(help="table only: name of the caption set the mapped caption "
+                                                 "column becomes (write it with `caption --captioner shipped "
+                                                 "--name NAME`).")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Read SOURCE's files into catalog/<source>/ (rejects into catalog/quarantine/); resumable."""
@@ -30,11 +39,22 @@ def ingest_cmd(
 
     if source not in ADAPTERS:
         raise fail(f"unknown source {source!r}; choose one of: {', '.join(ADAPTERS)}")
+    if split is not None and source != "gpic":
+        raise fail(f"--split filters GPIC's splits; drop it for source {source!r}")
+    if split is not None and split not in ("nano", "lite", "full"):
+        raise fail(f"--split {split!r}: use nano, lite or full")
+    if (column_map is not None or captions is not None) != (source == "table"):
+        raise fail("source table needs --map FIELD=COLUMN,... (and takes --captions NAME); other sources take neither")
+    options = {"split": split} if split else {}
+    if column_map is not None:
+        options["map"] = column_map
+    if captions is not None:
+        options["captions"] = captions
     ws = open_workspace(workspace)
     print_settings("catalog ingest", {"workspace": str(ws.root), "source": source,
-                                      "paths": [str(p) for p in paths], "workers": workers})
+                                      "paths": [str(p) for p in paths], "workers": workers, **options})
     try:
-        stats = ingest(ws, source, paths, workers=workers)
+        stats = ingest(ws, source, paths, workers=workers, options=options or None)
     except InputFormatError as e:
         raise fail(str(e)) from None
     console.print(
@@ -57,7 +77,7 @@ def subset_cmd(
                                                       "random order).", min=1)] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Select the catalog keys a license policy admits (ND and unknown licenses never enter)."""
+    """Select the catalog keys a license policy admits (ND only under nd-eval, never for training; unknown never)."""
     from opencanvas.catalog.subset import check_fraction, make_subset
     from opencanvas.storage import parquet_metadata
 

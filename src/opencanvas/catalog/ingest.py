@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,7 +95,8 @@ class UnitResult:
 
 
 def unit_id(unit: InputUnit) -> str:
-    return hashlib.sha256(f"{unit.source}\0{unit.path}".encode()).hexdigest()[:16]
+    options = "".join(f"\0{k}={v}" for k, v in unit.options)  # empty for most units: their ids stay as they were
+    return hashlib.sha256(f"{unit.source}\0{unit.path}{options}".encode()).hexdigest()[:16]
 
 
 def _duplicates_to_quarantine(rows: pa.Table, dup: pa.Array, input_file: str, detail: str) -> pa.Table:
@@ -373,12 +374,21 @@ def write_done_record(ws: Workspace, source: str, uid: str, input_path: str, par
     })
 
 
-def ingest(ws: Workspace, source: str, paths: Sequence[Path | str], *, workers: int = 1) -> IngestStats:
-    """Ingest `paths` with the `source` adapter; resumable and idempotent per input unit."""
+def ingest(ws: Workspace, source: str, paths: Sequence[Path | str], *, workers: int = 1,
+           options: dict[str, str] | None = None) -> IngestStats:
+    """Ingest `paths` with the `source` adapter; resumable and idempotent per input unit.
+
+    `options` go to the adapter's reader (e.g. {"split": "nano"} for GPIC).
+    """
     if source not in ADAPTERS:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(ADAPTERS)}")
     start = time.perf_counter()
     units = list(dict.fromkeys(ADAPTERS[source].plan([Path(p) for p in paths])))  # raises InputFormatError
+    if options:
+        units = [replace(u, options=tuple(sorted(options.items()))) for u in units]
+    if (check_options := ADAPTERS[source].check_options) is not None:
+        for unit in units:
+            check_options(unit)  # raises InputFormatError
     stats = IngestStats(source, inputs=len(units))
     source_dir = ws.source_dir(source)
     finished = done_records(ws, source)

@@ -65,8 +65,9 @@ def make_subset(ws: Workspace, policy: str, name: str, *, fraction: float = 1.0,
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows {max_rows} must be at least 1")
     licenses = sorted(POLICIES[policy])
-    # derivatives_ok too: ND never enters, whatever a policy list says.
-    where = "list_contains($licenses, license_id) AND derivatives_ok"
+    # derivatives_ok too: ND never enters a training policy, whatever its list says; only nd-eval selects ND.
+    where = "list_contains($licenses, license_id) AND " + ("NOT derivatives_ok" if policy == "nd-eval"
+                                                          else "derivatives_ok")
     params: dict = {"licenses": licenses}
     if fraction < 1 or max_rows is not None:
         params["seed"] = str(seed)

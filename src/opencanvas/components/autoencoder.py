@@ -32,6 +32,7 @@ from opencanvas.components.presets import AUTOENCODER_PRESETS, get_preset, prese
 from opencanvas.components.records import finished_record, publish, subset_metadata, write_record
 from opencanvas.components.reports import image_grid, markdown_table, png_bytes, write_report
 from opencanvas.components.training import CHECKPOINT_DIR, budget_met, loss_summary, run_training
+from opencanvas.licenses import refuse_nd_subset
 from opencanvas.pixels import to_pil, to_unit_range
 from opencanvas.splits import holdout_split
 from opencanvas.storage import sha256_file
@@ -189,6 +190,7 @@ def train_autoencoder(ws: Workspace, subset: str, name: str, preset: str = "tiny
     from step `disc_start` (default: the preset's)."""
     from diffusers import AutoencoderKL
 
+    refuse_nd_subset(ws.subset_path(subset), "autoencoder train")  # ND licenses forbid derivatives: no training on them
     spec = get_preset(AUTOENCODER_PRESETS, preset, "autoencoder")
     resolution = resolution or spec.resolution
     spec.check_resolution(resolution)

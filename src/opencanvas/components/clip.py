@@ -27,6 +27,7 @@ from opencanvas.components.records import finished_record, publish, subset_metad
 from opencanvas.components.reports import markdown_table, similarity_png, write_report
 from opencanvas.components.tokenizer import train_caption_tokenizer
 from opencanvas.components.training import CHECKPOINT_DIR, budget_met, loss_summary, run_training
+from opencanvas.licenses import refuse_nd_subset
 from opencanvas.splits import holdout_split
 from opencanvas.storage import atomic_write_json
 from opencanvas.workspace import Workspace, is_name
@@ -135,6 +136,7 @@ def train_clip(ws: Workspace, subset: str, captioner: str, name: str, preset: st
                seed: int = 0, tokenizer: str | None = None, text_layer: str = "last",
                checkpoint_seconds: float = 60.0) -> dict[str, Any]:
     """Train (or resume, or return the finished) CLIP `name`; returns the report."""
+    refuse_nd_subset(ws.subset_path(subset), "clip train")  # ND licenses forbid derivatives: no training on them
     spec = get_preset(CLIP_PRESETS, preset, "CLIP")
     if text_layer not in ("last", "penultimate"):
         raise ValueError(f"text layer must be 'last' or 'penultimate', got {text_layer!r}")

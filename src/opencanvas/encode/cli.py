@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
+from opencanvas.licenses import refuse_nd_subset
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -65,6 +66,10 @@ def encode_command(
     resolutions = _int_list(resolution, "--resolution")
     names = [c.strip() for c in captioners.split(",") if c.strip()]
     ws.latents_dir(name)   # a bad name fails before anything else is looked at
+    try:   # the license comes first: no fetch or caption step can make an ND subset trainable
+        refuse_nd_subset(ws.subset_path(subset), "encode")
+    except ValueError as e:
+        raise fail(str(e)) from None
     require(ws, "fetched", subset)
     for captions in names:
         require(ws, "captions", captions)

@@ -41,6 +41,7 @@ from opencanvas.encode.store import (
     write_text_part,
 )
 from opencanvas.engines import shard_share
+from opencanvas.licenses import refuse_nd_subset
 from opencanvas.shards import ShardImage, index_paths, iter_shard
 from opencanvas.storage import atomic_write_json, parquet_metadata
 from opencanvas.workspace import Workspace
@@ -283,6 +284,7 @@ def encode(ws: Workspace, subset: str, autoencoder: str, text_encoder: str, capt
     if not captioners or len(set(captioners)) != len(captioners):
         raise ValueError(f"need one or more distinct captioners, got {captioners}")
     resolutions = sorted(set(int(r) for r in resolutions))
+    refuse_nd_subset(ws.subset_path(subset), "encode")  # ND licenses forbid derivatives: latents are made for training
     shards = index_paths(ws.images_dir(subset))
     _check_inputs(ws, subset, captioners, shards)
     dtype = dtype or torch.float32

@@ -70,6 +70,9 @@ def run_fetch(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Plan the shards (images/<subset>/plan.parquet) and print shards, rows and rows per "
         "host; no HTTP.")] = False,
+    flickr_size: Annotated[str, typer.Option(
+        help="Flickr (YFCC100M) rows: fetch the 'original' (the paper re-scraped originals), 'large' (1024 px) or "
+        "'medium' (500 px) size, falling back to the next on 404/410; --max-side still applies.")] = "original",
 ) -> None:
     """Fetch the subset's images (runs when no subcommand is given)."""
     if ctx.invoked_subcommand is not None:
@@ -79,6 +82,8 @@ def run_fetch(
         raise fail("--subset is required, e.g. `opencanvas fetch --subset commercial`")
     if engine not in ("local", "ray"):
         raise fail(f"--engine must be 'local' or 'ray', got {engine!r}")
+    if flickr_size not in ("original", "large", "medium"):
+        raise fail(f"--flickr-size must be original, large or medium, got {flickr_size!r}")
     from opencanvas.fetch.http import DEFAULT_CONTACT, HttpConfig
     from opencanvas.fetch.stage import FetchOptions, fetch
 
@@ -101,7 +106,7 @@ def run_fetch(
     options = FetchOptions(max_side=max_side, min_side=min_side, max_pixels=max_pixels,
                            max_decode_pixels=max_decode_pixels,
                            near_dup_distance=near_dup_distance, placeholder_copies=placeholder_copies,
-                           threads=threads, verify=verify, http=http)
+                           threads=threads, verify=verify, flickr_size=flickr_size, http=http)
     print_settings("fetch", {"workspace": str(ws.root), "subset": subset, "shard_size": shard_size,
                              "workers": workers, "rank/world": f"{rank}/{world}", "engine": engine,
                              **{k: v for k, v in vars(options).items() if k != "http"}, **vars(http)})

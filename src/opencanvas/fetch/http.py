@@ -30,6 +30,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 from opencanvas import __version__
 from opencanvas.fetch.addresses import BlockedAddress, guarded_connect
 from opencanvas.fetch.robots import ROBOTS_MAX_BYTES, RobotsCache, RobotsUnavailable, x_robots_opt_out
+from opencanvas.fetch.tdm import OptOutFiles, header_reservation
 
 AGENT = "OpenCanvas"
 DEFAULT_CONTACT = "https://github.com/opencanvas/opencanvas"
@@ -125,6 +126,7 @@ class PoliteClient:
         self._gates: dict[str, _DomainGate] = {}
         self._gates_lock = threading.Lock()
         self.robots = RobotsCache(self._fetch_robots, AGENT)
+        self.opt_out_files = OptOutFiles(self._fetch_robots, AGENT)  # TDMRep tdmrep.json and ai.txt
 
     # ---- public -----------------------------------------------------------
     def fetch(self, url: str) -> Fetched:
@@ -134,7 +136,7 @@ class PoliteClient:
             _check_url(url)
             origin = _origin(url)
             if self.config.respect_robots:
-                reason = self.robots.check(origin, url)
+                reason = self.robots.check(origin, url) or self.opt_out_files.check(origin, url)
                 if reason:
                     raise FetchFailure("skipped", reason)
                 delay = min(self.robots.crawl_delay(origin), self.config.max_backoff)
@@ -183,6 +185,8 @@ class PoliteClient:
             opt_out = x_robots_opt_out(headers.get_all("X-Robots-Tag") or [], AGENT)
             if opt_out:
                 raise FetchFailure("skipped", f"x-robots-tag: {opt_out}")
+            if reserved := header_reservation(headers.get("tdm-reservation")):
+                raise FetchFailure("skipped", reserved)
             ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if ctype and not ctype.startswith("image/") and ctype not in ALLOWED_NON_IMAGE_TYPES:
                 raise FetchFailure("failed", f"bad-content-type: {ctype}")

@@ -10,6 +10,9 @@ from __future__ import annotations
 import threading
 import urllib.robotparser
 from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 # X-Robots-Tag values that opt an image out of training or indexing ("none" = noindex, nofollow).
 OPT_OUT_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex", "none")
@@ -47,15 +50,33 @@ class RobotsUnavailable(Exception):
 RobotsFetcher = Callable[[str], tuple[int, bytes]]
 
 
+class OriginCache(Generic[T]):
+    """A value per origin (scheme://host:port), loaded once per process; other threads wait for the load."""
+
+    def __init__(self, load: Callable[[str], T]) -> None:
+        self._load = load
+        self._values: dict[str, T] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, origin: str) -> T:
+        if origin in self._values:
+            return self._values[origin]
+        with self._guard:
+            lock = self._locks.setdefault(origin, threading.Lock())
+        with lock:
+            if origin not in self._values:
+                self._values[origin] = self._load(origin)
+        return self._values[origin]
+
+
 class RobotsCache:
     """robots.txt per origin (scheme://host:port), fetched once per process and shared by threads."""
 
     def __init__(self, fetch_robots: RobotsFetcher, agent: str) -> None:
         self._fetch = fetch_robots
         self._agent = agent
-        self._rules: dict[str, urllib.robotparser.RobotFileParser | str] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self._rules: OriginCache[urllib.robotparser.RobotFileParser | str] = OriginCache(self._load)
 
     def check(self, origin: str, url: str) -> str | None:
         """None when `url` may be fetched, else the skip reason."""
@@ -74,14 +95,7 @@ class RobotsCache:
         return float(delay) if delay else 0.0
 
     def _rules_for(self, origin: str) -> urllib.robotparser.RobotFileParser | str:
-        if origin in self._rules:
-            return self._rules[origin]
-        with self._guard:
-            lock = self._locks.setdefault(origin, threading.Lock())
-        with lock:  # one fetch per origin, other threads wait for it
-            if origin not in self._rules:
-                self._rules[origin] = self._load(origin)
-        return self._rules[origin]
+        return self._rules.get(origin)  # one fetch per origin, other threads wait for it
 
     def _load(self, origin: str) -> urllib.robotparser.RobotFileParser | str:
         try:

@@ -10,7 +10,9 @@ unfinished or damaged one is redone from scratch, so every key ends up in exactl
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +27,7 @@ import pyarrow as pa
 from opencanvas.engines import Engine, map_shards, shard_share
 from opencanvas.fetch.decode import DEFAULT_MAX_DECODE_PIXELS, DEFAULT_MAX_PIXELS, DecodeError
 from opencanvas.fetch.dedup import DEFAULT_DISTANCE, DuplicateIndex, reconcile_duplicates
+from opencanvas.fetch.flickr import FALLBACK_ON, FLICKR_HOST, size_candidates
 from opencanvas.fetch.http import FetchFailure, HttpConfig, PoliteClient, redact_credentials
 from opencanvas.fetch.placeholders import PLACEHOLDER_COPIES, placeholder_reason
 from opencanvas.fetch.plan import PLAN_FILE, ShardPlan, dry_run_counts, keys_digest, load_plan, shard_rows
@@ -46,6 +49,8 @@ class FetchOptions:
     placeholder_copies: int = PLACEHOLDER_COPIES  # the same bytes behind this many keys: a placeholder; 0 = off
     threads: int = 16                    # concurrent fetches inside one shard
     verify: str = "sha256"               # finished shards' tars checked against their index: "sha256" or "size"
+    flickr_size: str = "original"        # Flickr rows (YFCC): original, large or medium, falling back on 404/410
+    flickr_host: str = FLICKR_HOST       # where Flickr's static files are (a test server in tests)
     http: HttpConfig = field(default_factory=HttpConfig)
 
 
@@ -276,7 +281,8 @@ def _fetcher(root: Path, client: PoliteClient, opts: FetchOptions
         if row is None:
             return Outcome(key, None, "failed", "not-in-catalog: key missing from catalog/*/part-*.parquet")
         try:
-            data, facts = _source_bytes(root, row, client, opts.http.max_bytes)
+            data, facts = _source_bytes(root, row, client, opts)
+            check_md5(row, data)
         except FetchFailure as e:
             return Outcome(key, row, e.status, e.reason)
         except Exception as e:  # noqa: BLE001 - one bad URL or file must never stop the stage
@@ -299,12 +305,18 @@ def _fetcher(root: Path, client: PoliteClient, opts: FetchOptions
     return fetch_one
 
 
-def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, max_bytes: int
+def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, opts: FetchOptions
                   ) -> tuple[bytes, dict[str, Any]]:
-    """The source's bytes: `local_path` when it exists (a local mirror), else `download_url`."""
+    """The source's bytes: `local_path` when it exists (a local mirror, or a tar member), else `download_url`."""
     local, url = row.get("local_path"), row.get("download_url")
+    max_bytes = opts.http.max_bytes
+    if not local and (sizes := size_candidates(row, opts.flickr_size, opts.flickr_host)):
+        return _flickr_bytes(client, sizes)
     if local:
         path = Path(local) if Path(local).is_absolute() else root / local
+        member = tar_member(row)
+        if member is not None and path.is_file():
+            return _member_bytes(path, *member, max_bytes)
         if path.is_file():
             size = path.stat().st_size
             if size > max_bytes:
@@ -320,6 +332,55 @@ def _source_bytes(root: Path, row: dict[str, Any], client: PoliteClient, max_byt
                       "content_type": got.content_type,
                       "attempts": got.attempts, "source_sha256": sha256_bytes(got.data),
                       "source_bytes": len(got.data)}
+
+
+def _flickr_bytes(client: PoliteClient, sizes: list[tuple[str, str]]) -> tuple[bytes, dict[str, Any]]:
+    """The first size Flickr still serves, from the asked one down; records which size it got."""
+    tried: list[str] = []
+    for i, (size, url) in enumerate(sizes):
+        try:
+            got = client.fetch(url)
+        except FetchFailure as e:
+            if e.reason not in FALLBACK_ON or i == len(sizes) - 1:
+                raise FetchFailure(e.status, e.reason + (f" (after {', '.join(tried)})" if tried else "")) from None
+            tried.append(f"{size}: {e.reason}")
+            continue
+        return got.data, {"fetched_from": url, "final_url": got.final_url, "content_type": got.content_type,
+                          "attempts": got.attempts, "source_sha256": sha256_bytes(got.data),
+                          "source_bytes": len(got.data), "flickr_size": size, "flickr_fallbacks": tried}
+    raise FetchFailure("failed", "no-source: no Flickr size to try")
+
+
+def tar_member(row: dict[str, Any]) -> tuple[str, int, int] | None:
+    """(member name, data offset, size) when the row's pixels are one member of the tar at `local_path` (GPIC)."""
+    extra = row.get("extra")
+    if not extra or "tar_offset" not in extra:
+        return None
+    fields = json.loads(extra)
+    return str(fields["tar_member"]), int(fields["tar_offset"]), int(fields["tar_size"])
+
+
+def check_md5(row: dict[str, Any], data: bytes) -> None:
+    """A source that ships an MD5 per image (PD12M's `hash`): the downloaded bytes must match it."""
+    extra = row.get("extra")
+    if not extra or '"md5"' not in extra:
+        return
+    want = str(json.loads(extra).get("md5") or "").strip().lower()
+    got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if want and got != want:
+        raise FetchFailure("failed", f"md5-mismatch: downloaded bytes have MD5 {got}, the source lists {want}")
+
+
+def _member_bytes(path: Path, name: str, offset: int, size: int, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
+    """The recorded byte range of a tar member: one seek, no scan of the tar."""
+    if size > max_bytes:
+        raise FetchFailure("failed", f"too-large: tar member {size} > {max_bytes}")
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise FetchFailure("failed", f"missing-file: {path} ends before member {name} (the tar changed since ingest)")
+    return data, {"fetched_from": f"{path}#{name}", "source_sha256": sha256_bytes(data), "source_bytes": size}
 
 
 def _redacted(row: dict[str, Any]) -> dict[str, Any]:

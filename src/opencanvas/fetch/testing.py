@@ -14,6 +14,10 @@ path segment picks the behaviour, the rest names the image:
     /html/NAME                200 with Content-Type: text/html
     /oversize/NAME            streams `oversize_bytes` of data without Content-Length
     /missing/NAME             404
+    /gone/NAME                410
+    /tdm/NAME                 200 with tdm-reservation: 1
+    /.well-known/tdmrep.json  `tdmrep` when set, else 404
+    /ai.txt                   `ai_txt` when set, else 404
 
 Every response waits `delay` seconds first (to slow a run down for kill tests).
 `hits[path]` counts requests, so tests can check retries happened.
@@ -51,6 +55,8 @@ class ServerState:
     flaky_failures: int = 1
     retry_after: int = 1
     oversize_bytes: int = 4 * 1024 * 1024
+    tdmrep: bytes | None = None   # body of /.well-known/tdmrep.json (None: 404)
+    ai_txt: bytes | None = None   # body of /ai.txt (None: 404)
     hits: Counter[str] = field(default_factory=Counter)
     user_agents: set[str] = field(default_factory=set)
     active: int = 0          # requests being handled now
@@ -101,12 +107,18 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(st.delay)
         if self.path == "/robots.txt":
             return self._send(200, ROBOTS_TXT, "text/plain")
+        for path, body, ctype in (("/.well-known/tdmrep.json", st.tdmrep, "application/json"),
+                                  ("/ai.txt", st.ai_txt, "text/plain")):
+            if self.path == path:
+                return self._send(404, b"not found", "text/plain") if body is None else self._send(200, body, ctype)
         parts = self.path.split("?", 1)[0].lstrip("/").split("/")  # the query only makes URLs distinct
         kind, name = parts[0], parts[-1]
         if kind == "redirect":
             hops = int(parts[1])
             target = f"/redirect/{hops - 1}/{name}" if hops > 1 else f"/img/{name}"
             return self._send(302, headers={"Location": target})
+        if kind == "gone":
+            return self._send(410, b"gone", "text/plain")
         if name not in st.images or kind == "missing":
             return self._send(404, b"not found", "text/plain")
         body, ctype = st.images[name]
@@ -126,6 +138,8 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         elif kind == "noai":
             return self._send(200, body, ctype, {"X-Robots-Tag": "noai, noimageai"})
+        elif kind == "tdm":
+            return self._send(200, body, ctype, {"tdm-reservation": "1"})
         elif kind == "html":
             return self._send(200, b"<html>an image page</html>", "text/html; charset=utf-8")
         elif kind == "oversize":

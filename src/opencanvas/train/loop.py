@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
+from opencanvas.licenses import refuse_no_derivatives
 from opencanvas.progress import progress_bar
 from opencanvas.storage import atomic_write_json
 from opencanvas.train import distributed as D
@@ -123,6 +124,8 @@ def _resolve(ws: Workspace, latents: str, preset_name: str, run: str, images: in
         schedule = None
     # Opened once: a LatentSet reads every part's keys (None: the set's only resolution).
     first = open_latents(ws, latents, schedule[0][0] if schedule else None)
+    refuse_no_derivatives(str(first.meta.get("policy") or ""), None, stage="train",
+                          subset=str(first.meta.get("subset")))
     schedule = schedule or ((int(first.resolution), 0),)
     if images is None:
         images = stored["images"] if stored else None

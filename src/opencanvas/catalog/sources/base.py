@@ -23,6 +23,7 @@ class InputUnit:
     source: str
     path: str  # absolute path
     root: str = ""  # for tree sources: the library root that keys are relative to
+    options: tuple[tuple[str, str], ...] = ()  # reader options (e.g. GPIC's split); part of the unit's identity
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class SourceAdapter:
     summary: str
     plan: Callable[[Sequence[Path]], list[InputUnit]]        # expands and checks the inputs
     read: Callable[[InputUnit], Iterator[SourceBatch]]       # reads one unit, batch by batch
+    check_options: Callable[[InputUnit], None] | None = None  # file-level checks needing the unit's options
 
 
 def record_license(name: Any = None, url: Any = None, what: str = "license") -> License:

@@ -147,7 +147,10 @@ SELECT 'yfcc100m:' || photo_id AS key, 'yfcc100m' AS source, photo_id AS source_
               date_taken := nullif(date_taken, ''), date_uploaded := nullif(date_uploaded, ''),
               capture_device := nullif(d_capture_device, ''), machine_tags := nullif(d_machine_tags, ''),
               longitude := nullif(longitude, ''), latitude := nullif(latitude, ''),
-              accuracy := nullif(accuracy, '')))::VARCHAR AS extra,
+              accuracy := nullif(accuracy, ''),
+              -- Flickr's URL fields: fetch builds the original (_o) and large (_b) URLs from them
+              server_id := nullif(server_id, ''), farm_id := nullif(farm_id, ''), secret := nullif(secret, ''),
+              original_secret := nullif(original_secret, ''), extension := nullif(extension, '')))::VARCHAR AS extra,
   reason,
   CASE WHEN reason IS NOT NULL THEN try_cast(line_number AS BIGINT) END AS record_no,
   CASE WHEN reason IS NOT NULL THEN concat_ws(chr(9), {', '.join(COLUMNS)}) END AS raw,
