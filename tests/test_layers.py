@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "opencanvas"
 LAYERS: list[set[str]] = [
     {"allocator", "progress", "storage", "workspace", "licenses", "engines", "pixels", "splits"},
     {"shards", "captions", "cli_common"},
-    {"diffusion"},
+    {"diffusion", "training"},
     {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"},
     {"cards"}, {"demo"},
     {"cli"},

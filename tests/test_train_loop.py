@@ -18,7 +18,7 @@ from opencanvas.train.checkpoint import (
     TrainState, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
 )
 from opencanvas.train.config import TrainConfig, parse_resolutions
-from opencanvas.train.ema import EMA
+from opencanvas.training.ema import EMA
 from opencanvas.train.presets import PRESETS, build_unet
 from opencanvas.train.recipe import (
     LowPrecisionGroupNorm, LowPrecisionLayerNorm, apply_recipe, resolve_recipe, use_low_precision_norms,
@@ -112,14 +112,14 @@ def test_nan_steps_are_skipped_and_repeated_ones_stop_the_run(ws, monkeypatch):
         return out
 
     state = {"images": 0}
-    real_step = loop.train_step
+    real_gradients = loop.UNetTask.gradients
 
-    def counting_step(s):
-        state["images"] = s.state.images_seen
-        return real_step(s)
+    def counting_gradients(task, train_state):
+        state["images"] = train_state.images_seen
+        return real_gradients(task, train_state)
 
     monkeypatch.setattr(loop, "training_inputs", maybe_nan)
-    monkeypatch.setattr(loop, "train_step", counting_step)
+    monkeypatch.setattr(loop.UNetTask, "gradients", counting_gradients)
     poisoned.update({16, 32})  # two isolated bad steps: skipped, counted, training goes on
     summary = loop.train(ws, "lat", "tiny", "nan", images=96, batch=8, checkpoint_every=32, max_bad_steps=3)
     assert summary["skipped_steps"] == 2 and summary["images_seen"] == 96

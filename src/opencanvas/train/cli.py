@@ -69,7 +69,11 @@ def train_command(
         "matches the exported diffusers pipeline).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of weights, data order and noise.")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(
-        "--checkpoint-every", min=0, help="Checkpoint every N images (0: only at the end).")] = None,
+        "--checkpoint-every", min=0, help="Checkpoint every N images (default: a twentieth of the run; 0: only "
+        "at the end).")] = None,
+    checkpoint_minutes: Annotated[Optional[float], typer.Option(
+        "--checkpoint-minutes", min=0, help="Also checkpoint after this many minutes of wall time since the "
+        "last one (default 30; 0: off).")] = None,
     keep: Annotated[Optional[int], typer.Option(
         "--keep", min=0, help="Keep the N newest checkpoints (0: keep all).")] = None,
     validate_every: Annotated[Optional[int], typer.Option(
@@ -107,8 +111,9 @@ def train_command(
         micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, prediction_type=prediction,
         min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
-        caption_dropout=caption_dropout, holdout=holdout, use_text_mask=text_mask, seed=seed, checkpoint_every=checkpoint_every,
-        keep=keep, validate_every=validate_every, log_every=log_every, max_bad_steps=max_bad_steps,
+        caption_dropout=caption_dropout, holdout=holdout, use_text_mask=text_mask, seed=seed,
+        checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, keep=keep,
+        validate_every=validate_every, log_every=log_every, max_bad_steps=max_bad_steps,
         workers=workers, device=device, parallel=parallel, bf16=bf16, sdpa=sdpa,
         low_precision_norms=low_precision_norms, channels_last=channels_last, fused_adamw=fused_adamw,
         compile=compile,

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from opencanvas.train.presets import Preset
+from opencanvas.training import DEFAULT_CHECKPOINT_MINUTES
 
 LrSchedule = Literal["constant", "cosine"]
 
 # Fields that may change between a run and its resumption (they do not change the math).
 RESUMABLE_CHANGES = frozenset({
-    "images", "checkpoint_every", "keep", "validate_every", "log_every", "workers", "max_bad_steps",
+    "images", "checkpoint_every", "checkpoint_minutes", "keep", "validate_every", "log_every", "workers",
+    "max_bad_steps",
     "validation_prompts", "device", "bf16", "sdpa", "low_precision_norms", "channels_last", "fused_adamw",
     "compile",
 })
@@ -60,7 +62,10 @@ class TrainConfig:
     # pipeline (which passes none) would see a different model, so the default is off.
     use_text_mask: bool = False
     seed: int = 0
-    checkpoint_every: int = 0  # images; 0: only at the end
+    # Checkpoints every checkpoint_every images (None: a twentieth of the run; 0: only at the end) or
+    # checkpoint_minutes of wall time (0: off), whichever comes first, so a killed run resumes by default.
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float = DEFAULT_CHECKPOINT_MINUTES
     keep: int = 3  # checkpoints kept (the newest); 0 keeps all
     validate_every: int = 0  # images; 0: no validation grids
     validation_prompts: tuple[str, ...] = ("a red circle", "a blue square", "a green triangle", "a yellow circle")
@@ -83,7 +88,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         check_known(values, cls)
         values = dict(values)
         values["resolutions"] = tuple(tuple(r) for r in values["resolutions"])
@@ -96,7 +101,7 @@ class TrainConfig:
         """Micro-batches per optimizer step on each of `world` ranks."""
         return self.batch // (self.micro_batch * world)
 
-    def validate(self, world: int) -> "TrainConfig":
+    def validate(self, world: int) -> TrainConfig:
         """Check values and the batch arithmetic for `world` ranks; returns self."""
         per_step = self.micro_batch * world
         if self.batch % per_step:
