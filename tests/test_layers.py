@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "opencanvas"
 
 # Lowest first. A part may import parts of its own rank or below; never one above it.
 LAYERS: list[set[str]] = [
-    {"allocator", "progress", "storage", "workspace", "licenses", "engines", "pixels", "splits"},
+    {"allocator", "progress", "storage", "workspace", "licenses", "engines", "pixels", "splits", "dtypes"},
     {"shards", "captions", "cli_common"},
     {"diffusion", "training"},
     {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"},

@@ -8,6 +8,7 @@ set was encoded with, so prompts are embedded exactly as in training.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,11 @@ import torch
 
 from opencanvas.diffusion import Denoiser, NoiseSchedule
 from opencanvas.train.checkpoint import (
-    CHECKPOINT_RE, latest_checkpoint, list_checkpoints, load_checkpoint, tensors_hash,
+    CHECKPOINT_RE,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    tensors_hash,
 )
 from opencanvas.workspace import Workspace
 
@@ -26,19 +31,44 @@ if TYPE_CHECKING:
     from opencanvas.components import LoadedAutoencoder, LoadedTextEncoder
 
 
-@dataclass
-class InferencePipeline:
+class ModelPipeline(ABC):
+    """What sampling and evaluation use of a model, wherever it came from.
+
+    Two kinds: a training run's checkpoint (`InferencePipeline`, here) and an exported
+    diffusers folder (`opencanvas.sample.loading.FolderPipeline`). `opencanvas.sample.loading.load_model`
+    returns one or the other as this type.
+    """
+
     denoiser: Denoiser  # x0-prediction in sigma space (opencanvas.diffusion)
-    autoencoder: "LoadedAutoencoder"
-    text_encoder: "LoadedTextEncoder"
-    config: dict[str, Any]  # the run's resolved TrainConfig (as stored in the checkpoint)
-    weights_hash: str  # sha256 over the loaded UNet tensors (names, dtypes, bytes)
-    checkpoint: Path
-    ema: bool
+    config: dict[str, Any]  # the run's resolved TrainConfig, or what an export recorded of it
+    weights_hash: str  # sha256 identifying the UNet weights sampled from
 
     @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states (B, L, D) float32 on the model's device, and the text mask the UNet expects (or None)."""
+
+    @abstractmethod
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(C, h, w) of the latents for an image of height x width pixels."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Normalised latents (B, C, h, w) -> PIL images."""
+
+
+@dataclass
+class InferencePipeline(ModelPipeline):
+    denoiser: Denoiser  # x0-prediction in sigma space (opencanvas.diffusion)
+    autoencoder: LoadedAutoencoder
+    text_encoder: LoadedTextEncoder
+    config: dict[str, Any]  # the run's resolved TrainConfig (as stored in the checkpoint)
+    weights_hash: str  # sha256 over the loaded UNet tensors (names, dtypes, bytes)
+    checkpoint: Path
+    ema: bool
 
     @property
     def use_text_mask(self) -> bool:
@@ -57,7 +87,7 @@ class InferencePipeline:
         return hidden.float().to(self.device), (mask.to(self.device) if self.use_text_mask else None)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> list["Image.Image"]:
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Normalised latents (B, C, h, w) -> PIL images."""
         from opencanvas.pixels import to_pil
 
@@ -111,7 +141,7 @@ def load_pipeline(ws: Workspace, run: str, ema: bool = True, device: str | torch
 
 
 def load_components(ws: Workspace, config: dict[str, Any], device: str | torch.device = "cpu"
-                    ) -> tuple["LoadedTextEncoder", "LoadedAutoencoder"]:
+                    ) -> tuple[LoadedTextEncoder, LoadedAutoencoder]:
     """The text encoder and autoencoder a run's latent set was encoded with, checked against the run."""
     from opencanvas.components import load_autoencoder, load_text_encoder
 
