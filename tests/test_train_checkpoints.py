@@ -66,6 +66,12 @@ def test_damaged_newest_checkpoint_is_named_and_skipped(ws, damage):
         from opencanvas.train.pipeline import find_checkpoint
 
         assert find_checkpoint(run_dir).name == "ckpt-000000000024.safetensors"
+    with pytest.warns(DamagedCheckpointWarning, match=newest.name):
+        from opencanvas.cards.model_facts import run_facts
+        from opencanvas.cards.records import Sources
+
+        facts = run_facts(ws, "d", Sources())  # what `opencanvas card` reads of the run
+    assert facts["checkpoint"].endswith("ckpt-000000000024.safetensors") and facts["unet_parameters"] > 0
     with pytest.raises(ValueError, match="not a readable OpenCanvas training checkpoint"):
         load_checkpoint(newest)
 
