@@ -122,3 +122,21 @@ def test_sigkill_with_default_settings_resumes_instead_of_restarting(ws):
     resumed = loop.train(ws, "lat", "tiny", "r2", images=960, batch=16)
     assert resumed["session_images"] == 960 - at_kill and resumed["images_seen"] == 960
     assert rows(ws, "r2") == list(range(16, 961, 16))
+
+
+def test_minutes_become_recorded_images_and_a_rerun_is_exact(ws):
+    latents(ws)
+    first = loop.train(ws, "lat", "tiny", "timed", minutes=0.01, batch=8)
+    config = json.loads((ws.run_dir("timed") / "config.json").read_text())
+    assert config["minutes"] == 0.01 and config["measured_images_per_s"] > 0 and config["images"] % 8 == 0
+    assert first["images_seen"] == config["images"] >= 24  # the warm-up alone is 3 steps
+    assert load_checkpoint(latest_checkpoint(ws.run_dir("timed"))).config == config
+    again = loop.train(ws, "lat", "tiny", "timed", minutes=0.01, batch=8)  # the recorded rate: nothing to do
+    assert again["session_images"] == 0 and again["weights_sha256"] == first["weights_sha256"]
+    counted = loop.train(ws, "lat", "tiny", "counted", images=config["images"], batch=8)
+    assert counted["weights_sha256"] == first["weights_sha256"]
+    assert rows(ws, "timed") == list(range(8, config["images"] + 1, 8))
+    with pytest.raises(ValueError, match="--images or --minutes, not both"):
+        loop.train(ws, "lat", "tiny", "both", images=8, minutes=1.0)
+    with pytest.raises(ValueError, match="--minutes needs --lr-schedule constant"):
+        loop.train(ws, "lat", "tiny", "cos", minutes=1.0, lr_schedule="cosine")

@@ -238,7 +238,7 @@ def train_autoencoder(ws: Workspace, subset: str, name: str, preset: str = "tiny
         "component": "autoencoder", "name": name, **meta, "preset": preset_dict(spec), "training": identity,
         "steps": trained.state.steps, "images_seen": trained.state.images_seen,
         "train_seconds": trained.state.wall_seconds, "images": trained.config["images"], "minutes": minutes,
-        "images_per_s": trained.config["images_per_s"], "losses": trained.losses, "latent_shift": shift,
+        "measured_images_per_s": trained.config["measured_images_per_s"], "losses": trained.losses, "latent_shift": shift,
         "latent_scale": [1.0 / max(s, 1e-6) for s in std], "latent_std": std,
         "latent_stats_images": int(min(STATS_IMAGES, len(task.train_pixels))),
         "heldout_keys": [loaded.keys[i] for i in held_idx], "report": {k: report[k] for k in

@@ -199,7 +199,7 @@ def train_clip(ws: Workspace, subset: str, captioner: str, name: str, preset: st
         "component": "clip", "name": name, **meta, "captioner": captioner, "preset": preset_dict(spec),
         "training": identity, "steps": trained.state.steps, "images_seen": trained.state.images_seen,
         "batch": task.batch, "train_seconds": trained.state.wall_seconds, "images": trained.config["images"],
-        "minutes": minutes, "images_per_s": trained.config["images_per_s"], "losses": trained.losses,
+        "minutes": minutes, "measured_images_per_s": trained.config["measured_images_per_s"], "losses": trained.losses,
         "text_layer": text_layer, "max_length": spec.max_length, "heldout_keys": data.held_keys,
         "checkpoint": CHECKPOINT_DIR,
         "report": {k: v for k, v in metrics.items() if "@5" in k or k.startswith("clip_score")},

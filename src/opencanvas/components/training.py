@@ -22,9 +22,9 @@ from opencanvas.training.checkpoint import TrainState, checkpoint_dir, latest_ch
 from opencanvas.training.loop import (
     DEFAULT_CHECKPOINT_MINUTES,
     DEFAULT_KEEP,
+    Budget,
     LoopSettings,
     TrainTask,
-    images_for_minutes,
     measure_rate,
     open_checkpoint,
     restore,
@@ -35,28 +35,6 @@ from opencanvas.training.seeds import step_generator
 
 CHECKPOINT_DIR = "checkpoints"
 CPU = D.DistEnv(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How far to train: the least of the given limits (at least one is needed)."""
-
-    images: int | None = None
-    steps: int | None = None
-    minutes: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.images is None and self.steps is None and self.minutes is None:
-            raise ValueError("give a training budget: --images N, --steps N and/or --minutes M")
-
-    def to_images(self, batch: int, images_per_s: float | None) -> int | None:
-        """The budget in images (None: minutes given but no rate measured yet)."""
-        limits = [v for v in (self.images, None if self.steps is None else self.steps * batch) if v is not None]
-        if self.minutes is not None:
-            if images_per_s is None:
-                return None
-            limits.append(images_for_minutes(self.minutes, images_per_s, batch))
-        return min(limits)
 
 
 @dataclass
@@ -96,7 +74,7 @@ def train_component(task: TrainTask, out_dir: Path, identity: dict[str, Any], bu
     if stored is not None:
         check_same_training(out_dir, label, stored.get("training"), identity)
     state = restore(task, ckpt) if ckpt is not None else TrainState()
-    rate = stored.get("images_per_s") if stored else None
+    rate = stored.get("measured_images_per_s") if stored else None
     settings = LoopSettings(name=label, images=0, batch=batch, lr=lr, warmup_images=warmup_steps * batch,
                             checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, keep=keep)
     log = MetricsLog(out_dir, state.images_seen)
@@ -105,7 +83,7 @@ def train_component(task: TrainTask, out_dir: Path, identity: dict[str, Any], bu
         if images is None:  # minutes, first session: measure the rate on the run's first steps
             rate = measure_rate(task, settings, state, budget.minutes or 0.0, log)
             images = max(state.images_seen, budget.to_images(batch, rate) or 0)
-        config = {"training": identity, "images": images, "minutes": budget.minutes, "images_per_s": rate}
+        config = {"training": identity, "images": images, "minutes": budget.minutes, "measured_images_per_s": rate}
         result = run(task, replace(settings, images=images), state, out_dir, config, log)
     finally:
         log.close()
@@ -120,7 +98,7 @@ def normalized(identity: dict[str, Any]) -> dict[str, Any]:
 
 def finished_images(record: dict[str, Any], budget: Budget, batch: int) -> bool:
     """Whether a finished record already covers `budget` (minutes convert at the recorded rate)."""
-    target = budget.to_images(batch, record.get("images_per_s"))
+    target = budget.to_images(batch, record.get("measured_images_per_s"))
     return target is not None and record.get("images_seen", 0) >= target
 
 

@@ -31,6 +31,9 @@ def train_command(
     images: Annotated[Optional[int], typer.Option(
         "--images", min=1, help="Total training images over all ranks (default for a resume: the stored value).")]
     = None,
+    minutes: Annotated[Optional[float], typer.Option(
+        "--minutes", min=0, help="Instead of --images: a time budget, converted once to images from a short "
+        "measured warm-up and recorded in config.json, so the same command again trains exactly as far.")] = None,
     batch: Annotated[Optional[int], typer.Option(
         "--batch", min=1, help="Global batch per optimizer step (default: the preset's).")] = None,
     micro_batch: Annotated[Optional[int], typer.Option(
@@ -108,7 +111,7 @@ def train_command(
 
     ws = open_workspace(workspace)
     options = dict(
-        micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
+        minutes=minutes, micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, prediction_type=prediction,
         min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
         caption_dropout=caption_dropout, holdout=holdout, use_text_mask=text_mask, seed=seed,

@@ -32,10 +32,12 @@ from opencanvas.training import distributed as D
 from opencanvas.training.checkpoint import TrainState
 from opencanvas.training.ema import EMA
 from opencanvas.training.loop import (
+    Budget,
     LoopSettings,
     TrainingDiverged,
     TrainTask,
     lr_at,
+    measure_rate,
     open_checkpoint,
     restore,
     run,
@@ -92,15 +94,27 @@ def _resolve(ws: Workspace, latents: str, preset_name: str, run: str, images: in
     # Opened once: a LatentSet reads every part's keys (None: the set's only resolution).
     first = open_latents(ws, latents, schedule[0][0] if schedule else None)
     schedule = schedule or ((int(first.resolution), 0),)
-    if images is None:
+    minutes = options.get("minutes")
+    if images is not None and minutes is not None:
+        raise ValueError("give --images or --minutes, not both")
+    if images is None and minutes is None:
         images = stored["images"] if stored else None
-    if images is None:
-        raise ValueError("--images is required for a new run (total training images, over all ranks)")
+        if images is None:
+            raise ValueError("--images (or --minutes) is required for a new run (total training images, over all "
+                             "ranks)")
     opts = dict(options)
     if batch is not None:
         opts["batch"] = batch
+    rate = stored.get("measured_images_per_s") if stored else None
+    opts["measured_images_per_s"] = rate if minutes is not None else None
+    # With --minutes, `images` follows from the recorded rate (or, on a first run, from the warm-up in _run).
     cfg = resolve_config(run=run, latents=latents, preset=preset, latent_meta=first.meta,
-                         resolutions=schedule, images=images, options=opts, world=env.world)
+                         resolutions=schedule, images=images or 1, options=opts, world=env.world)
+    if minutes is not None:
+        if cfg.lr_schedule != "constant":
+            raise ValueError("--minutes needs --lr-schedule constant (a cosine ends at a number of images): "
+                             "give --images instead")
+        cfg = dataclasses.replace(cfg, images=Budget(minutes=minutes).to_images(cfg.batch, rate) or cfg.batch)
     recipe = resolve_recipe(env.device, bf16=cfg.bf16, sdpa=cfg.sdpa, low_precision_norms=cfg.low_precision_norms,
                             channels_last=cfg.channels_last, fused_adamw=cfg.fused_adamw, compile=cfg.compile)
     cfg = dataclasses.replace(cfg, device=str(env.device), **recipe.to_dict()).validate(env.world)
@@ -267,6 +281,12 @@ def _run(task: UNetTask) -> dict[str, Any]:
 
         task.validator = Validator.create(task.ws, cfg, env.device)
     try:
+        if cfg.minutes is not None and cfg.measured_images_per_s is None:
+            rate = measure_rate(task, task.settings(), state, cfg.minutes, log)
+            images = max(state.images_seen, Budget(minutes=cfg.minutes).to_images(cfg.batch, rate) or 0)
+            cfg = task.cfg = dataclasses.replace(cfg, images=images, measured_images_per_s=rate)
+            if env.is_main:
+                atomic_write_json(task.run_dir / "config.json", cfg.to_dict())
         result = run(task, task.settings(), state, task.run_dir, cfg.to_dict(), log)
     finally:
         if log is not None:

@@ -290,6 +290,29 @@ def run(task: TrainTask, settings: LoopSettings, state: TrainState, run_dir: Pat
     return LoopResult(state, start_images, time.perf_counter() - t0, newest, scalars)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How far to train: the least of the given limits (at least one is needed)."""
+
+    images: int | None = None
+    steps: int | None = None
+    minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.images is None and self.steps is None and self.minutes is None:
+            raise ValueError("give a training budget: --images N, --steps N and/or --minutes M")
+
+    def to_images(self, batch: int, images_per_s: float | None) -> int | None:
+        """The budget in images (None: minutes given but no rate measured yet)."""
+        limits = [v for v in (self.images, None if self.steps is None else self.steps * batch) if v is not None]
+        if self.minutes is not None:
+            if images_per_s is None:
+                return None
+            limits.append(images_for_minutes(self.minutes, images_per_s, batch))
+        return min(limits)
+
+
+
 def images_for_minutes(minutes: float, images_per_s: float, batch: int, at_least: int = 0) -> int:
     """A time budget as images: whole steps at the measured rate (at least one step, and `at_least`)."""
     steps = int(minutes * 60 * images_per_s) // batch
