@@ -15,7 +15,10 @@ import torch
 from opencanvas.encode.synthetic import write_random_latents
 from opencanvas.train import loop
 from opencanvas.training.checkpoint import (
-    DamagedCheckpointWarning, latest_checkpoint, list_checkpoints, load_checkpoint,
+    DamagedCheckpointWarning,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
 )
 from opencanvas.training.loop import LoopSettings, RestartWarning
 from opencanvas.workspace import Workspace

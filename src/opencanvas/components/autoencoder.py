@@ -238,7 +238,8 @@ def train_autoencoder(ws: Workspace, subset: str, name: str, preset: str = "tiny
         "component": "autoencoder", "name": name, **meta, "preset": preset_dict(spec), "training": identity,
         "steps": trained.state.steps, "images_seen": trained.state.images_seen,
         "train_seconds": trained.state.wall_seconds, "images": trained.config["images"], "minutes": minutes,
-        "measured_images_per_s": trained.config["measured_images_per_s"], "losses": trained.losses, "latent_shift": shift,
+        "measured_images_per_s": trained.config["measured_images_per_s"], "losses": trained.losses,
+        "latent_shift": shift,
         "latent_scale": [1.0 / max(s, 1e-6) for s in std], "latent_std": std,
         "latent_stats_images": int(min(STATS_IMAGES, len(task.train_pixels))),
         "heldout_keys": [loaded.keys[i] for i in held_idx], "report": {k: report[k] for k in
@@ -257,7 +258,7 @@ def autoencoder_identity(spec: AutoencoderPreset, subset: str, preset: str, reso
     resolution = resolution or spec.resolution
     spec.check_resolution(resolution)
     extra = _perceptual_identity(perceptual_weights, perceptual_weight, disc_weight, disc_start, spec.disc_start)
-    identity = {"subset": subset, "preset": preset, "resolution": resolution, "max_images": max_images,
+    identity: dict[str, Any] = {"subset": subset, "preset": preset, "resolution": resolution, "max_images": max_images,
                 "batch_size": batch_size or spec.batch_size, "learning_rate": learning_rate or spec.learning_rate,
                 "kl_weight": spec.kl_weight if kl_weight is None else kl_weight, "holdout": holdout, "seed": seed,
                 "train_crop": min(train_crop or spec.train_crop, resolution), "loss": "l1+kl", **extra}
@@ -268,6 +269,8 @@ def autoencoder_identity(spec: AutoencoderPreset, subset: str, preset: str, reso
 
 class AutoencoderTask(TrainTask):
     """One step: a random crop and flip of a random batch, autoencoder_loss, AdamW (and the discriminator's)."""
+
+    model: Any  # diffusers AutoencoderKL
 
     def __init__(self, vae: Any, optimizer: torch.optim.Optimizer, terms: PerceptualTerms | None,
                  train_pixels: torch.Tensor, identity: dict[str, Any]) -> None:

@@ -60,7 +60,7 @@ def read_caption_lists(ws: Workspace, captioner: str, subset: str) -> dict[str, 
             f"needs no model)")
     table = read_captions(ws, captioner).select(["key", "caption", "flagged"]).to_pydict()
     captions: dict[str, list[str]] = {}
-    for key, text, flagged in zip(table["key"], table["caption"], table["flagged"]):
+    for key, text, flagged in zip(table["key"], table["caption"], table["flagged"], strict=True):
         if text and text.strip() and not flagged:
             captions.setdefault(key, []).append(" ".join(text.split()))
     return captions
@@ -157,7 +157,7 @@ def train_clip(ws: Workspace, subset: str, captioner: str, name: str, preset: st
     if text_layer not in ("last", "penultimate"):
         raise ValueError(f"text layer must be 'last' or 'penultimate', got {text_layer!r}")
     out_dir = ws.clip_dir(name)
-    identity = {"subset": subset, "captioner": captioner, "preset": preset, "max_images": max_images,
+    identity: dict[str, Any] = {"subset": subset, "captioner": captioner, "preset": preset, "max_images": max_images,
                 "batch_size": batch_size or spec.batch_size, "learning_rate": learning_rate or spec.learning_rate,
                 "holdout": holdout, "seed": seed, "tokenizer": tokenizer or "trained on the captions",
                 "text_layer": text_layer}
@@ -165,7 +165,7 @@ def train_clip(ws: Workspace, subset: str, captioner: str, name: str, preset: st
     record = finished_record(out_dir)
     if record is not None:
         check_same_training(out_dir, "a CLIP", record.get("training"), normalized(identity))
-        if finished_images(record, budget, record.get("batch", identity["batch_size"])):
+        if finished_images(record, budget, int(record.get("batch", identity["batch_size"]))):
             return json.loads((out_dir / "report.json").read_text())
     check_same_training(out_dir, "a CLIP", (stored_config(out_dir) or {}).get("training"), normalized(identity))
 
@@ -236,6 +236,8 @@ class ClipData:
 
 class ClipTask(TrainTask):
     """One step: a random batch of images, one random caption each, a random shift; the contrastive loss."""
+
+    model: Any  # transformers CLIPModel
 
     def __init__(self, model: Any, optimizer: torch.optim.Optimizer, data: ClipData, encoded: Any,
                  rows_of: list[list[int]], batch: int, seed: int) -> None:

@@ -11,6 +11,7 @@ every checkpoint and the record, so re-running the same command trains exactly a
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ def step_seed_generator(seed: int, images_seen: int) -> torch.Generator:
 
 def stored_config(out_dir: Path) -> dict[str, Any] | None:
     """The settings embedded in the newest intact checkpoint (None: no checkpoint)."""
-    path = latest_checkpoint(out_dir)
+    with warnings.catch_warnings():  # a damaged file is reported once, when training opens the checkpoints
+        warnings.simplefilter("ignore")
+        path = latest_checkpoint(out_dir)
     return json.loads(read_metadata(path)["config"]) if path is not None else None
 
 

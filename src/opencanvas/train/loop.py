@@ -260,6 +260,7 @@ class UNetTask(TrainTask):
             self._validate(state, log)
 
     def _validate(self, state: TrainState, log: MetricsLog | None) -> None:
+        assert self.ema is not None  # the UNet always keeps one
         ema = {name: D.full_tensor(t) for name, t in self.ema.shadow.items()}  # collective under FSDP
         if self.env.is_main:
             grid = self.validator.render(ema, phase_resolution(self.cfg.resolutions, state.images_seen - 1))

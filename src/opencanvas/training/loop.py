@@ -189,11 +189,14 @@ def save(task: TrainTask, state: TrainState, run_dir: Path, config: dict[str, An
     )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model = get_model_state_dict(task.model, options=opts)
-    optim = get_optimizer_state_dict(task.model, task.optimizer, options=opts)
+    # Full (unsharded, CPU) state dicts: collective under FSDP. Values are tensors for these modules.
+    model: dict[str, torch.Tensor] = dict(get_model_state_dict(task.model, options=opts))  # type: ignore[arg-type]
+    optim: dict[str, Any] = dict(get_optimizer_state_dict(task.model, task.optimizer, options=opts))
     ema = {name: D.full_tensor(t) for name, t in task.ema.shadow.items()} if task.ema is not None else {}
-    extra = {n: get_model_state_dict(m, options=opts) for n, (m, _) in task.extra.items()}
-    extra_optim = {n: get_optimizer_state_dict(m, o, options=opts) for n, (m, o) in task.extra.items()}
+    extra: dict[str, dict[str, torch.Tensor]] = {
+        n: dict(get_model_state_dict(m, options=opts)) for n, (m, _) in task.extra.items()}  # type: ignore[arg-type]
+    extra_optim: dict[str, dict[str, Any]] = {
+        n: dict(get_optimizer_state_dict(m, o, options=opts)) for n, (m, o) in task.extra.items()}
     state.data = task.data_position()
     path = None
     if task.env.is_main:
@@ -276,11 +279,10 @@ def run(task: TrainTask, settings: LoopSettings, state: TrainState, run_dir: Pat
                 window_t, window_images = now, state.images_seen
                 log.log(state.images_seen, {**scalars, "images_per_s": rate, **task.log_extras(state, rate)})
             task.after_step(state, before, last, log)
-            due = crossed(interval, before, state.images_seen) or (
-                settings.checkpoint_minutes > 0 and now - last_save >= settings.checkpoint_minutes * 60)
-            if env.active:  # every rank must agree to take part in the (collective) save
-                due = bool(D.broadcast_object(env, due))
-            if due and not last:
+            timed = settings.checkpoint_minutes > 0 and now - last_save >= settings.checkpoint_minutes * 60
+            if env.active and settings.checkpoint_minutes > 0:  # clocks differ: all ranks follow rank 0 to the
+                timed = bool(D.broadcast_object(env, timed))   # (collective) save
+            if (timed or crossed(interval, before, state.images_seen)) and not last:
                 save(task, state, run_dir, config, settings.keep)
                 last_save = time.perf_counter()
     newest = latest_checkpoint(run_dir)
@@ -310,7 +312,6 @@ class Budget:
                 return None
             limits.append(images_for_minutes(self.minutes, images_per_s, batch))
         return min(limits)
-
 
 
 def images_for_minutes(minutes: float, images_per_s: float, batch: int, at_least: int = 0) -> int:
@@ -343,4 +344,5 @@ def measure_rate(task: TrainTask, settings: LoopSettings, state: TrainState, min
         if step >= 2 and elapsed >= budget:
             break
     rate = (state.images_seen - images0) / max(elapsed, 1e-9)
-    return float(D.broadcast_object(task.env, rate)) if task.env.active else rate
+    shared = D.broadcast_object(task.env, rate)  # rank 0's rate: every rank then agrees on the images
+    return float(shared) if isinstance(shared, (int, float)) else rate
