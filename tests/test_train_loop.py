@@ -97,6 +97,8 @@ def test_tiny_preset_overfits_a_fixed_batch(ws):
     summary_file = json.loads((run / "summary.json").read_text())
     assert summary_file["images_seen"] == 320 and summary_file["device"] == "cpu"
     assert summary_file["weights_sha256"] == summary_file["rank_weights_sha256"][0]
+    assert summary_file["final_loss"] == seen[-1] and summary_file["metrics"] == "runs/fit/metrics.jsonl"
+    assert summary_file["tensorboard"] == "runs/fit/tb"
     assert any((run / "tb").iterdir())
 
 

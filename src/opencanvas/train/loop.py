@@ -303,6 +303,8 @@ def _run(task: UNetTask) -> dict[str, Any]:
         "device": str(env.device), "world_size": env.world, "recipe": task.recipe.to_dict(),
         "checkpoint": str(newest.relative_to(task.run_dir)) if newest else None,
         "final_loss": result.last_scalars.get("loss"),
+        "metrics": task.ws.relative(task.run_dir / "metrics.jsonl"),
+        "tensorboard": task.ws.relative(task.run_dir / "tb"),
         "weights_sha256": weights_hash, "rank_weights_sha256": rank_hashes,
     }
     if env.is_main:
