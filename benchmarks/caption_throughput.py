@@ -173,7 +173,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="images for loader/stage modes")
     parser.add_argument("--new-tokens", type=int, default=30, help="tokens generated per caption (paper-like: 30)")
     parser.add_argument("--repeats", type=int, default=3, help="timed generate() calls per batch size")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny mode; 1 is fastest on a shared 2-core box)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (tiny mode; 1 is fastest on a shared 2-core box)")
     parser.add_argument("--device", default="cuda", help="full mode: torch device")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="full mode: dtype")
     parser.add_argument("--text-model", default="opt-2.7b", choices=["opt-2.7b", "default"],

@@ -17,7 +17,7 @@ import json
 import random
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -78,7 +78,7 @@ def build_workspace(ws: Workspace, n: int, seed: int, subset: str = "clipart", s
     atomic_write_parquet(ws.subset_path(subset), pa.Table.from_pylist(
         [{"key": r["key"], "source": "openclipart", "license_id": "pdm"} for r in rows], schema=SUBSET_SCHEMA),
         metadata={"policy": "commercial", "catalog_hash": "benchmark", "policy_text": "benchmark sample"})
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for s in range(0, len(rows), shard_size):
         tar = ws.images_dir(subset) / f"{shard_name(s // shard_size)}.tar"
         writer, index, caps = ShardWriter(tar), [], []

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from opencanvas.fetch.http import HttpConfig
@@ -100,7 +100,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         header = (f"Command: `.venv/bin/python benchmarks/fetch_local.py --images {args.images} "
                   f"--shard-size {args.shard_size} --threads {args.threads}`\n"
                   f"Machine: 2-core CPU sandbox ({platform.processor() or platform.machine()}), {when}\n")

@@ -40,7 +40,7 @@ class Meter:
     spent waiting for a core; CPU time is what the loader itself costs.
     """
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         self.samples, self.t0, self.r0 = 0, time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         return self
 

@@ -24,7 +24,7 @@ import time
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.diffusion.guidance import CFGDenoiser
 from opencanvas.diffusion.samplers import CALLS_PER_STEP, SAMPLERS, get_sigmas, initial_noise_scale
 from opencanvas.train.presets import build_unet, get_preset

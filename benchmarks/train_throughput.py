@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.train.metrics import peak_flops, train_flops_per_image
 from opencanvas.train.presets import build_unet, get_preset
 from opencanvas.train.recipe import Recipe, apply_recipe, autocast, make_optimizer, resolve_recipe, to_memory_format
@@ -56,8 +56,9 @@ def sd2_text_encoder(device: torch.device, layers: int) -> Any:
     return CLIPTextModel(cfg).to(device).eval().requires_grad_(False)
 
 
-def make_trainer(preset: str, recipe: Recipe, device: torch.device, latent: int) -> tuple[Denoiser, Any]:
-    unet = build_unet(get_preset(preset).unet.unet_config(4, 1024, latent))
+def make_trainer(preset: str, recipe: Recipe, device: torch.device, latent: int,
+                 text_dim: int = 1024) -> tuple[Denoiser, Any]:
+    unet = build_unet(get_preset(preset).unet.unet_config(4, text_dim, latent))
     apply_recipe(unet, recipe)
     denoiser = Denoiser(unet.to(device), NoiseSchedule()).to(device)
     opt = make_optimizer(unet.parameters(), recipe, lr=1e-4, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -75,7 +74,7 @@ def make_image_subset(ws: Workspace, name: str = "shapes", n: int = 48, size: in
                                   schema=SUBSET_SCHEMA)
     atomic_write_parquet(ws.subset_path(name), subset,
                          metadata={"policy": "commercial", "catalog_hash": "test", "policy_text": "test"})
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for s in range(0, n, shard_size):
         tar = ws.images_dir(name) / f"{shard_name(s // shard_size)}.tar"
         writer = ShardWriter(tar)
@@ -97,10 +96,11 @@ def make_image_subset(ws: Workspace, name: str = "shapes", n: int = 48, size: in
 
 def make_captions(ws: Workspace, subset: str = "shapes", captioner: str = "metadata") -> None:
     """One caption per ok image (its title), one part per image shard."""
-    from opencanvas.shards import index_paths
     import pyarrow.parquet as pq
 
-    now = datetime.now(timezone.utc)
+    from opencanvas.shards import index_paths
+
+    now = datetime.now(UTC)
     catalog = {r["key"]: r for r in pq.read_table(ws.source_dir("synthetic") / "part-00000.parquet").to_pylist()}
     for idx in index_paths(ws.images_dir(subset)):
         rows = [{"key": k, "caption": catalog[k]["title"], "captioner": captioner, "model_id": "",

@@ -9,9 +9,14 @@ import pytest
 from PIL import Image
 
 from opencanvas.caption.captioners import (
-    CaptionInput, CommonCatalogCaptioner, GenerationSettings, MetadataCaptioner, degeneracy, metadata_caption,
+    CaptionInput,
+    CommonCatalogCaptioner,
+    GenerationSettings,
+    MetadataCaptioner,
+    degeneracy,
+    metadata_caption,
 )
-from opencanvas.caption.loader import center_crop_resize, collate, ImageRecords
+from opencanvas.caption.loader import ImageRecords, center_crop_resize, collate
 from opencanvas.fetch.decode import load_rgb
 
 

@@ -14,11 +14,11 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from opencanvas.caption.stage import caption
-from opencanvas.captions import read_captions
-from opencanvas.caption.vision import CaptionModelError, load_model_captioner, weights_revision
 from opencanvas.caption.captioners import GenerationSettings
+from opencanvas.caption.stage import caption
 from opencanvas.caption.tiny_models import save_tiny_blip, save_tiny_blip2, save_tiny_llava
+from opencanvas.caption.vision import CaptionModelError, load_model_captioner, weights_revision
+from opencanvas.captions import read_captions
 from opencanvas.cli import app
 from opencanvas.shards import INDEX_SCHEMA, ShardWriter
 from opencanvas.storage import atomic_write_parquet, sha256_file
@@ -151,7 +151,8 @@ def test_killed_run_resumes_without_duplicates_or_gaps(ws: Workspace, blip2_dir:
            "-w", str(ws.root)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENCANVAS_PROGRESS": "0"}
     out = ws.captions_dir("blip2")
-    proc = subprocess.Popen([sys.executable, "-m", "opencanvas", *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "opencanvas", *args], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -172,3 +173,17 @@ def test_killed_run_resumes_without_duplicates_or_gaps(ws: Workspace, blip2_dir:
     make_image_subset(fresh, n=24, shard_size=3)
     caption(fresh, "shapes", "blip2", model=str(blip2_dir), batch_size=1, loader_workers=0)
     assert _captions(ws, "blip2") == _captions(fresh, "blip2")
+
+
+def test_one_word_tokenizer_for_tiny_captioners_and_text_encoders() -> None:
+    """Both tiny tokenizers come from `word_tokenizer`: ids are the specials then the words, and
+    punctuation splits off (so "circle." is the word circle, not an unknown token)."""
+    from opencanvas.caption.tiny_models import word_tokenizer
+    from opencanvas.sample.tiny import tiny_tokenizer
+
+    opt_style = word_tokenizer(["<pad>", "<unk>", "</s>"], "</s> $A", bos_token="</s>", eos_token="</s>",
+                               pad_token="<pad>", unk_token="<unk>")
+    assert opt_style("a red circle.")["input_ids"] == [2, 3, 11, 17, 1]
+    clip_style = tiny_tokenizer()
+    assert clip_style("a red circle.")["input_ids"] == [1, 4, 8, 14, 3, 2]
+    assert clip_style.model_max_length == 16

@@ -8,8 +8,8 @@ import pytest
 
 from opencanvas.caption.captioners import GenerationSettings
 from opencanvas.caption.stage import caption
-from opencanvas.captions import read_captions
 from opencanvas.caption.tiny_models import save_tiny_blip2
+from opencanvas.captions import read_captions
 from opencanvas.workspace import Workspace
 from tests.factories import make_image_subset
 

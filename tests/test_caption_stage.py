@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 from opencanvas.caption.stage import caption
-from opencanvas.captions import read_captions
-from opencanvas.captions import CAPTION_SCHEMA
+from opencanvas.captions import CAPTION_SCHEMA, read_captions
 from opencanvas.shards import INDEX_SCHEMA, ShardWriter, shard_name
 from opencanvas.storage import atomic_write_parquet, parquet_metadata
 from opencanvas.workspace import Workspace

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 from PIL import Image
@@ -29,7 +29,7 @@ def test_text_stats_counts() -> None:
 
 def _write_synthetic(ws: Workspace, keys: list[str]) -> None:
     """A 'blip2' table as a model would leave it: one duplicate, one empty flagged row, a pipe to escape."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     texts = ["a photo of a shape | logo"] + ["a drawing"] * 2 + [""] + [f"a shape number {i}" for i in range(4, 8)]
     rows = [{"key": k, "caption": t, "captioner": "blip2", "model_id": "tiny", "model_revision": "sha256:0",
              "prompt": "", "generation": "{}", "preprocessing": "center-crop 512",

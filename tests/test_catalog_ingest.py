@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from opencanvas.catalog.ingest import UnitTask, done_records, ingest, ingest_unit, unit_id
+from opencanvas.catalog.key_index import INDEX_NAME, KeyIndex
 from opencanvas.catalog.query import catalog_rows, query
 from opencanvas.catalog.sources import ADAPTERS
 from opencanvas.catalog.stats import catalog_stats
@@ -214,3 +216,80 @@ def test_temp_files_of_a_killed_run_are_removed(ws: Workspace, tmp_path: Path) -
     (source_dir / f".part-{uid}-00000.duckdb.tmp").mkdir()  # DuckDB's spill folder
     assert ingest(ws, "yfcc100m", [path]).ingested == 3
     assert not [p.name for d in (source_dir, ws.quarantine_dir) for p in d.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---- issue 21: the cross-input dedupe asks a persistent key index, not a Python set ----------
+
+
+def _index_keys(ws: Workspace, source: str) -> list[str]:
+    with KeyIndex(ws.source_dir(source)) as index:
+        return list(index.keys())
+
+
+def _overlapping_files(tmp_path: Path) -> list[Path]:
+    t = "\t".join
+    return [write_yfcc(tmp_path / f"{name}.tsv", [t(yfcc_fields(i)) for i in ids])
+            for name, ids in (("a", [1, 2, 2]), ("b", [2, 3]), ("c", [3, 4, 1]), ("d", [5]))]
+
+
+def test_key_index_holds_exactly_the_catalog_keys(ws: Workspace, tmp_path: Path) -> None:
+    files = _overlapping_files(tmp_path)
+    stats = ingest(ws, "yfcc100m", files)
+    assert (stats.read, stats.ingested, stats.reasons) == (9, 5, {"duplicate": 4})
+    keys = sorted(catalog_rows(ws)["key"].to_pylist())
+    assert keys == [f"yfcc100m:{5_000_000 + i}" for i in range(1, 6)]
+    assert _index_keys(ws, "yfcc100m") == keys
+    # the first input in plan order keeps a key; the rest are quarantined naming the reason
+    dups = query(ws, "SELECT input_file, raw FROM {quarantine} WHERE detail LIKE '%another input%'").to_pylist()
+    assert sorted(Path(d["input_file"]).name for d in dups) == ["b.tsv", "c.tsv", "c.tsv"]
+    raw = [json.loads(d["raw"]) for d in dups]  # the whole row, as JSON
+    assert sorted(r["key"] for r in raw) == ["yfcc100m:5000001", "yfcc100m:5000002", "yfcc100m:5000003"]
+    assert all(r["license_id"] == "cc-by-sa" and r["tags"] == ["barn", "new york", "a,b"] for r in raw)
+
+
+def test_key_index_is_rebuilt_from_done_records(ws: Workspace, tmp_path: Path) -> None:
+    """A lone input writes no index; a deleted index is rebuilt; a unit indexed but never finished is dropped."""
+    a, b, c, d = _overlapping_files(tmp_path)
+    ingest(ws, "yfcc100m", [a])
+    source_dir = ws.source_dir("yfcc100m")
+    assert not (source_dir / INDEX_NAME).exists()
+    later = ingest(ws, "yfcc100m", [b])  # syncs a's keys first
+    assert later.reasons == {"duplicate": 1}
+    (source_dir / INDEX_NAME).unlink()
+    assert ingest(ws, "yfcc100m", [c]).reasons == {"duplicate": 2}
+    # a unit indexed by a run killed before its done-record: the next run forgets it, then ingests it
+    unit = ADAPTERS["yfcc100m"].plan([d])[0]
+    task = UnitTask(unit, unit_id(unit), str(source_dir), str(ws.quarantine_dir))
+    result = ingest_unit(task)
+    with KeyIndex(source_dir) as index:
+        index.add(task.uid, result.parts)
+    assert ingest(ws, "yfcc100m", [d]).reasons == {}
+    clean = Workspace.open(tmp_path / "clean")
+    ingest(clean, "yfcc100m", [a, b, c, d])
+    assert snapshot(ws)[0] == snapshot(clean)[0]
+    assert _index_keys(ws, "yfcc100m") == sorted(catalog_rows(ws)["key"].to_pylist())
+
+
+def test_commit_killed_after_indexing_resumes_cleanly(ws: Workspace, tmp_path: Path, monkeypatch) -> None:
+    import opencanvas.catalog.ingest as ingest_module
+
+    files = _overlapping_files(tmp_path)
+    real = ingest_module.write_done_record
+    calls = []
+
+    def dies_on_the_third(*args, **kwargs) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as if killed between indexing unit c and writing its done-record
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "write_done_record", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(ws, "yfcc100m", files)
+    monkeypatch.setattr(ingest_module, "write_done_record", real)
+    stats = ingest(ws, "yfcc100m", files)
+    assert stats.resumed == 2
+    clean = Workspace.open(tmp_path / "clean")
+    ingest(clean, "yfcc100m", files)
+    assert snapshot(ws) == snapshot(clean)
+    assert _index_keys(ws, "yfcc100m") == sorted(catalog_rows(ws)["key"].to_pylist())

@@ -15,7 +15,6 @@ from opencanvas.catalog.stats import catalog_stats
 from opencanvas.workspace import Workspace
 
 
-
 def test_subtree_fields_match_the_files(ws: Workspace, clipart_root: Path) -> None:
     sub = clipart_root / "svg" / "science"
     stats = ingest(ws, "openclipart", [sub])

@@ -17,6 +17,7 @@ from PIL.PngImagePlugin import PngInfo
 from opencanvas.catalog.ingest import ingest
 from opencanvas.catalog.query import catalog_rows, query
 from opencanvas.catalog.sources import InputFormatError
+from opencanvas.catalog.sources.folder import folder_id
 from opencanvas.catalog.sources.wikimedia import strip_html
 from opencanvas.catalog.sources.yfcc100m import COLUMNS
 from opencanvas.workspace import Workspace
@@ -56,7 +57,8 @@ def yfcc_mixed(start: int = 0) -> list[str | bytes]:
     t = "\t".join
     return [
         t(yfcc_fields(start + 0)),
-        t(yfcc_fields(start + 1, license_url="http://creativecommons.org/licenses/by-nc-nd/2.0/")),
+        t(yfcc_fields(start + 1, license_name=quote_plus("Attribution-NonCommercial-NoDerivs License"),
+                      license_url="http://creativecommons.org/licenses/by-nc-nd/2.0/")),
         t(yfcc_fields(start + 2, marker="1")),
         "\t".join(yfcc_fields(start + 3)[:10]),
         t(yfcc_fields(start + 4, license_name="All+Rights+Reserved", license_url="")),
@@ -142,7 +144,8 @@ def test_yfcc_decodes_and_quarantines(ws: Workspace, tmp_path: Path, name: str) 
     assert r["title"] == "Red barn #0" and r["description"] == "A barn, 100% red & tall"
     assert r["tags"] == ["barn", "new york", "a,b"]
     assert r["creator"] == "Jane Doe 0" and r["creator_url"] == "https://www.flickr.com/photos/1000@N00/"
-    assert (r["license_id"], r["license_version"], r["commercial_ok"], r["share_alike"]) == ("cc-by-sa", "2.0", True, True)
+    assert (r["license_id"], r["license_version"], r["commercial_ok"], r["share_alike"]) == \
+        ("cc-by-sa", "2.0", True, True)
     assert json.loads(r["extra"])["capture_device"] == "Canon EOS 5D"
     assert rows["yfcc100m:5000001"]["license_id"] == "cc-by-nc-nd"
     assert rows["yfcc100m:5000007"]["license_id"] == "cc-by"  # from the name when the URL is empty
@@ -183,7 +186,9 @@ def test_commoncatalog_keeps_blip2_caption_and_jpg_location(ws: Workspace, tmp_p
     assert (r["width"], r["height"], r["tags"]) == (1200, 800, ["boat", "lake"])
     assert r["creator_url"] == "http://www.flickr.com/photos/99@N00/"
     q = quarantined(ws, "commoncatalog")[0]
-    assert q["reason"] == "license:other" and json.loads(q["raw"])["photoid"] == 7003 and "jpg" not in json.loads(q["raw"])
+    assert q["reason"] == "license:conflict" and json.loads(q["raw"])["photoid"] == 7003
+    assert "jpg" not in json.loads(q["raw"])
+    assert "'Attribution License'" in q["detail"] and "'All Rights Reserved'" in q["detail"]  # names both
 
 
 def test_commoncatalog_rejects_non_parquet(ws: Workspace, tmp_path: Path) -> None:
@@ -282,12 +287,15 @@ def test_folder_sidecar_xmp_exif(ws: Workspace, tmp_path: Path) -> None:
     stats = ingest(ws, "folder", [root])
     assert (stats.read, stats.ingested, stats.quarantined) == (6, 3, 3)
     rows = ingested(ws, "folder")
-    a = rows["folder:photos/a.jpg"]
+    prefix = f"folder:{folder_id(str(root))}"
+    assert prefix.startswith("folder:photos-") and len(prefix) == len("folder:photos-") + 8
+    a = rows[f"{prefix}/a.jpg"]
     assert (a["title"], a["tags"], a["creator"], a["license_id"]) == ("Sunset", ["sky", "sun"], "Cleo", "cc-by")
     assert a["local_path"] == str(root / "a.jpg") and (a["width"], a["height"]) == (12, 8)
-    b = rows["folder:photos/trips/b.jpg"]
-    assert (b["license_id"], b["category"], json.loads(b["extra"])["license_from"]) == ("cc-by-sa", "trips", "EXIF Copyright")
-    c = rows["folder:photos/c.png"]
+    b = rows[f"{prefix}/trips/b.jpg"]
+    assert (b["license_id"], b["category"], json.loads(b["extra"])["license_from"]) == \
+        ("cc-by-sa", "trips", "EXIF Copyright")
+    c = rows[f"{prefix}/c.png"]
     assert (c["license_id"], c["title"]) == ("cc0", "Green field")
     assert [q["reason"] for q in quarantined(ws, "folder")] == ["license:missing", "malformed", "unreadable"]
 

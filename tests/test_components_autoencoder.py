@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from opencanvas.components import load_autoencoder
 from opencanvas.components.autoencoder import autoencoder_loss, channel_statistics, train_autoencoder
 from opencanvas.components.images import load_subset_images
-from opencanvas.pixels import to_unit_range
+from opencanvas.components.loading import load_autoencoder
 from opencanvas.components.metrics import psnr, ssim
 from opencanvas.components.presets import AUTOENCODER_PRESETS
+from opencanvas.pixels import to_unit_range
 from opencanvas.training.checkpoint import latest_checkpoint, load_checkpoint
 from opencanvas.training.metrics_log import read_rows
 from tests.factories import make_image_subset

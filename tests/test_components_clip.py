@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from opencanvas.components import load_clip_evaluator, load_text_encoder
 from opencanvas.components.clip import build_clip, clip_pixels, contrastive_loss, read_caption_lists, train_clip
 from opencanvas.components.images import load_subset_images
-from opencanvas.pixels import to_pil
+from opencanvas.components.loading import load_clip_evaluator, load_text_encoder
 from opencanvas.components.metrics import chance_recall_at_k, recall_at_k
 from opencanvas.components.presets import CLIP_PRESETS
 from opencanvas.components.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_caption_tokenizer
+from opencanvas.pixels import to_pil
 from tests.factories import make_captions, make_image_subset
 
 FAST = dict(batch_size=16, holdout=0.25)
@@ -114,7 +114,7 @@ def test_clip_bad_input(ws):
         train_clip(ws, "shapes", "metadata", "clip", steps=1)
     result = CliRunner().invoke(app, ["clip", "train", "-w", str(ws.root), "--subset", "shapes",
                                       "--captioner", "blip2", "--name", "clip", "--steps", "1"])
-    assert result.exit_code == 2 and "no captions from captioner 'blip2'" in result.output
+    assert result.exit_code == 2 and "no caption table 'blip2'" in result.output
     make_captions(ws, "shapes", captioner="other")
     with pytest.raises(ValueError, match="unknown CLIP preset"):
         train_clip(ws, "shapes", "other", "clip", preset="huge", steps=1)

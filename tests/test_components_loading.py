@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from opencanvas.components import (
+from opencanvas.components.loading import (
     ComponentNotFoundError,
     load_autoencoder,
     load_clip_evaluator,

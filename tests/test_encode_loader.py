@@ -175,9 +175,9 @@ def test_errors_say_what_to_do(ws, latents):
 
 
 def test_loader_leaves_out_the_heldout_split(tmp_path) -> None:
-    from opencanvas.splits import key_fraction
     from opencanvas.encode import LatentLoader, open_latents
     from opencanvas.encode.synthetic import write_random_latents
+    from opencanvas.splits import key_fraction
     from opencanvas.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")

@@ -88,9 +88,9 @@ def test_every_ok_image_once_per_qualifying_resolution(encoded):
 
 
 def test_latents_and_text_round_trip(encoded):
-    from opencanvas.pixels import center_crop_resize, to_uint8_chw
-    from opencanvas.fetch.decode import load_rgb
     from opencanvas.components.loading import load_autoencoder, load_text_encoder
+    from opencanvas.fetch.decode import load_rgb
+    from opencanvas.pixels import center_crop_resize, to_uint8_chw
 
     ws, models, _ = encoded
     ae, te = load_autoencoder(ws, str(models)), load_text_encoder(ws, str(models))

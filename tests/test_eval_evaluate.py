@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def eval_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 
 def _evaluate(ws: Workspace, models: dict[str, Path], reference: str = "shapes", **kw) -> dict:
-    from opencanvas.components import load_clip_evaluator
+    from opencanvas.components.loading import load_clip_evaluator
 
     pipe = load_folder_pipeline(models["folder"])
     args = dict(metrics=("fid", "kid", "clip", "pr", "memorization"), guidance_scales=(3.0,), n=6, steps=2,
@@ -151,3 +152,42 @@ def test_eval_cli(eval_ws: Workspace, models: dict[str, Path], tmp_path: Path) -
     assert "FD-CLIP" in result.output and "report:" in result.output
     bad = runner.invoke(app, [*args, "--inception", str(tmp_path / "missing.pt")])
     assert bad.exit_code == 2 and INCEPTION_FILE in bad.output
+
+
+def test_report_says_what_memorization_searched_and_warns_when_it_cannot_mean_much(
+        eval_ws: Workspace, models: dict[str, Path]) -> None:
+    report = _evaluate(eval_ws, models, metrics=("memorization",))
+    searched = report["memorization_reference"]
+    assert searched["source"] == "subset:shapes" and searched["count"] == 40 and searched["training_subset"]
+    md = (eval_ws.run_dir("tiny") / "eval" / report["eval_id"] / "report.md").read_text()
+    assert "memorization searched the training subset `shapes` (40 images, held-out ones included" in md
+    assert any("n=6 images per guidance scale is too few" in n for n in report["notes"])
+    sep = report["feature_separation"]
+    assert 0 < sep["pairs"] and -1 <= sep["median_cosine"] <= 1
+    warned = any("cannot separate unrelated images" in n for n in report["notes"])
+    assert warned == (sep["median_cosine"] >= 0.75)
+
+
+def test_feature_space_that_cannot_separate_images_is_named(eval_ws: Workspace, models: dict[str, Path]) -> None:
+    """A feature extractor that maps every image near one direction: every sample 'memorized', with a caveat."""
+    from opencanvas.sample.evaluate import EvalOptions, caveats
+
+    rng = np.random.default_rng(0)
+    collapsed = np.ones((30, 16)) + 0.01 * rng.normal(size=(30, 16))
+    spread = rng.normal(size=(30, 16))
+    report: dict = {"features": "weak-clip"}
+    notes = caveats(EvalOptions(n=200), collapsed, report)
+    assert len(notes) == 1 and "weak-clip" in notes[0] and "cannot separate unrelated images" in notes[0]
+    assert report["feature_separation"]["share_above_threshold"] == 1.0
+    assert caveats(EvalOptions(n=200), spread, {}) == []
+
+
+@pytest.mark.parametrize("n, metrics, message", [
+    (2, ("fid", "clip", "pr"), "leave pr out of --metrics (--metrics fid,clip)"),
+    (3, ("pr",), "raise -n, or leave pr out of --metrics"),
+    (1, ("clip",), "at least 2 images per guidance scale"),
+])
+def test_small_n_errors_say_what_to_do(eval_ws: Workspace, models: dict[str, Path], n: int, metrics: tuple,
+                                       message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _evaluate(eval_ws, models, metrics=metrics, n=n)

@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from opencanvas.sample.metrics import (feature_stats, frechet_distance, frechet_distance_features, hamming,
-                                       kernel_distance, knn_radii, memorization, phash_ints, polynomial_mmd2,
-                                       precision_recall)
+from opencanvas.sample.metrics import (
+    feature_stats,
+    frechet_distance,
+    frechet_distance_features,
+    hamming,
+    kernel_distance,
+    knn_radii,
+    memorization,
+    phash_ints,
+    polynomial_mmd2,
+    precision_recall,
+)
 from tests.factories import draw_shape
 
 
@@ -127,3 +136,13 @@ def test_hamming_counts_bits() -> None:
     a = np.array([0b1011, 0], dtype=np.uint64)
     b = np.array([0b0001, 2**64 - 1], dtype=np.uint64)
     np.testing.assert_array_equal(hamming(a, b), [[2, 61], [1, 64]])
+
+
+def test_pair_cosines_never_pair_an_image_with_itself() -> None:
+    from opencanvas.sample.metrics import feature_separation, pair_cosines
+
+    eye = np.eye(300)                       # 300 orthogonal images: every different pair has cosine 0
+    assert np.all(pair_cosines(eye, max_pairs=5000) == 0)   # sampled pairs (300*299/2 > 5000)
+    assert np.all(pair_cosines(eye[:20]) == 0) and len(pair_cosines(eye[:20])) == 190   # all pairs
+    same = np.tile([[1.0, 0.0]], (10, 1))
+    assert feature_separation(same, 0.95) == {"pairs": 45, "median_cosine": 1.0, "share_above_threshold": 1.0}

@@ -146,3 +146,33 @@ def test_arbitrary_bytes_never_escape_as_other_errors(noise: bytes, where: int) 
     except DecodeError:
         return
     assert img.mode == "RGB"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "I;16", "1"])
+def test_oversized_png_is_downscaled_not_refused(mode: str) -> None:
+    rgb = Image.open(io.BytesIO(noise_image(9, (1200, 800), fmt="PNG"))).convert("RGB")
+    img = {"RGBA": lambda: rgb.convert("RGBA"), "P": lambda: rgb.quantize(64), "L": lambda: rgb.convert("L"),
+           "I;16": lambda: rgb.convert("L").convert("I").point(lambda v: v * 256).convert("I;16"),
+           "1": lambda: rgb.convert("1"), "RGB": lambda: rgb}[mode]()
+    data = encode(img, "PNG", compress_level=1)
+    with pytest.raises(DecodeError, match=r"too-many-pixels: 1200x800 > 100000"):
+        decode_image(data, max_pixels=100_000)  # no decode budget: refused, as before
+    d = decode_image(data, max_pixels=100_000, max_decode_pixels=1_000_000)
+    assert d.image.mode == "RGB" and d.image.width * d.image.height <= 100_000
+    assert d.image.size == (300, 200) and d.original_size == (1200, 800) and d.drafted and not d.pristine
+    with pytest.raises(DecodeError, match=r"too-many-pixels: 1200x800 > 500000"):
+        decode_image(data, max_pixels=100_000, max_decode_pixels=500_000)  # beyond the bomb cap
+
+
+def test_oversized_png_keeps_its_exif_rotation_and_is_stored_resized() -> None:
+    img = Image.open(io.BytesIO(noise_image(10, (1200, 800), fmt="PNG")))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    data = encode(img, "PNG", exif=exif.tobytes(), compress_level=1)
+    d = decode_image(data, max_pixels=100_000, max_decode_pixels=1_000_000)
+    assert d.original_size == (800, 1200) and d.image.size == (200, 300)
+    p = process_image(data, max_side=256, min_side=128, max_pixels=100_000, max_decode_pixels=1_000_000)
+    assert (p.width, p.height, p.original_width, p.original_height) == (171, 256, 800, 1200) and p.reencoded
+    # With the native size kept (max_side 0), the stored image is the reduced one, never the source's bytes.
+    native = process_image(data, max_side=0, min_side=0, max_pixels=100_000, max_decode_pixels=1_000_000)
+    assert (native.width, native.height) == (200, 300) and native.data != data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import statistics
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,13 @@ def test_fetch_writes_shards_every_key_once_with_reasons(ws: Workspace, server) 
 
     report = fetch_stats(ws, "s")
     assert report["counts"] == dict(Counter(r["status"] for r in index.values()))
+    ok_rows = [r for r in index.values() if r["status"] == "ok"]
+    assert report["resized"] == sum((r["width"], r["height"]) != (r["original_width"], r["original_height"])
+                                    for r in ok_rows)
+    widths = sorted(r["original_width"] for r in ok_rows)
+    assert report["resolution"]["original_width"] == {"min": widths[0], "max": widths[-1],
+                                                      "median": float(statistics.median(widths))}
+    assert report["rows"] == 12 and report["bytes"] == sum(r["bytes"] for r in index.values())
     assert report["reasons"]["skipped"]["too-small"] == 1 and report["reasons"]["failed"]["http-404"] == 1
     assert (ws.root / report["histogram"]).stat().st_size > 1000
 
@@ -149,6 +157,7 @@ def test_missing_subset_and_catalog_keys(ws: Workspace, server) -> None:
     subset = pq.read_table(ws.subset_path("s")).to_pylist()
     subset.append({"key": "synthetic:gone", "source": "synthetic", "license_id": "cc0"})
     import pyarrow as pa
+
     from opencanvas.catalog.schema import SUBSET_SCHEMA
     pq.write_table(pa.Table.from_pylist(subset, schema=SUBSET_SCHEMA), ws.subset_path("s"))
     fetch(ws, "s", options=OPTIONS)
@@ -182,13 +191,28 @@ def test_cli_fetch_and_stats(ws: Workspace, server) -> None:
 
 
 @pytest.mark.slow  # Ray start-up: ~15-25 s on 2 busy cores
-def test_ray_engine_runs_the_same_shard_function(ws: Workspace, server) -> None:
+def test_ray_engine_on_two_workers_matches_the_local_engine(ws: Workspace, tmp_path: Path, server) -> None:
     ray = pytest.importorskip("ray")
     url, state = server
-    write_catalog_subset(ws, "s", add_rows(url, state, [("img", noise_image(80 + i)) for i in range(4)]))
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    specs = [("img", noise_image(80 + i)) for i in range(7)]
+    specs[5] = ("img", rejpeg(specs[1][1], 60))  # a near duplicate across shards: the reconcile pass runs
+    rows = add_rows(url, state, specs)
+    write_catalog_subset(ws, "s", rows)
+    local = Workspace.open(tmp_path / "local")
+    write_catalog_subset(local, "s", rows)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)  # 2 workers
     try:
         stats = fetch(ws, "s", shard_size=2, engine="ray", options=OPTIONS)
+        assert fetch(ws, "s", shard_size=2, engine="ray", options=OPTIONS).shards_done_before == 4  # resume
     finally:
         ray.shutdown()
-    assert stats.shards_fetched == 2 and stats.counts == {"ok": 4}
+    assert stats.shards_fetched == 4 and stats.counts == {"ok": 7} and stats.duplicates_across_shards == 1
+    fetch(local, "s", shard_size=2, options=OPTIONS)
+
+    def contents(w: Workspace) -> tuple[list[dict], list[tuple[str, bytes]]]:
+        index = [{k: v for k, v in r.items() if k != "fetched_at"} for r in read_index(w.images_dir("s")).to_pylist()]
+        tars = sorted(w.images_dir("s").glob("shard-*.tar"))
+        stored = [(img.key, img.data) for tar in tars for img in iter_shard(tar)]
+        return sorted(index, key=lambda r: r["key"]), stored
+
+    assert contents(ws) == contents(local)

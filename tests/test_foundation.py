@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
@@ -53,9 +55,27 @@ def test_map_shards_process_pool_matches_serial() -> None:
     assert sorted(map_shards(_square, [1, 2, 3], workers=2)) == [1, 4, 9]
 
 
+# Every verb of docs/architecture.md's pipeline, plus the component trainers, export, the demo,
+# human evaluation and the web app.
+STAGE_VERBS = {"catalog", "fetch", "caption", "autoencoder", "clip", "encode", "train", "export", "sample", "eval",
+               "card", "demo", "humaneval", "serve"}
+
+
 def test_cli_help_lists_stage_verbs() -> None:
-    out = subprocess.run([sys.executable, "-m", "opencanvas", "--help"], capture_output=True, text=True, check=True)
-    assert "Usage" in out.stdout
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    out = subprocess.run([sys.executable, "-m", "opencanvas", "--help"], capture_output=True, text=True, check=True,
+                         env=env).stdout
+    commands = out.split("Commands")[1]
+    listed = set(re.findall(r"^\W\s(\w+)\s{2,}", commands, flags=re.MULTILINE))
+    assert listed == STAGE_VERBS
+
+
+def test_cli_help_imports_no_torch() -> None:
+    """`opencanvas --help` stays fast: no stage may import torch (or the models) at CLI registration."""
+    script = "import sys\nimport opencanvas.cli\nprint(sorted(m for m in ('torch', 'diffusers', 'transformers') " \
+             "if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_keep_freed_memory_reuses_large_blocks() -> None:
@@ -74,3 +94,40 @@ def test_keep_freed_memory_reuses_large_blocks() -> None:
         pytest.skip("glibc only")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert int(out) < 100  # 16 MB is 4,096 pages: each fresh one would fault
+
+
+def test_flatten_alpha_whitens_every_kind_of_transparency() -> None:
+    """One flattening for the fetch decoder and the CLIP evaluator: alpha channels and tRNS colour keys alike."""
+    import io
+
+    from PIL import Image
+
+    from opencanvas.fetch.decode import load_rgb
+    from opencanvas.pixels import flatten_alpha
+
+    grey = Image.new("L", (4, 4), 30)
+    grey.info["transparency"] = 30  # a PNG tRNS key: every pixel of grey 30 is transparent
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    la = Image.new("LA", (4, 4), (0, 128))
+    for img in (grey, rgba, la):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        assert flatten_alpha(img).mode == "RGB"
+        assert flatten_alpha(img).getpixel((0, 0)) == load_rgb(buf.getvalue()).getpixel((0, 0))
+    assert flatten_alpha(grey).getpixel((0, 0)) == (255, 255, 255)
+    assert flatten_alpha(la).getpixel((0, 0)) == (127, 127, 127)
+    rgb = Image.new("RGB", (4, 4), (1, 2, 3))
+    assert flatten_alpha(rgb) is rgb
+def test_accelerate_is_pinned_and_installed() -> None:
+    """Without accelerate, diffusers prints a large warning on every model load."""
+    import re
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from diffusers.utils import is_accelerate_available
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = [d for d in deps if re.match(r"accelerate==", d)]
+    assert pinned and is_accelerate_available()
+    assert pinned[0].split("==")[1] == version("accelerate")

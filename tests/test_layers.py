@@ -11,11 +11,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "opencanvas"
 
 # Lowest first. A part may import parts of its own rank or below; never one above it.
 LAYERS: list[set[str]] = [
-    {"allocator", "progress", "storage", "workspace", "licenses", "engines", "pixels", "splits", "dtypes"},
+    {"allocator", "progress", "storage", "workspace", "licenses", "engines", "pixels", "splits", "untrusted",
+     "model_license", "dtypes"},
     {"shards", "captions", "cli_common"},
     {"diffusion", "training"},
     {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"},
-    {"cards"}, {"demo"},
+    {"cards"}, {"demo"}, {"humaneval"},
+    {"web"},
     {"cli"},
 ]
 

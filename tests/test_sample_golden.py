@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
+from opencanvas.diffusion.samplers import SAMPLERS
 from opencanvas.sample.generate import SampleSettings, sample_latents
 from opencanvas.sample.loading import FolderAutoencoder, FolderPipeline, FolderTextEncoder
-from opencanvas.diffusion.samplers import SAMPLERS
 from opencanvas.sample.tiny import tiny_text_model, tiny_tokenizer, tiny_unet, tiny_vae
 
 GOLDEN = Path(__file__).parent / "golden" / "sample_loops.json"

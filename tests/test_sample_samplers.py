@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.diffusion.guidance import CFGDenoiser, rescale_guidance
 from opencanvas.diffusion.samplers import SAMPLERS, get_sampler, get_sigmas, initial_noise_scale
 from opencanvas.sample.tiny import TEXT_DIM, tiny_unet
@@ -112,8 +112,7 @@ def _diffusers_loop(sched, unet, noise: torch.Tensor, ehs: torch.Tensor, steps: 
 
 
 def _scheduler(name: str, spacing: str):
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                           HeunDiscreteScheduler)
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
     common = dict(**SCHEDULE_KW, timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
     if name == "euler":

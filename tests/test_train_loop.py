@@ -15,14 +15,22 @@ import torch
 from opencanvas.encode.synthetic import write_random_latents
 from opencanvas.train import loop
 from opencanvas.train.checkpoint import (
-    TrainState, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+    TrainState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
 )
 from opencanvas.train.config import TrainConfig, parse_resolutions
-from opencanvas.training.ema import EMA
 from opencanvas.train.presets import PRESETS, build_unet
 from opencanvas.train.recipe import (
-    LowPrecisionGroupNorm, LowPrecisionLayerNorm, apply_recipe, resolve_recipe, use_low_precision_norms,
+    LowPrecisionGroupNorm,
+    LowPrecisionLayerNorm,
+    apply_recipe,
+    resolve_recipe,
+    use_low_precision_norms,
 )
+from opencanvas.training.ema import EMA
 from opencanvas.workspace import Workspace
 
 TEXT = dict(text_len=8, text_dim=32)
@@ -246,7 +254,7 @@ def test_training_inputs_draw_caption_dropout_and_noise_deterministically(ws):
 
 
 def test_v_prediction_with_zero_terminal_snr_and_offset_noise(ws):
-    from opencanvas.diffusion import Denoiser, NoiseSchedule
+    from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
     from opencanvas.train.to_diffusers import scheduler_for
 
     random_latents(ws, n=8)

@@ -48,7 +48,7 @@ def write_components(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Workspace, dict]:
     from opencanvas.encode import encode
-    from opencanvas.train import train
+    from opencanvas.train.loop import train
 
     ws = Workspace.open(tmp_path_factory.mktemp("train-pipeline") / "ws")
     components = write_components(ws.root / "sd2-tiny")
@@ -77,8 +77,8 @@ def test_training_on_encoded_latents_writes_validation_grids(trained):
 
 
 def test_load_pipeline_gives_the_ema_denoiser_and_components(trained):
-    from opencanvas.train import load_pipeline
     from opencanvas.train.checkpoint import latest_checkpoint, load_checkpoint
+    from opencanvas.train.pipeline import load_pipeline
 
     ws, _ = trained
     pipe = load_pipeline(ws, "demo")
@@ -104,7 +104,8 @@ def test_load_pipeline_gives_the_ema_denoiser_and_components(trained):
 def test_export_loads_in_diffusers_and_generates(trained, tmp_path):
     from diffusers import DiffusionPipeline
 
-    from opencanvas.train import export, load_pipeline
+    from opencanvas.train.pipeline import load_pipeline
+    from opencanvas.train.to_diffusers import export
 
     ws, _ = trained
     out = export(ws, "demo", tmp_path / "export")
@@ -160,7 +161,7 @@ def test_cli_export_and_clear_errors(trained, tmp_path):
     assert done.exit_code == 0, done.output
     assert json.loads((out / "opencanvas.json").read_text())["ema"] is False
     missing = runner.invoke(app, ["export", "--run", "nope", "--out", str(tmp_path / "x"), "-w", str(ws.root)])
-    assert missing.exit_code == 2 and "has no checkpoint" in missing.output
+    assert missing.exit_code == 2 and "no run 'nope'" in missing.output and "runs here: demo" in missing.output
     bad = runner.invoke(app, ["train", "--latents", "shapes16", "--run", "r", "--preset", "huge", "--images", "8",
                               "-w", str(ws.root)])
     assert bad.exit_code == 2 and "unknown preset 'huge'" in bad.output

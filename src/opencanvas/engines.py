@@ -14,12 +14,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 Engine = Literal["local", "ray"]
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 
 def shard_share(tasks: Sequence[T], rank: int = 0, world: int = 1) -> list[T]:
@@ -44,7 +45,7 @@ def map_shards(
         yield from _map_ray(fn, tasks, ray_options or {})
         return
     if engine != "local":
-        raise ValueError(f"unknown engine {engine!r}: use 'local' or 'ray'")
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     if workers <= 1:
         for task in tasks:
             yield fn(task)
@@ -74,7 +75,7 @@ def _map_ray(fn: Callable[[T], R], tasks: Sequence[T], options: dict) -> Iterato
         yield ray.get(done[0])
 
 
-class _ShardActor:
+class _ShardActor(Generic[T, R]):
     """Ray actor body: runs `fn` on every task it is given, in one long-lived process.
 
     Whatever `fn` caches per process (a captioner's model) is built on the first task and kept.
@@ -114,7 +115,7 @@ def map_shards_on_actors(fn: Callable[[T], R], tasks: Sequence[T], *, num_gpus: 
         raise RuntimeError(f"the Ray cluster ({dict(resources)}) cannot host one actor needing "
                            f"{num_gpus} GPU and {num_cpus} CPU: add GPUs or pass --device cpu")
     actor_class = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus)(_ShardActor)
-    handles = [actor_class.remote(fn) for _ in range(min(actors, len(tasks)))]
+    handles: list[Any] = [actor_class.remote(fn) for _ in range(min(actors, len(tasks)))]
     pool = ActorPool(handles)
     try:
         yield from pool.map_unordered(lambda actor, task: actor.run.remote(task), list(tasks))

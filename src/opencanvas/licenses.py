@@ -7,12 +7,20 @@ License"), short names ("CC BY-SA 4.0", "cc-by-sa-3.0-de", Openverse's "by-nc"),
 CC0 / Public Domain Mark statements and the retired CC public-domain URLs.
 Anything else (GPL, GFDL, "All Rights Reserved", empty text, garbage) is
 `other`: a license is never guessed into an open one.
+
+It is strict, because a catalog that launders a license is worse than none:
+- a URL counts only on `creativecommons.org` (or `www.`), in the known path forms;
+- text holding a URL and anything more than filler words counts only when the
+  rest names the same license ("All rights reserved, not <CC URL>" is `other`);
+- `license_of(name, url)` is the one entry point of every source: when a record
+  gives both a name and a URL they must agree, else `LicenseRejected("license:conflict")`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 # The canonical license ids of the catalog's `license_id` column (architecture.md).
 LICENSE_IDS = (
@@ -33,6 +41,28 @@ LICENSE_FLAGS: dict[str, tuple[bool, bool, bool, bool]] = {
     "other": (False, False, False, True),
 }
 assert tuple(LICENSE_FLAGS) == LICENSE_IDS
+
+# License policies (architecture.md): the license ids each admits, and the one sentence that states it.
+# Subsets, model cards and the CLI all read these, so the wording lives here only.
+_COMMERCIAL = frozenset({"cc0", "pdm", "cc-by", "cc-by-sa"})
+POLICIES: dict[str, frozenset[str]] = {
+    "commercial": _COMMERCIAL,
+    "noncommercial": _COMMERCIAL | {"cc-by-nc", "cc-by-nc-sa"},
+}
+POLICY_TEXT: dict[str, str] = {
+    "commercial": "CommonCatalog-C: CC0, Public Domain Mark, CC BY and CC BY-SA images; commercial use allowed, "
+                  "attribution owed for BY licenses, BY-SA terms apply to adaptations. "
+                  "ND and unknown licenses excluded.",
+    "noncommercial": "CommonCatalog-NC: the commercial set plus CC BY-NC and CC BY-NC-SA images; non-commercial "
+                     "use only, attribution owed, BY-NC-SA terms apply to adaptations. "
+                     "ND and unknown licenses excluded.",
+}
+assert set(POLICY_TEXT) == set(POLICIES)
+
+
+def policy_choices() -> str:
+    """'commercial (cc0, pdm, cc-by, cc-by-sa) or noncommercial (...)': the policies for help texts."""
+    return " or ".join(f"{name} ({', '.join(i for i in LICENSE_IDS if i in ids)})" for name, ids in POLICIES.items())
 
 # Versions Creative Commons has published for the BY family.
 CC_VERSIONS = frozenset({"1.0", "2.0", "2.1", "2.5", "3.0", "4.0"})
@@ -67,8 +97,7 @@ def make_license(license_id: str, version: str | None = None, url: str | None = 
 OTHER = make_license("other")
 
 # ---- URLs -------------------------------------------------------------------
-_URL_IN_TEXT = re.compile(r"(?:https?://)?(?:www\.)?(?:creativecommons\.org|web\.resource\.org/cc)[^\s\"'<>]*",
-                          re.IGNORECASE)
+CC_HOSTS = frozenset({"creativecommons.org", "www.creativecommons.org"})
 # Path after creativecommons.org/licenses/: code / version / [jurisdiction] / [deed.xx|legalcode...]
 _CC_LICENSE_PATH = re.compile(
     r"^licenses/(?P<code>[a-z-]+)(?:/(?P<version>\d+(?:\.\d+)?))?"
@@ -78,6 +107,7 @@ _CC_LICENSE_PATH = re.compile(
 _PUBLICDOMAIN_PATH = re.compile(
     r"^publicdomain/(?P<tool>zero|mark)/(?P<version>1\.0)(?:/(?:deed(?:\.[a-z_-]+)?|legalcode(?:\.[a-z_-]+)?))?/?$"
 )
+_OLD_PUBLICDOMAIN_PATH = re.compile(r"^licenses/publicdomain(?:/(?:deed\.[a-z_-]+/?)?)?$")
 # Element order varies in old URLs (by-nd-nc); canonical order is by-nc-nd.
 _ELEMENTS_TO_ID = {
     frozenset({"by"}): "cc-by",
@@ -107,15 +137,25 @@ def _by_family(elements: list[str], version: str | None, jurisdiction: str | Non
 
 
 def _from_url(url: str) -> License:
-    u = url.strip().lower().split("#", 1)[0].split("?", 1)[0]
-    u = re.sub(r"^https?://", "", u).removeprefix("www.")
-    u = re.sub(r"/+", "/", u)
-    if u.rstrip("/") == "web.resource.org/cc/publicdomain":
-        return make_license("pdm", None, "http://web.resource.org/cc/PublicDomain")
-    if not u.startswith("creativecommons.org/"):
+    """One URL token: only the exact CC hosts and known paths count; no user, port, query or fragment."""
+    if not url.isascii() or any(c.isspace() or ord(c) < 0x20 or c == "\\" for c in url):
         return OTHER
-    path = u.removeprefix("creativecommons.org/")
-    if path.rstrip("/") == "licenses/publicdomain" or re.fullmatch(r"licenses/publicdomain/(deed\.[a-z_-]+/?)?", path):
+    if not re.match(r"^(?:https?:)?//", url, re.IGNORECASE):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", url, re.IGNORECASE):  # ftp:, javascript:, ...
+            return OTHER
+        url = "//" + url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return OTHER
+    if parts.query or parts.fragment or "//" in parts.path:
+        return OTHER
+    host, path = parts.netloc.lower(), parts.path.lower().removeprefix("/")
+    if host == "web.resource.org" and path.rstrip("/") == "cc/publicdomain":
+        return make_license("pdm", None, "http://web.resource.org/cc/PublicDomain")
+    if host not in CC_HOSTS:  # netloc, not hostname: a user or port makes it a look-alike
+        return OTHER
+    if _OLD_PUBLICDOMAIN_PATH.match(path):
         return make_license("pdm", None, OLD_PUBLIC_DOMAIN_URL)
     if m := _PUBLICDOMAIN_PATH.match(path):
         return make_license("cc0", "1.0", CC0_URL) if m["tool"] == "zero" else make_license("pdm", "1.0", PDM_URL)
@@ -124,6 +164,12 @@ def _from_url(url: str) -> License:
             return OTHER
         return _by_family(m["code"].split("-"), m["version"], m["jur"])
     return OTHER
+
+
+def _is_url(token: str) -> bool:
+    """Looks like a URL or a host path: a scheme, `//`, `www.`, or a dotted name before the first `/`."""
+    return bool(re.match(r"^(?:[a-z][a-z0-9+.-]*:|//|www\.)", token, re.IGNORECASE)
+                or re.match(r"^[^/]*\.[^/]*/", token))
 
 
 # ---- names ------------------------------------------------------------------
@@ -138,9 +184,12 @@ _WORDS = [
     (r"public[\s-]*domain[\s-]*dedication", "pdd"),
     (r"public[\s-]*domain", "pd"),
     (r"cc[\s-]*zero", "cc0"),
+    (r"\bcc[\s_-]*0(?![\d.])", "cc0"),  # "CC-0", "CC 0"
 ]
 _FILLER = frozenset({"license", "licence", "generic", "unported", "international", "universal", "deed",
                      "legalcode", "the", "version", "v"})
+# Words that may stand beside a license URL without changing what it says ("Licensed under <URL>").
+_URL_FILLER = frozenset({"license", "licence", "licensed", "under", "the", "a", "see", "url"})
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z0-9]+")
 
 
@@ -154,13 +203,15 @@ def _from_name(text: str) -> License:
     if tokens[0] == "cc":
         tokens = tokens[1:]
     version = None
-    # Public domain forms: "CC0 1.0", "cc0", "Public Domain Mark 1.0", "Public domain", "PDM".
+    # Public domain forms: "CC0 1.0", "cc0", "CC0 Public Domain (Dedication)", "Public Domain Mark 1.0", "PDM".
     if tokens and tokens[0] in {"cc0", "pdm", "pd", "pdd"}:
         head, rest = tokens[0], tokens[1:]
         if head == "cc0" and rest and rest[0] == "1":  # "cc0-1.0" splits as cc0, 1.0 already
             rest = rest[1:]
         if rest and rest[0] in {"1.0", "1"}:
             version, rest = "1.0", rest[1:]
+        if head == "cc0" and rest and rest[0] in {"pd", "pdd"}:  # "CC0 Public Domain", "CC0 1.0 Public Domain"
+            rest = rest[1:]
         if rest:
             return OTHER
         if head == "cc0":
@@ -185,23 +236,47 @@ def _from_name(text: str) -> License:
     return _by_family(elements, version, jurisdiction)
 
 
-def normalize(text: str | None) -> License:
-    """The canonical license of a source's license statement (URL or name)."""
-    if text is None:
-        return OTHER
-    text = text.strip()
-    if not text:
-        return OTHER
-    if m := _URL_IN_TEXT.search(text):
-        return _from_url(m.group(0).rstrip(").,;]"))
-    if "/" in text and "." in text.split("/", 1)[0]:  # some other URL (gnu.org, ...)
-        return OTHER
+def _from_name_text(text: str) -> License:
     # "Attribution 4.0 International (CC BY 4.0)": both halves must name the same license.
     if m := re.fullmatch(r"(.+?)\s*\(([^()]+)\)\s*", text):
         outer, inner = _from_name(m.group(1)), _from_name(m.group(2))
-        same = (outer.license_id, outer.version) == (inner.license_id, inner.version)
-        return inner if same else OTHER
+        return inner if _same_license(outer, inner) else OTHER
     return _from_name(text)
+
+
+def _same_license(a: License, b: License) -> bool:
+    """Two statements name one open license: same id, and same version where both give one.
+
+    A bare "Public domain" name (pdm, no URL) agrees with either public-domain tool (CC0 or the Mark).
+    """
+    if not (a.is_open and b.is_open):
+        return False
+    if a.license_id != b.license_id:
+        generic = {x.license_id for x in (a, b) if x.license_id == "pdm" and x.url is None}
+        return bool(generic) and {a.license_id, b.license_id} <= {"cc0", "pdm"}
+    return a.version is None or b.version is None or a.version == b.version
+
+
+def normalize(text: str | None) -> License:
+    """The canonical license of one license statement (a URL, a name, or a name beside its URL); strict."""
+    if text is None:
+        return OTHER
+    text = " ".join(str(text).split())  # any Unicode blank (NBSP, ...) is a plain space
+    if not text or not text.isascii():  # look-alike letters from other scripts never count
+        return OTHER
+    words = text.split(" ")
+    urls = [i for i, w in enumerate(words) if _is_url(w.strip("()[]<>\"',;"))]
+    if not urls:
+        return _from_name_text(text)
+    if len(urls) > 1:
+        return OTHER  # two URLs: in doubt
+    by_url = _from_url(words[urls[0]].strip("()[]<>\"',;").rstrip("."))
+    rest = " ".join(w for i, w in enumerate(words) if i != urls[0])
+    if not by_url.is_open or all(w.strip(":-.").lower() in _URL_FILLER for w in rest.split()):
+        return by_url
+    # Free text beside the URL must name the same license; anything else ("not", "all rights
+    # reserved", "NonCommercial" beside a BY URL) could be a restriction: never upgrade it.
+    return by_url if _same_license(_from_name_text(rest), by_url) else OTHER
 
 
 def normalize_pair(name: str | None, version: str | None) -> License:
@@ -209,3 +284,57 @@ def normalize_pair(name: str | None, version: str | None) -> License:
     if not name:
         return OTHER
     return normalize(f"{name} {version}" if version else name)
+
+
+# Words by which free text limits what a license URL beside it grants.
+_RESTRICTION = re.compile(
+    r"all\s+rights\s+reserved|non[\s-]*commercial|no[\s-]*deriv|\b(?:nc|nd|not|no|never|except|only|prohibit\w*"
+    r"|forbid\w*|permission|proprietary|restrict\w*)\b", re.IGNORECASE)  # not "some rights reserved": CC's own
+
+
+def restricts(text: str | None) -> bool:
+    """Whether free text (a copyright notice, dc:rights) says something that narrows a license."""
+    return bool(text) and bool(_RESTRICTION.search(str(text)))
+
+
+# ---- a record's license -------------------------------------------------------
+class LicenseRejected(ValueError):
+    """A record's license is not usable: `reason` is license:missing, license:other or license:conflict."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def _shown(text: str) -> str:
+    return repr(text[:200])  # repr: control characters and lone surrogates come out escaped
+
+
+def _described(lic: License) -> str:
+    return f"{lic.license_id} {lic.version}" if lic.version else lic.license_id
+
+
+def license_of(name: str | None = None, url: str | None = None, what: str = "license") -> License:
+    """The open license a record states by `name` and/or `url`; every source goes through here.
+
+    Raises `LicenseRejected`: license:missing when neither is given, license:other when what is
+    given is not a known open license, license:conflict when name and URL disagree (naming both).
+    """
+    name = " ".join(str(name).split()) if name is not None else ""
+    url = " ".join(str(url).split()) if url is not None else ""
+    if not name and not url:
+        raise LicenseRejected("license:missing", f"no {what} in the record")
+    if not (name and url):
+        text = name or url
+        lic = normalize(text)
+        if not lic.is_open:
+            raise LicenseRejected("license:other", f"{what} {_shown(text)} is not a known open license")
+        return lic
+    by_name, by_url = normalize(name), normalize(url)
+    if _same_license(by_name, by_url):
+        return by_url if by_url.version or not by_name.version else by_name
+    if not by_name.is_open and not by_url.is_open:
+        raise LicenseRejected("license:other", f"{what} name {_shown(name)} and URL {_shown(url)} "
+                                               "are not a known open license")
+    raise LicenseRejected("license:conflict", f"{what} name {_shown(name)} ({_described(by_name)}) disagrees "
+                                              f"with URL {_shown(url)} ({_described(by_url)})")

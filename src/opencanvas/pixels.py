@@ -15,13 +15,27 @@ if TYPE_CHECKING:
     import torch
 
 
+WHITE = (255, 255, 255)
+ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """An alpha channel, or a transparent colour key (PNG tRNS on palette, grey or RGB images)."""
+    return img.mode in ALPHA_MODES or (img.mode in ("P", "L", "RGB") and "transparency" in img.info)
+
+
 def flatten_alpha(img: Image.Image) -> Image.Image:
-    """RGB; transparent pixels become white, not the black that a bare convert("RGB") gives."""
-    if img.mode in ("RGBA", "LA", "P", "PA"):
+    """RGB; transparent pixels become white, not the black that a bare convert("RGB") gives.
+
+    Transparent pixels carry arbitrary colours, and clip art is drawn for a white page. Every mode
+    PIL opens (palette, CMYK, L, 1, YCbCr, LAB, HSV) comes out RGB; an RGB image comes back as is.
+    """
+    if has_alpha(img):
         rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
+        canvas = Image.new("RGB", rgba.size, WHITE)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def center_crop_resize(img: Image.Image, size: int) -> Image.Image:

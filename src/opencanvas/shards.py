@@ -6,7 +6,9 @@
 Catalog keys hold ':' '/' and '.', which WebDataset reads as separators, so a
 member's stem is the percent-encoded key; the JSON beside it holds the key itself.
 A shard exists for readers only once its index is there: the index is written
-last and atomically.
+last and atomically. The index's metadata records the tar's size and sha256
+(`tar_bytes`, `tar_sha256`), so a truncated or altered tar is found (`tar_mismatch`)
+and fetched again rather than read.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from urllib.parse import quote, unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from opencanvas.storage import parquet_metadata, sha256_file
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -94,8 +98,27 @@ class ShardImage:
     meta: dict[str, Any]
 
 
+class ShardError(ValueError):
+    """A shard's tar cannot be read; the message names it and says how to repair it."""
+
+
+def _damaged(tar_path: Path, problem: str) -> ShardError:
+    subset = Path(tar_path).parent.name
+    return ShardError(f"{tar_path} is damaged ({problem}): re-run `opencanvas fetch --subset {subset}`, "
+                      "which fetches a shard again when its tar no longer matches its index")
+
+
 def iter_shard(tar_path: Path) -> Iterator[ShardImage]:
-    """The images of one shard, in stored order."""
+    """The images of one shard, in stored order; raises ShardError naming a truncated or damaged tar."""
+    try:
+        yield from _read_shard(tar_path)
+    except (tarfile.TarError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _damaged(tar_path, f"{type(e).__name__}: {e}") from None
+    except FileNotFoundError:
+        raise _damaged(tar_path, "the tar is missing") from None
+
+
+def _read_shard(tar_path: Path) -> Iterator[ShardImage]:
     pending: dict[str, dict[str, Any]] = {}
     with tarfile.open(tar_path, "r") as tar:
         for member in tar:
@@ -127,6 +150,31 @@ def read_index(images_dir: Path) -> pa.Table:
     if not tables:
         return INDEX_SCHEMA.append(pa.field("shard", pa.string())).empty_table()
     return pa.concat_tables(tables)
+
+
+def tar_facts(tar_path: Path) -> dict[str, str]:
+    """The tar's size and sha256, as recorded in its index's metadata."""
+    return {"tar_bytes": str(Path(tar_path).stat().st_size), "tar_sha256": sha256_file(tar_path)}
+
+
+def tar_mismatch(index_path: Path, sha256: bool = True) -> str | None:
+    """Why a finished shard's tar no longer matches its index (missing, size, sha256), or None.
+
+    `sha256=False` checks the size only (truncation), without reading the tar: a quick check for
+    catalogs of many terabytes. Indexes written before the tar's facts were recorded are taken as they are.
+    """
+    meta = parquet_metadata(index_path)
+    tar = Path(index_path).with_suffix(".tar")
+    if "tar_sha256" not in meta:
+        return None
+    if not tar.exists():
+        return f"{tar.name} is missing"
+    size = tar.stat().st_size
+    if str(size) != meta.get("tar_bytes"):
+        return f"{tar.name} has {size} bytes, its index recorded {meta.get('tar_bytes')}"
+    if sha256 and sha256_file(tar) != meta["tar_sha256"]:
+        return f"{tar.name}'s sha256 differs from the one its index recorded"
+    return None
 
 
 def finished_shards(images_dir: Path) -> list[Path]:

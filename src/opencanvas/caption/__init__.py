@@ -9,7 +9,7 @@ Heavy dependencies (torch, transformers) load only when a model captioner runs.
 
 from opencanvas.caption.captioners import CAPTIONERS, GenerationSettings
 from opencanvas.caption.stage import CaptionStats, caption
-from opencanvas.captions import read_captions
 from opencanvas.caption.stats import caption_stats
+from opencanvas.captions import read_captions
 
 __all__ = ["CAPTIONERS", "CaptionStats", "GenerationSettings", "caption", "caption_stats", "read_captions"]

@@ -16,9 +16,10 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
-CAPTIONERS = ("blip2", "blip", "hf", "metadata", "commoncatalog")
+CaptionerName = Literal["blip2", "blip", "hf", "metadata", "commoncatalog"]
+CAPTIONERS: tuple[str, ...] = get_args(CaptionerName)
 MODEL_CAPTIONERS = ("blip2", "blip", "hf")
 DEFAULT_MODELS = {"blip2": "Salesforce/blip2-opt-2.7b", "blip": "Salesforce/blip-image-captioning-large"}
 RESERVED_NAMES = ("stats",)  # captions/stats/ holds the caption report

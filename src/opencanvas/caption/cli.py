@@ -2,50 +2,42 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.caption.captioners import CaptionerName
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
 from opencanvas.dtypes import DTYPE_HELP, check_dtype_name
+from opencanvas.engines import Engine
 
 CAPTION_HELP = """Caption every ok image of a subset into captions/<name>/part-NNNNN.parquet.
 
-Captioners: blip2 (the paper's BLIP-2, default Salesforce/blip2-opt-2.7b), blip, hf (any transformers image-text-to-text model, with --prompt), metadata (title + description + tags, offline), commoncatalog (the BLIP-2 caption shipped in CommonCatalog).
+Captioners: blip2 (the paper's BLIP-2, default Salesforce/blip2-opt-2.7b), blip, hf (any transformers
+image-text-to-text model, with --prompt), metadata (title + description + tags, offline), commoncatalog
+(the BLIP-2 caption shipped in CommonCatalog).
 
-Re-run the same command after a crash: finished shards are skipped. Report with `opencanvas caption stats --subset NAME`.
+Re-run the same command after a crash: finished shards are skipped. Report with
+`opencanvas caption stats --subset NAME`.
 
 Example: opencanvas caption --subset shapes --captioner blip2 --model models/blip2-opt-2.7b --device cuda
 """
 
 
-class CaptionerName(str, Enum):
-    blip2 = "blip2"
-    blip = "blip"
-    hf = "hf"
-    metadata = "metadata"
-    commoncatalog = "commoncatalog"
-
-
-class EngineName(str, Enum):
-    local = "local"
-    ray = "ray"
-
-
-caption_app = typer.Typer(help=CAPTION_HELP, invoke_without_command=True, no_args_is_help=False)
+caption_app = typer.Typer(help=CAPTION_HELP, invoke_without_command=True, no_args_is_help=False,
+                          rich_markup_mode=None)
 
 
 @caption_app.callback()
 def caption_command(
     ctx: typer.Context,
-    subset: Annotated[Optional[str], typer.Option(help="Subset whose fetched images to caption.")] = None,
-    captioner: Annotated[Optional[CaptionerName], typer.Option(help="Which captioner to run.")] = None,
-    model: Annotated[Optional[str], typer.Option(
+    subset: Annotated[str | None, typer.Option(help="Subset whose fetched images to caption.")] = None,
+    captioner: Annotated[CaptionerName | None, typer.Option(help="Which captioner to run.")] = None,
+    model: Annotated[str | None, typer.Option(
         help="Local model directory (works offline) or hub id. Default for blip2: Salesforce/blip2-opt-2.7b; "
              "get it with `huggingface-cli download Salesforce/blip2-opt-2.7b --local-dir DIR`.")] = None,
-    name: Annotated[Optional[str], typer.Option(
+    name: Annotated[str | None, typer.Option(
         help="Output table captions/<name>/ (default: the captioner). Use one name per model or setting.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per generate() call.", min=1)] = 16,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda or cuda:N.")] = "cpu",
@@ -64,9 +56,9 @@ def caption_command(
              "0 = no crop).", min=0)] = 512,
     loader_workers: Annotated[int, typer.Option(
         help="Background processes decoding and resizing images (0 = in the main process).", min=0)] = 2,
-    engine: Annotated[EngineName, typer.Option(
-        help="local, or ray (one captioner actor per GPU; set RAY_ADDRESS to join a cluster).")] = EngineName.local,
-    ray_actors: Annotated[Optional[int], typer.Option(
+    engine: Annotated[Engine, typer.Option(
+        help="local, or ray (one captioner actor per GPU; set RAY_ADDRESS to join a cluster).")] = "local",
+    ray_actors: Annotated[int | None, typer.Option(
         help="With --engine ray: captioner actors (default: one per GPU, or per CPU with --device cpu).",
         min=1)] = None,
     rank: Annotated[int, typer.Option(help="This process's rank for SLURM-style launches.", min=0)] = 0,
@@ -91,20 +83,22 @@ def caption_command(
         if not torch.cuda.is_available():
             raise fail(f"--device {device} but torch sees no CUDA GPU: use --device cpu or a CUDA build of torch")
     ws = open_workspace(workspace)
+    require(ws, "fetched", subset)
     generation = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=sample,
                                     temperature=temperature, top_p=top_p,
                                     repetition_penalty=repetition_penalty, seed=seed)
-    print_settings("caption", {"workspace": str(ws.root), "subset": subset, "captioner": captioner.value,
-                               "model": model or "(default)", "name": name or captioner.value,
+    print_settings("caption", {"workspace": str(ws.root), "subset": subset, "captioner": captioner,
+                               "model": model or "(default)", "name": name or captioner,
                                "batch_size": batch_size, "device": device, "dtype": dtype,
                                "prompt": prompt, "generation": generation.to_json(), "crop_size": crop_size,
-                               "loader_workers": loader_workers, "engine": engine.value,
+                               "loader_workers": loader_workers, "engine": engine,
                                "ray_actors": ray_actors if ray_actors is not None else "auto",
                                "rank/world": f"{rank}/{world}"})
     try:
-        stats = caption(ws, subset, captioner.value, model=model, batch_size=batch_size, device=device,
+        stats = caption(ws, subset, captioner, model=model, batch_size=batch_size, device=device,
                         dtype=dtype, name=name, prompt=prompt, generation=generation, crop_size=crop_size,
-                        loader_workers=loader_workers, engine=engine.value, rank=rank, world=world, ray_actors=ray_actors)
+                        loader_workers=loader_workers, engine=engine, rank=rank, world=world,
+                        ray_actors=ray_actors)
     except (CaptionModelError, FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from e
     console.print(f"captioned {stats.images} images in {stats.shards_done} shards "
@@ -117,7 +111,7 @@ def stats_command(
     subset: Annotated[str, typer.Option(help="Subset to report on.")],
     sample: Annotated[int, typer.Option(help="Images in the metadata-vs-synthetic table.", min=1)] = 8,
     seed: Annotated[int, typer.Option(help="Seed for choosing the sampled images.")] = 0,
-    tokenizer: Annotated[Optional[str], typer.Option(
+    tokenizer: Annotated[str | None, typer.Option(
         help="Tokenizer dir to count tokens with (e.g. your text encoder's); default: regex word pieces.")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
@@ -125,6 +119,7 @@ def stats_command(
     from opencanvas.caption.stats import caption_stats
 
     ws = open_workspace(workspace)
+    require(ws, "fetched", subset)
     try:
         report = caption_stats(ws, subset, sample=sample, seed=seed, tokenizer=tokenizer)
     except FileNotFoundError as e:

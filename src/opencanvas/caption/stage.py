@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from opencanvas.caption.captioners import (
-    CAPTIONERS, DEFAULT_MODELS, MODEL_CAPTIONERS, RESERVED_NAMES, CaptionInput, Captioner,
-    CommonCatalogCaptioner, GenerationSettings, MetadataCaptioner,
+    CAPTIONERS,
+    DEFAULT_MODELS,
+    MODEL_CAPTIONERS,
+    RESERVED_NAMES,
+    Captioner,
+    CaptionInput,
+    CommonCatalogCaptioner,
+    GenerationSettings,
+    MetadataCaptioner,
 )
 from opencanvas.caption.loader import decoded_batches, describe_preprocessing
 from opencanvas.captions import CAPTION_SCHEMA
-from opencanvas.engines import Engine, map_shards_on_actors, shard_share
+from opencanvas.engines import ENGINES, Engine, map_shards_on_actors, shard_share
 from opencanvas.progress import progress_bar
 from opencanvas.shards import index_paths, iter_shard
-from opencanvas.storage import atomic_write_parquet, parquet_metadata, read_parquet_files
+from opencanvas.storage import atomic_write_parquet, parquet_metadata
 from opencanvas.workspace import Workspace
 
 
@@ -160,7 +167,7 @@ def caption_shard(task: ShardTask, on_images: Callable[[int], None] | None = Non
             results.update((it.key, r) for it, r in zip(chunk, captioner.caption(chunk)))
             if on_images:
                 on_images(len(chunk))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     prov = captioner.provenance
     rows = [{"key": k, "caption": results[k][0], "captioner": task.job.name, "model_id": prov.model_id,
              "model_revision": prov.model_revision, "prompt": prov.prompt, "generation": prov.generation,
@@ -267,8 +274,8 @@ def caption(ws: Workspace, subset: str, captioner: str, model: str | None = None
     `engine="ray"` runs the shards on Ray actors (one model each, one GPU each with a cuda device;
     `ray_actors` defaults to the cluster's GPUs or CPUs); `rank`/`world` take one share of the shards.
     """
-    if engine not in ("local", "ray"):
-        raise ValueError(f"unknown engine {engine!r}: use 'local' or 'ray'")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     job = make_job(captioner, name=name, model=model, device=device, dtype=dtype, prompt=prompt,
                    generation=generation, crop_size=crop_size, batch_size=batch_size,
                    loader_workers=loader_workers)

@@ -145,12 +145,13 @@ def caption_stats(ws: Workspace, subset: str, sample: int = 8, seed: int = 0,
     picked = sorted(rng.choice(ok_keys, size=min(sample, len(ok_keys)), replace=False).tolist())
     alt_text = by_key.get("metadata") or _metadata_captions(ws, subset, picked, index)
     synthetic = [n for n in per if n != "metadata"]
+    columns = ["key", "metadata", *(f"`{n}`" for n in synthetic)]   # as many header cells as row cells
     lines = [f"# Captions of subset `{subset}`: metadata vs synthetic ({len(picked)} sampled images)", "",
-             "| key | metadata | " + " | ".join(synthetic) + " |",
-             "|---|---|" + "---|" * len(synthetic)]
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for k in picked:
-        cells = [_md_cell(alt_text.get(k, ""))] + [_md_cell(by_key[n].get(k, "")) for n in synthetic]
-        lines.append(f"| `{k}` | " + " | ".join(cells) + " |")
+        key = k.replace("|", "\\|")
+        cells = [f"`{key}`", _md_cell(alt_text.get(k, ""))] + [_md_cell(by_key[n].get(k, "")) for n in synthetic]
+        lines.append("| " + " | ".join(cells) + " |")
 
     out = report_dir(ws, subset)
     paths = {"json": out / "stats.json", "histogram": out / "lengths.png", "samples": out / "samples.md"}

@@ -7,27 +7,36 @@ with real weights would; only the sizes differ. The tokenizer is a word-level
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 CAPTION_WORDS = ("a an the of on in with and red green blue yellow white black circle square triangle "
                  "shape picture photo drawing background icon clip art small large").split()
 
 
-def tiny_tokenizer(special: list[str], template: str, **special_tokens: str):
-    """A word-level fast tokenizer over CAPTION_WORDS; `template` e.g. "[CLS] $A [SEP]".
+def word_tokenizer(special: Sequence[str], template: str, words: Sequence[str] = CAPTION_WORDS,
+                   model_max_length: int | None = None, **special_tokens: str) -> PreTrainedTokenizerFast:
+    """A word-level fast tokenizer: ids are `special` then `words` in order; `template` e.g. "[CLS] $A [SEP]".
 
-    `special_tokens`: bos_token=..., eos_token=..., pad_token=..., unk_token=... (each in `special`).
+    The one tiny tokenizer builder of the project: the tiny captioners here and the tiny text encoders
+    of `opencanvas.sample.tiny` use it. Words split on whitespace and punctuation; unknown ones map to
+    `unk_token`. `special_tokens`: bos_token=..., eos_token=..., pad_token=..., unk_token=... (each in `special`).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate([*special, *CAPTION_WORDS])}
+    vocab = {w: i for i, w in enumerate([*special, *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=special_tokens["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tok.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[(t, vocab[t]) for t in special if t in template.split()])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens)
+    length: dict[str, Any] = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens, **length)
 
 
 def _save(model_class, config, processor, out_dir: Path, seed: int) -> Path:
@@ -42,11 +51,16 @@ def _save(model_class, config, processor, out_dir: Path, seed: int) -> Path:
 
 def save_tiny_blip2(out_dir: Path, image_size: int = 32, num_query_tokens: int = 4, seed: int = 0) -> Path:
     """A BLIP-2 (ViT + Q-Former + OPT) of a few thousand parameters, saved with its processor."""
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                              BlipImageProcessorPil, OPTConfig)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessorPil,
+        OPTConfig,
+    )
 
     # OPT's tokenizer prepends "</s>" as BOS; id 2 as in the real vocabulary.
-    tokenizer = tiny_tokenizer(["<pad>", "<unk>", "</s>"], "</s> $A", bos_token="</s>", eos_token="</s>",
+    tokenizer = word_tokenizer(["<pad>", "<unk>", "</s>"], "</s> $A", bos_token="</s>", eos_token="</s>",
                                pad_token="<pad>", unk_token="<unk>")
     processor = Blip2Processor(BlipImageProcessorPil(size={"height": image_size, "width": image_size}),
                                tokenizer, num_query_tokens=num_query_tokens)
@@ -70,7 +84,7 @@ def save_tiny_blip(out_dir: Path, image_size: int = 32, seed: int = 0) -> Path:
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]"]
-    tokenizer = tiny_tokenizer(special, "[CLS] $A [SEP]", bos_token="[DEC]", eos_token="[SEP]", sep_token="[SEP]",
+    tokenizer = word_tokenizer(special, "[CLS] $A [SEP]", bos_token="[DEC]", eos_token="[SEP]", sep_token="[SEP]",
                                cls_token="[CLS]", pad_token="[PAD]", unk_token="[UNK]")
     processor = BlipProcessor(BlipImageProcessorPil(size={"height": image_size, "width": image_size}), tokenizer)
     vocab = len(processor.tokenizer)
@@ -94,10 +108,16 @@ LLAVA_CHAT_TEMPLATE = (
 
 def save_tiny_llava(out_dir: Path, image_size: int = 28, seed: int = 0) -> Path:
     """A LLaVA (CLIP ViT + Llama) chat model, for the generic `hf` captioner with a prompt."""
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
-    tokenizer = tiny_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], "<s> $A", bos_token="<s>", eos_token="</s>",
+    tokenizer = word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"], "<s> $A", bos_token="<s>", eos_token="</s>",
                                pad_token="<pad>", unk_token="<unk>")
     tokenizer.add_tokens(["<image>"], special_tokens=True)  # the processor expands it to one per patch
     tokenizer.add_tokens(["USER:", "ASSISTANT:", "describe", "image"])

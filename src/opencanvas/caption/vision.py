@@ -58,7 +58,7 @@ def _missing_model_message(model: str, error: Exception) -> str:
             f"--model {local}.")
 
 
-def load_pretrained(model_class: Any, source: str, dtype: "torch.dtype") -> Any:
+def load_pretrained(model_class: Any, source: str, dtype: torch.dtype) -> Any:
     """`from_pretrained` with SDPA attention where the architecture supports it."""
     try:
         return model_class.from_pretrained(source, dtype=dtype, attn_implementation="sdpa")
@@ -72,8 +72,8 @@ def load_pretrained(model_class: Any, source: str, dtype: "torch.dtype") -> Any:
 class PromptTemplate:
     """Token ids every image's generation starts from (image placeholders + prompt)."""
 
-    input_ids: "torch.Tensor"       # (1, L)
-    attention_mask: "torch.Tensor"  # (1, L)
+    input_ids: torch.Tensor       # (1, L)
+    attention_mask: torch.Tensor  # (1, L)
     echoed_tokens: int              # leading tokens `generate` returns before the new ones
 
 
@@ -96,11 +96,11 @@ class ModelCaptioner:
         self._template: PromptTemplate | None = self._prompt_template() if fixed_size else None
 
     @property
-    def device(self) -> "torch.device":
+    def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @property
-    def dtype(self) -> "torch.dtype":
+    def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
     def _prompt_text(self) -> str:

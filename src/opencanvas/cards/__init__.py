@@ -1,5 +1,5 @@
-"""Data card, model card and attribution list, generated from workspace records only."""
+"""Data card, model card and attribution list, generated from workspace records only.
 
-from opencanvas.cards.writer import write_cards
-
-__all__ = ["write_cards"]
+The API is `opencanvas.cards.writer.write_cards`; it is not re-exported here because `opencanvas --help`
+imports this package for its CLI, and the writer reads checkpoints (torch).
+"""

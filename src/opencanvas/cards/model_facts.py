@@ -10,8 +10,9 @@ from typing import Any
 from safetensors import safe_open
 
 from opencanvas.cards.records import Sources, read_json
-from opencanvas.train.checkpoint import latest_checkpoint
-from opencanvas.workspace import Workspace
+from opencanvas.train.checkpoint import latest_checkpoint, load_checkpoint, tensors_hash
+from opencanvas.train.to_diffusers import EXPORTS_FILE
+from opencanvas.workspace import Workspace, is_name
 
 
 def count_parameters(files: list[Path], prefix: str = "") -> int:
@@ -30,10 +31,13 @@ def count_parameters(files: list[Path], prefix: str = "") -> int:
 
 def component_facts(ws: Workspace, spec: str, kind: str, src: Sources) -> dict[str, Any]:
     """Where an autoencoder / text encoder came from, and its size."""
-    trained = ws.autoencoder_dir(spec) if kind == "autoencoder" else ws.clip_dir(spec)
-    if "/" not in spec and trained.is_dir():
+    trained = (ws.autoencoder_dir(spec) if kind == "autoencoder" else ws.clip_dir(spec)) if is_name(spec) else None
+    if trained is not None and trained.is_dir():
         record = read_json(trained / "opencanvas.json")
         src.add(ws, trained / "opencanvas.json")
+        if (trained / "report.json").exists():   # held-out quality (the autoencoder's bicubic baseline)
+            record = {**record, "report": {**record.get("report", {}),
+                                           **read_json(src.add(ws, trained / "report.json"))}}
         weights = [Path(p) for p in glob.glob(str(trained / "**" / "*.safetensors"), recursive=True)]
         prefix = "text_model." if kind == "text_encoder" else ""
         return {"spec": spec, "origin": "trained here", "record": record,
@@ -53,7 +57,34 @@ def run_facts(ws: Workspace, run: str, src: Sources) -> dict[str, Any]:
     ckpt = latest_checkpoint(run_dir)
     unet_params = count_parameters([src.add(ws, ckpt)], "model/") if ckpt else None
     return {"config": config, "summary": summary, "checkpoint": ws.relative(ckpt) if ckpt else None,
-            "unet_parameters": unet_params}
+            "unet_parameters": unet_params, "weights_sha256": weights_hashes(ckpt) if ckpt else {}}
+
+
+def weights_hashes(checkpoint: Path) -> dict[str, str]:
+    """sha256 of the EMA weights (what sample, eval and export use) and of the raw weights, when present.
+
+    The same digest as `InferencePipeline.weights_hash` (train.checkpoint.tensors_hash), so the card's
+    hash matches the one in eval reports, sample PNGs and an exported folder's opencanvas.json.
+    """
+    out = {}
+    for part in ("ema", "model"):
+        ckpt = load_checkpoint(checkpoint, parts=(part,))
+        weights = ckpt.ema if part == "ema" else ckpt.model
+        if weights:
+            out["ema" if part == "ema" else "raw"] = tensors_hash(weights)
+    return out
+
+
+def export_folders(ws: Workspace, run: str) -> list[Path]:
+    """Folders `opencanvas export` wrote for this run that still hold it (runs/<run>/exports.json)."""
+    record = read_json(ws.run_dir(run) / EXPORTS_FILE)
+    out = []
+    for entry in record.get("exports", []):
+        path = Path(entry["path"])
+        path = path if path.is_absolute() else ws.root / path
+        if read_json(path / "opencanvas.json").get("run") == run:
+            out.append(path)
+    return out
 
 
 def eval_reports(ws: Workspace, run: str, src: Sources) -> list[dict[str, Any]]:

@@ -3,7 +3,10 @@
 Every number comes from a workspace record (catalog parts and their ingest
 records, the subset file, shard indexes, caption tables, component records,
 the run's config/summary/checkpoint, evaluation reports); each card ends with
-the list of records it was generated from.
+the list of records it was generated from. Catalog text is escaped
+(`opencanvas.untrusted`); per-image work streams through DuckDB
+(`records.UsedImages`). The cards are also copied into every folder
+`opencanvas export` wrote for the run, so an exported model carries them.
 """
 
 from __future__ import annotations
@@ -13,12 +16,26 @@ from typing import Any
 
 from opencanvas.cards.attribution import write_attribution
 from opencanvas.cards.charts import license_bar_chart
-from opencanvas.cards.model_facts import component_facts, eval_reports, run_facts
-from opencanvas.cards.records import Sources, caption_facts, fetch_facts, ok_keys, subset_facts
-from opencanvas.storage import atomic_write_json, atomic_write_text
+from opencanvas.cards.model_facts import component_facts, eval_reports, export_folders, run_facts
+from opencanvas.cards.records import (
+    Sources,
+    UsedImages,
+    caption_facts,
+    fetch_facts,
+    split_facts,
+    subset_facts,
+    trained_license_facts,
+)
+from opencanvas.cards.source_versions import source_version
+from opencanvas.cards.studies import study_sections
+from opencanvas.model_license import model_license, obligations
+from opencanvas.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
+from opencanvas.untrusted import markdown_text
 from opencanvas.workspace import Workspace
 
 SAMPLING_DEFAULTS = {"sampler": "dpmpp-2m", "steps": 25, "guidance": 5.0}
+CARD_FILES = ("DATA_CARD.md", "MODEL_CARD.md", "ATTRIBUTION.md", "attribution.csv", "license_composition.png",
+              "cards.json")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -32,62 +49,85 @@ def _fmt_num(x: Any, digits: int = 4) -> str:
     return "-" if x is None else (f"{x:.{digits}g}" if isinstance(x, float) else str(x))
 
 
-def gather(ws: Workspace, run: str) -> dict[str, Any]:
+def gather(ws: Workspace, run: str, images: UsedImages, src: Sources, runf: dict[str, Any]) -> dict[str, Any]:
     """All facts the cards print, with the records they came from."""
     from opencanvas.catalog.ingest import DONE_DIR
-    from opencanvas.catalog.query import catalog_rows
     from opencanvas.catalog.stats import catalog_stats
 
-    src = Sources()
-    runf = run_facts(ws, run, src)
     data = runf["config"].get("data", {})
-    subset = data.get("subset")
-    if not subset:
-        raise ValueError(f"run {run!r} does not record its training subset (config.json 'data.subset')")
+    subset = data["subset"]
     for p in ws.catalog_dir.glob(f"*/{DONE_DIR}/*.json"):  # ingest done-records (read counts)
         src.add(ws, p)
-    keys = ok_keys(ws, subset)
-    captioners = data.get("captioners") or []
+    catalog = catalog_stats(ws)
     # Training leaves out the held-out split (train/config.py `holdout`); those images are
     # evaluation references only.
-    from opencanvas.splits import key_fraction
-
     holdout = float(runf["config"].get("holdout", 0.0))
-    heldout = [k for k in keys if key_fraction(k) < holdout]
     return {
         "run": run,
-        "catalog": catalog_stats(ws),
-        "subset": subset_facts(ws, subset, src),
-        "fetch": fetch_facts(ws, subset, src),
-        "captions": [caption_facts(ws, c, keys, src) for c in captioners],
+        "catalog": catalog,
+        "source_versions": {s: source_version(s) for s in catalog["sources"]},
+        "subset": subset_facts(ws, subset, images, src),
+        "trained": trained_license_facts(images),
+        "fetch": fetch_facts(ws, subset, images, src),
+        "captions": [caption_facts(ws, c, images, src) for c in data.get("captioners") or []],
         "autoencoder": component_facts(ws, str(data.get("autoencoder", "")), "autoencoder", src),
         "text_encoder": component_facts(ws, str(data.get("text_encoder", "")), "text_encoder", src),
         "train": runf,
         "evals": eval_reports(ws, run, src),
-        "training_rows": catalog_rows(ws, keys).to_pylist() if keys else [],
-        "split": {"fetched_ok": len(keys), "heldout": len(heldout), "trained": len(keys) - len(heldout),
-                  "holdout_fraction": holdout},
+        "humaneval": study_sections(ws, run, src),
+        "split": split_facts(images, holdout),
         "sources": src,
     }
 
 
+def license_origin_notes(trained: dict[str, Any]) -> list[str]:
+    """Where the trained-on images' licenses came from, flagged where it is not the item itself."""
+    notes = []
+    collection = sum(trained["collection_origin"].values())
+    if collection:
+        by_source = ", ".join(f"{markdown_text(s)} {n:,}" for s, n in trained["collection_origin_by_source"].items())
+        by_license = ", ".join(f"{lic} {n:,}" for lic, n in trained["collection_origin"].items())
+        notes.append(f"**{collection:,} trained-on images have no license of their own** ({by_source}; {by_license}): "
+                     "their license is the one their source declares for the whole collection "
+                     "(`license_origin = collection`), not a statement on the item. Check it before relying on "
+                     "these images individually.")
+    else:
+        notes.append("Every trained-on image states its own license (`license_origin = item`).")
+    if trained["old_public_domain_dedication"]:
+        notes.append(f"**{trained['old_public_domain_dedication']:,} trained-on images carry the old "
+                     "`http://web.resource.org/cc/PublicDomain` dedication, recorded as `pdm`** (Public Domain "
+                     "Mark), the nearest canonical id: it is Creative Commons' public-domain dedication from before "
+                     "CC0 and the Public Domain Mark, and like them it asks for no attribution.")
+    return notes
+
+
 def data_card(facts: dict[str, Any], chart: str) -> str:
-    cat, sub, fetch = facts["catalog"], facts["subset"], facts["fetch"]
+    cat, sub, fetch, trained = facts["catalog"], facts["subset"], facts["fetch"], facts["trained"]
+    versions = facts["source_versions"]
     lines = [f"# Data card: training data of `{facts['run']}`", "",
-             f"Policy **{sub['policy']}**: {sub['policy_text']}", "",
+             f"Policy **{sub['policy']}**: {markdown_text(sub['policy_text'])}", "",
              f"Catalog snapshot `{sub['catalog_hash']}`; subset `{sub['name']}`.", "",
              "## Sources and how each was read", ""]
-    lines += _table(["source", "inputs", "records read", "ingested", "quarantined", "read = ingested + quarantined"],
-                    [[s, v["inputs"], v["read"], v["ingested"], v["quarantined"], "yes" if v["balanced"] else "NO"]
+    lines += _table(["source", "version", "inputs", "records read", "ingested", "quarantined",
+                     "read = ingested + quarantined"],
+                    [[markdown_text(s), markdown_text(versions.get(s, "unknown")), v["inputs"], v["read"],
+                      v["ingested"], v["quarantined"], "yes" if v["balanced"] else "NO"]
                      for s, v in cat["sources"].items()])
-    lines += ["Quarantined records (never used; kept with the raw record and the reason):", ""]
-    lines += _table(["reason", "records"], [[r, n] for r, n in cat["quarantine"].items()]) if cat["quarantine"] \
-        else ["None.", ""]
+    lines += ["Version: the release of the source that was ingested, where the toolkit can tell (for the Open "
+              "Clip Art Library, the installed Debian package `openclipart-svg`); otherwise `unknown`.", "",
+              "Quarantined records (never used; kept with the raw record and the reason):", ""]
+    lines += _table(["reason", "records"], [[markdown_text(r), n] for r, n in cat["quarantine"].items()]) \
+        if cat["quarantine"] else ["None.", ""]
     lines += ["## License composition", "", "Whole catalog:", ""]
     lines += _table(["license", "images"], [[k, v] for k, v in cat["licenses"].items()])
-    lines += [f"Training subset `{sub['name']}` ({sub['count']:,} images):", ""]
-    lines += _table(["license", "images"], [[k, v] for k, v in sorted(sub["by_license"].items())])
-    lines += [f"![license composition]({chart})", "", "## Counts at every stage", ""]
+    split = facts["split"]
+    lines += [f"Training subset `{sub['name']}` ({sub['count']:,} images) and the {split['trained']:,} images "
+              "actually trained on (fetched ok, not held out):", ""]
+    licenses = sorted(set(sub["by_license"]) | set(trained["by_license"]))
+    lines += _table(["license", "in subset", "trained on"],
+                    [[k, sub["by_license"].get(k, 0), trained["by_license"].get(k, 0)] for k in licenses])
+    lines += [f"![license composition]({chart})", "", "Where the licenses came from:", ""]
+    lines += [f"- {n}" for n in license_origin_notes(trained)] + ["", "## Counts at every stage", ""]
     ok = fetch["by_status"].get("ok", 0)
     lines += _table(["stage", "images"], [
         ["records read from sources", cat["total"]["read"]],
@@ -97,18 +137,20 @@ def data_card(facts: dict[str, Any], chart: str) -> str:
         ["fetched ok", ok],
         ["fetch failed", fetch["by_status"].get("failed", 0)],
         ["fetch skipped (too small, duplicates, opt-outs)", fetch["by_status"].get("skipped", 0)],
-        [f"held out for evaluation, never trained on (key-hash fraction < {facts['split']['holdout_fraction']})",
-         facts["split"]["heldout"]],
-        ["trained on", facts["split"]["trained"]],
+        [f"held out for evaluation, never trained on (key-hash fraction < {split['holdout_fraction']:g})",
+         split["heldout"]],
+        ["trained on", split["trained"]],
     ])
     if fetch["by_reason"]:
         lines += ["Fetch outcomes other than ok, by reason:", ""]
-        lines += _table(["status: reason", "images"], [[k, v] for k, v in fetch["by_reason"].items()])
+        lines += _table(["status: reason", "images"], [[markdown_text(k), v] for k, v in fetch["by_reason"].items()])
     lines += ["## Captions", "", "Synthetic or metadata captions used for training, per captioner:", ""]
     lines += _table(["captioner", "model", "revision", "captions", "flagged", "distinct", "mean words"],
-                    [[c["captioner"], ", ".join(c.get("model_id") or []) or "(metadata)",
-                      ", ".join(c.get("model_revision") or []) or "-", c["count"], c.get("flagged"),
-                      c.get("distinct_captions"), c.get("mean_words")] for c in facts["captions"]])
+                    [[markdown_text(c["captioner"]),
+                      markdown_text(", ".join(v for v in c.get("model_id") or [] if v)) or "(metadata)",
+                      markdown_text(", ".join(v for v in c.get("model_revision") or [] if v)) or "-", c["count"],
+                      c.get("flagged"), c.get("distinct_captions"), _fmt_num(c.get("mean_words"))]
+                     for c in facts["captions"]])
     return "\n".join(lines)
 
 
@@ -126,42 +168,91 @@ def _component_rows(facts: dict[str, Any]) -> list[list[Any]]:
             where = (f"trained here on subset `{rec.get('subset')}` (policy {rec.get('policy')}, "
                      f"catalog `{str(rec.get('catalog_hash', ''))[:12]}`), {rec.get('images_seen', '-')} images seen")
         else:
-            where = (f"pretrained `{c['spec']}`: its training data is outside this catalog and is not covered "
-                     "by this card; see that model's own card")
-        rows.append([label, f"`{c['path']}`", c["parameters"], where])
+            where = (f"pretrained `{markdown_text(c['spec'])}`: its training data is outside this catalog and is "
+                     "not covered by this card; see that model's own card and license")
+        rows.append([label, f"`{markdown_text(c['path'])}`", c["parameters"], where])
     return rows
 
 
-def obligations(sub: dict[str, Any]) -> list[str]:
-    lic = set(sub["by_license"])
-    out = []
-    if lic & {"cc-by", "cc-by-sa", "cc-by-nc", "cc-by-nc-sa"}:
-        out.append("**Attribution required.** Some training images are CC BY-family licensed: credit them as "
-                   "listed in `ATTRIBUTION.md` / `attribution.csv` when you distribute this model.")
-    else:
-        out.append("**No attribution required by the licenses**: every training image is public domain or CC0 "
-                   "(crediting the Open Clip Art Library and the authors in `attribution.csv` is still courteous).")
-    if lic & {"cc-by-sa", "cc-by-nc-sa"}:
-        out.append("**ShareAlike present.** Some training images are BY-SA / BY-NC-SA. Whether a model trained on "
-                   "them is an adaptation is unsettled; if it is, adaptations must carry the same license.")
-    else:
-        out.append("**No ShareAlike material** is in the training data.")
-    if sub["policy"] == "noncommercial" or lic & {"cc-by-nc", "cc-by-nc-sa"}:
-        out.append("**Non-commercial.** The NC policy admits CC BY-NC images: do not use this model commercially.")
-    else:
-        out.append("**Commercial use allowed** by the training data's licenses (policy `commercial`, "
-                   "CommonCatalog-C).")
-    out.append("No-derivatives (ND) and unknown licenses never enter training.")
-    return out
+def quality_verdict(facts: dict[str, Any]) -> str | None:
+    """One plain sentence when the records show the model is not good, else None."""
+    problems = []
+    report = facts["autoencoder"]["record"].get("report", {})
+    psnr, bicubic = report.get("heldout_psnr"), report.get("heldout_bicubic_psnr")
+    if psnr is not None and bicubic is not None and psnr < bicubic:
+        problems.append(f"its autoencoder reconstructs held-out images worse than bicubic down- and upsampling "
+                        f"(PSNR {psnr:.2f} dB against {bicubic:.2f} dB)")
+    evals = [ev for ev in facts["evals"] if ev.get("clip_gain_over_unconditional") is not None]
+    if evals and evals[-1]["clip_gain_over_unconditional"] < 0:
+        ev = evals[-1]
+        problems.append(f"guidance lowers its CLIP score instead of raising it (best guided minus unconditional "
+                        f"{ev['clip_gain_over_unconditional']:+.3f} in evaluation `{ev['id']}`), so it does not "
+                        "follow prompts")
+    if not problems:
+        return None
+    return "**This model is not good yet:** " + "; and ".join(problems) + "."
+
+
+def _hash_rows(t: dict[str, Any]) -> list[list[Any]]:
+    hashes = t.get("weights_sha256") or {}
+    if hashes:
+        return [["published weights (EMA) sha256", f"`{hashes['ema']}`" if "ema" in hashes else None],
+                ["raw weights sha256", f"`{hashes['raw']}`" if "raw" in hashes else None]]
+    raw = t["summary"].get("weights_sha256")
+    return [["raw weights sha256 (summary.json; no checkpoint to hash the EMA)", f"`{raw}`" if raw else None]]
+
+
+def _searched(ev: dict[str, Any]) -> str:
+    """The set the memorization check searched, from the eval report."""
+    searched = ev.get("memorization_reference") or {}
+    if searched.get("training_subset"):
+        return f"the training subset ({searched['count']:,} images, held-out ones included, by design)"
+    if searched:
+        return f"the reference set {markdown_text(searched['source'])} ({searched['count']:,} images)"
+    return f"the reference set {markdown_text(ev['reference']['source'])}"
+
+
+def _eval_lines(facts: dict[str, Any]) -> list[str]:
+    lines = []
+    verdict = quality_verdict(facts)
+    if verdict:
+        lines += [verdict, ""]
+    if not facts["evals"]:
+        lines += ["Not evaluated yet: run `opencanvas eval`.", ""]
+    for ev in facts["evals"]:
+        lines += [f"Evaluation `{ev['id']}`: {ev['prompts']['count']} prompts "
+                  f"({markdown_text(ev['prompts']['source'])}), {ev['settings']['n']} images per guidance scale, "
+                  f"sampler {ev['settings']['sampler']}, {ev['settings']['steps']} steps; "
+                  f"CLIP score by {markdown_text(ev.get('clip_model'))}; distribution metrics in "
+                  f"{markdown_text(ev.get('features'))} features.", ""]
+        fd, kid = ev.get("fd_metric"), ev.get("kid_metric")
+        rows = [[f"{r['guidance']:g}" + (" (unconditional)" if r["baseline"] else ""),
+                 _fmt_num(r.get("clip_score")), _fmt_num(r.get(fd)) if fd else "-",
+                 _fmt_num(r.get(kid)) if kid else "-",
+                 _fmt_num((r.get("memorization") or {}).get("share_cosine_above")),
+                 _fmt_num((r.get("memorization") or {}).get("share_phash_within"))] for r in ev["rows"]]
+        lines += _table(["guidance", "CLIP score", fd or "FD", kid or "KID", "near a training image (features)",
+                         "near a training image (perceptual hash)"], rows)
+        lines += [line for note in ev.get("notes", []) for line in (f"> {markdown_text(note)}", "")]
+        gallery = ev.get("memorization_gallery") or {}
+        if gallery:
+            lines += [f"Memorization: share of samples whose nearest image in {_searched(ev)} has feature "
+                      f"cosine >= {gallery.get('cosine_threshold')} or perceptual-hash distance <= "
+                      f"{gallery.get('phash_threshold')} bits; the closest pairs are in "
+                      f"`runs/{facts['run']}/eval/{ev['id']}/{gallery.get('path')}`.", ""]
+    return lines
 
 
 def model_card(facts: dict[str, Any]) -> str:
     t, sub = facts["train"], facts["subset"]
     cfg, summ = t["config"], t["summary"]
     wall = summ.get("wall_seconds")
+    lic = model_license(sub["by_license"], sub["policy"])
     lines = [f"# Model card: `{facts['run']}`", "",
              "A latent text-to-image diffusion model trained with OpenCanvas (CommonCanvas recipe, "
-             "arXiv 2310.16825) only on openly licensed images.", "", "## Components", ""]
+             "arXiv 2310.16825) only on openly licensed images.", "", "## License", "",
+             f"The model is released under **{lic.name}** (`{lic.license_id}`, {lic.url}), {lic.reason}", "",
+             "## Components", ""]
     lines += _table(["component", "weights", "parameters", "where it came from"], _component_rows(facts))
     lines += ["## Training", ""]
     lines += _table(["fact", "value"], [
@@ -174,60 +265,64 @@ def model_card(facts: dict[str, Any]) -> str:
         ["global batch", cfg.get("batch")], ["learning rate", cfg.get("lr")],
         ["prediction", cfg.get("prediction_type")], ["caption dropout (for CFG)", cfg.get("caption_dropout")],
         ["resolutions", cfg.get("resolutions")], ["checkpoint", t["checkpoint"]],
-        ["weights sha256", summ.get("weights_sha256")],
+        *_hash_rows(t),
     ])
     lines += ["## Sampling defaults", "",
               f"`opencanvas sample --run {facts['run']} PROMPT` uses sampler {SAMPLING_DEFAULTS['sampler']}, "
               f"{SAMPLING_DEFAULTS['steps']} steps, classifier-free guidance {SAMPLING_DEFAULTS['guidance']}, "
               "EMA weights.", "", "## Evaluation", ""]
-    if not facts["evals"]:
-        lines += ["Not evaluated yet: run `opencanvas eval`.", ""]
-    for ev in facts["evals"]:
-        lines += [f"Evaluation `{ev['id']}`: {ev['prompts']['count']} prompts ({ev['prompts']['source']}), "
-                  f"{ev['settings']['n']} images per guidance scale, "
-                  f"sampler {ev['settings']['sampler']}, {ev['settings']['steps']} steps; "
-                  f"CLIP score by {ev.get('clip_model')}; distribution metrics in {ev.get('features')} features.", ""]
-        fd, kid = ev.get("fd_metric"), ev.get("kid_metric")
-        rows = [[f"{r['guidance']:g}" + (" (unconditional)" if r["baseline"] else ""),
-                 _fmt_num(r.get("clip_score")), _fmt_num(r.get(fd)) if fd else "-",
-                 _fmt_num(r.get(kid)) if kid else "-",
-                 _fmt_num((r.get("memorization") or {}).get("share_cosine_above")),
-                 _fmt_num((r.get("memorization") or {}).get("share_phash_within"))] for r in ev["rows"]]
-        lines += _table(["guidance", "CLIP score", fd or "FD", kid or "KID", "near a training image (features)",
-                         "near a training image (perceptual hash)"], rows)
-        gallery = ev.get("memorization_gallery") or {}
-        if gallery:
-            lines += [f"Memorization: share of samples whose nearest training image has feature cosine >= "
-                      f"{gallery.get('cosine_threshold')} or perceptual-hash distance <= "
-                      f"{gallery.get('phash_threshold')} bits; the closest pairs are in "
-                      f"`runs/{facts['run']}/eval/{ev['id']}/{gallery.get('path')}`. With a small catalog CLIP "
-                      "the feature cosine is coarse (unrelated images score high): read the perceptual-hash "
-                      "column and the gallery.", ""]
+    lines += _eval_lines(facts)
+    for section in facts.get("humaneval", []):   # one heading level down: it sits under "Evaluation"
+        lines += [("#" + line) if line.startswith("#") else line for line in section.splitlines()] + [""]
     lines += ["## Intended use", "",
               "Research and creative use where the provenance of training data matters. It is not a "
               "source of facts and should not be used to depict real people. Outputs can reflect the "
               "biases and gaps of the catalog (which sources, which subjects are openly licensed).", "",
               "## Obligations that follow from the training data", ""]
-    lines += [f"- {o}" for o in obligations(sub)] + [""]
+    lines += [f"- {o}" for o in obligations(sub["by_license"], sub["policy"])] + [""]
     lines += [f"Training data: policy `{sub['policy']}`, catalog `{sub['catalog_hash']}`, {sub['count']:,} images "
-              "in the subset; see `DATA_CARD.md`."]
+              f"in the subset, {facts['split']['trained']:,} trained on; see `DATA_CARD.md`."]
     return "\n".join(lines)
 
 
 def _footer(src: Sources) -> str:
-    return "\n## Records this card was generated from\n\n" + "\n".join(f"- `{p}`" for p in sorted(src.paths)) + "\n"
+    return "\n\n## Records this card was generated from\n\n" + "\n".join(f"- `{p}`" for p in sorted(src.paths)) + "\n"
+
+
+def copy_cards(cards_dir: Path, folder: Path) -> Path:
+    """Copy the cards into `folder`/cards (an exported model), each file atomically."""
+    target = folder / "cards"
+    for name in CARD_FILES:
+        if (cards_dir / name).exists():
+            atomic_write_bytes(target / name, (cards_dir / name).read_bytes())
+    return target
 
 
 def write_cards(ws: Workspace, run: str) -> Path:
-    """Write runs/<run>/cards/ and return that directory."""
-    facts = gather(ws, run)
+    """Write runs/<run>/cards/ (and the copy in every export of the run); return runs/<run>/cards."""
+    src = Sources()
+    runf = run_facts(ws, run, src)
+    data = runf["config"].get("data", {})
+    if not data.get("subset"):
+        raise ValueError(f"run {run!r} does not record its training subset (config.json 'data.subset')")
+    if not ws.subset_path(data["subset"]).exists():
+        raise FileNotFoundError(f"subset {data['subset']!r} not found at {ws.subset_path(data['subset'])}: "
+                                "run `opencanvas catalog subset` first")
     out = ws.run_dir(run) / "cards"
-    chart = license_bar_chart(facts["subset"]["by_license"], f"Licenses of subset {facts['subset']['name']}",
+    with UsedImages(ws, data["subset"], float(runf["config"].get("holdout", 0.0)), out / ".spill") as images:
+        facts = gather(ws, run, images, src, runf)
+        attribution = write_attribution(out, images)
+    sub, trained = facts["subset"], facts["trained"]
+    chart = license_bar_chart({"subset": sub["by_license"], "trained on": trained["by_license"]},
+                              f"Licenses of subset {sub['name']} and of the images trained on",
                               out / "license_composition.png")
-    attribution = write_attribution(out, facts["training_rows"], heldout=facts["split"]["heldout"])
     footer = _footer(facts["sources"])
     atomic_write_text(out / "DATA_CARD.md", data_card(facts, chart.name) + footer)
     atomic_write_text(out / "MODEL_CARD.md", model_card(facts) + footer)
-    atomic_write_json(out / "cards.json", {k: v for k, v in facts.items() if k not in ("training_rows", "sources")}
-                      | {"attribution": attribution, "records": sorted(facts["sources"].paths)})
+    lic = model_license(sub["by_license"], sub["policy"])
+    atomic_write_json(out / "cards.json", {k: v for k, v in facts.items() if k != "sources"}
+                      | {"attribution": attribution, "records": sorted(facts["sources"].paths),
+                         "model_license": {"license_id": lic.license_id, "name": lic.name, "url": lic.url}})
+    for folder in export_folders(ws, run):
+        copy_cards(out, folder)
     return out

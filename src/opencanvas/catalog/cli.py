@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 
 from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.licenses import policy_choices
 
 catalog_app = typer.Typer(help="The license-aware catalog (CommonCatalog builder): ingest sources, cut "
-                               "license-policy subsets, report stats.", no_args_is_help=True)
+                               "license-policy subsets, report stats.", no_args_is_help=True,
+                          rich_markup_mode=None)
 
 
 @catalog_app.command("ingest")
@@ -45,24 +47,36 @@ def ingest_cmd(
 
 @catalog_app.command("subset")
 def subset_cmd(
-    policy: Annotated[str, typer.Option(help="commercial (CommonCatalog-C: cc0, pdm, cc-by, cc-by-sa) or "
-                                             "noncommercial (CommonCatalog-NC: adds cc-by-nc, cc-by-nc-sa).")],
+    policy: Annotated[str, typer.Option(help=f"License policy: {policy_choices()}.")],
     name: Annotated[str, typer.Option(help="Subset name: writes subsets/NAME.parquet.")],
+    fraction: Annotated[float, typer.Option(help="Keep this random fraction (0, 1] of the policy's images, "
+                                                 "by a hash of (key, seed): with one seed, smaller fractions "
+                                                 "lie inside larger ones.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the fraction's random order.")] = 0,
+    max_rows: Annotated[int | None, typer.Option(help="Keep at most this many images (first in the seed's "
+                                                      "random order).", min=1)] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Select the catalog keys a license policy admits (ND and unknown licenses never enter)."""
-    from opencanvas.catalog.subset import make_subset
+    from opencanvas.catalog.subset import check_fraction, make_subset
     from opencanvas.storage import parquet_metadata
 
-    ws = open_workspace(workspace)
     try:
-        path = make_subset(ws, policy, name)
+        check_fraction(fraction)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    ws = open_workspace(workspace)
+    print_settings("catalog subset", {"workspace": str(ws.root), "policy": policy, "name": name,
+                                      "fraction": fraction, "seed": seed, "max_rows": max_rows})
+    try:
+        path = make_subset(ws, policy, name, fraction=fraction, seed=seed, max_rows=max_rows)
     except ValueError as e:
         raise fail(str(e)) from None
     import pyarrow.parquet as pq
 
     meta = parquet_metadata(path)
-    console.print(f"{ws.relative(path)}: {pq.read_metadata(path).num_rows:,} images, policy {meta['policy']}, "
+    part = "" if fraction == 1 and max_rows is None else f" (fraction {fraction}, seed {seed})"
+    console.print(f"{ws.relative(path)}: {pq.read_metadata(path).num_rows:,} images{part}, policy {meta['policy']}, "
                   f"catalog {meta['catalog_hash'][:12]}")
 
 

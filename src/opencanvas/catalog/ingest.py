@@ -5,8 +5,9 @@ turns a unit into `catalog/<source>/part-<unit>-NNNNN.parquet` plus
 `catalog/quarantine/<source>-<unit>-NNNNN.parquet`, then moves keys repeated
 within the unit to `<source>-<unit>-repeated.parquet`; the parent removes keys
 already ingested from other units (`-duplicates.parquet`, both with reason
-`duplicate`) and writes the unit's done-record `catalog/<source>/_done/<unit>.json`
-last, atomically. A killed ingest therefore resumes per input file with the
+`duplicate`; it asks the source's persistent key index, `key_index.KeyIndex`, and
+adds the unit's keys to it) and writes the unit's done-record
+`catalog/<source>/_done/<unit>.json` last, atomically. A killed ingest therefore resumes per input file with the
 same command: parts (and temp files) of unfinished units are deleted and redone,
 finished units are skipped, and every record read ends up exactly once in the
 catalog or in quarantine.
@@ -19,11 +20,11 @@ import hashlib
 import json
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -32,12 +33,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from opencanvas.catalog.key_index import KeyIndex
 from opencanvas.catalog.records import SourceBatch
 from opencanvas.catalog.schema import CATALOG_SCHEMA, QUARANTINE_SCHEMA
 from opencanvas.catalog.sources import ADAPTERS, InputUnit
 from opencanvas.engines import map_shards
 from opencanvas.progress import progress_bar
-from opencanvas.storage import atomic_path, atomic_write_json, atomic_write_parquet, sha256_file
+from opencanvas.storage import atomic_path, atomic_write_json, sha256_file
 from opencanvas.workspace import Workspace
 
 PART_ROWS = 250_000  # rows per catalog part: ~10-20 MB of Parquet
@@ -96,11 +98,19 @@ def unit_id(unit: InputUnit) -> str:
 
 
 def _duplicates_to_quarantine(rows: pa.Table, dup: pa.Array, input_file: str, detail: str) -> pa.Table:
+    """Quarantine rows for the masked catalog rows, each row as JSON in `raw` (built column-wise by DuckDB)."""
     dups = rows.filter(dup)
-    return pa.Table.from_pylist([
-        {"source": r["source"], "input_file": input_file, "record_no": None,
-         "raw": json.dumps(r, ensure_ascii=False, default=str), "reason": "duplicate", "detail": detail}
-        for r in dups.to_pylist()], schema=QUARANTINE_SCHEMA)
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        con.register("dups", dups)
+        raw = con.sql("SELECT to_json(d)::VARCHAR AS raw FROM dups d").to_arrow_table()["raw"]
+    finally:
+        con.close()
+    n = dups.num_rows
+    return pa.table({"source": dups["source"], "input_file": pa.array([input_file] * n, pa.string()),
+                     "record_no": pa.nulls(n, pa.int64()), "raw": raw,
+                     "reason": pa.array(["duplicate"] * n, pa.string()),
+                     "detail": pa.array([detail] * n, pa.string())}, schema=QUARANTINE_SCHEMA)
 
 
 class _PartWriter:
@@ -173,6 +183,7 @@ class _PartWriter:
         self._open[1].write_table(table, row_group_size=table.num_rows)
 
     def _finish(self) -> None:
+        assert self._open is not None, "_finish without an open part"
         stack, writer = self._open
         self._open = None
         with stack:  # on leaving: fsync + rename onto the part's name, or remove the temp file if close failed
@@ -243,7 +254,7 @@ def _repeated_rows(source_dir: Path, parts: Sequence[str]) -> dict[str, pa.Array
     con = duckdb.connect(config={"threads": 2, "temp_directory": str(spill)})
     try:
         scan = [str(source_dir / name) for name in parts]
-        if con.execute("SELECT count(*) = count(DISTINCT key) FROM read_parquet(?)", [scan]).fetchone()[0]:
+        if (con.execute("SELECT count(*) = count(DISTINCT key) FROM read_parquet(?)", [scan]).fetchone() or [0])[0]:
             return {}  # the usual case, and half the work of the query below
         found = con.execute("""
             WITH r AS (SELECT key, filename, file_row_number
@@ -257,9 +268,13 @@ def _repeated_rows(source_dir: Path, parts: Sequence[str]) -> dict[str, pa.Array
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
+    return _masks(source_dir, [(Path(filename).name, row) for filename, row in found])
+
+
+def _masks(source_dir: Path, rows: Sequence[tuple[str, int]]) -> dict[str, pa.Array]:
+    """(part name, row number) pairs -> a boolean mask per part naming those rows."""
     masks: dict[str, np.ndarray] = {}
-    for filename, row in found:
-        name = Path(filename).name
+    for name, row in rows:
         if name not in masks:
             masks[name] = np.zeros(pq.read_metadata(source_dir / name).num_rows, dtype=bool)
         masks[name][row] = True
@@ -268,22 +283,29 @@ def _repeated_rows(source_dir: Path, parts: Sequence[str]) -> dict[str, pa.Array
 
 def _quarantine_duplicates(source_dir: Path, quarantine_dir: Path, task: UnitTask, result: UnitResult,
                            drop: dict[str, pa.Array], detail: str, suffix: str) -> None:
-    """Move the rows masked in `drop` (part name -> bool mask) from their parts to a quarantine part."""
-    tables = []
-    for name, mask in drop.items():
-        rows = pq.read_table(source_dir / name)
-        tables.append(_duplicates_to_quarantine(rows, mask, task.unit.path, detail))
-        with atomic_path(source_dir / name) as tmp:
-            pq.write_table(rows.filter(pc.invert(mask)), tmp, **CATALOG_PARQUET)
-    if not tables:
+    """Move the rows masked in `drop` (part name -> bool mask) from their parts to a quarantine part.
+
+    One part at a time, streamed into the quarantine file: memory is bounded by a part, not by
+    how many keys repeat (a re-ingested 10^8-line file repeats all of them).
+    """
+    if not drop:
         return
-    dups = pa.concat_tables(tables)
     name = f"{task.unit.source}-{task.uid}-{suffix}.parquet"
-    atomic_write_parquet(quarantine_dir / name, dups)
+    moved = 0
+    with atomic_path(quarantine_dir / name) as tmp, pq.ParquetWriter(tmp, QUARANTINE_SCHEMA,
+                                                                     compression="zstd") as writer:
+        for part, mask in drop.items():
+            rows = pq.read_table(source_dir / part)
+            dups = _duplicates_to_quarantine(rows, mask, task.unit.path, detail)
+            writer.write_table(dups)
+            moved += dups.num_rows
+            with atomic_path(source_dir / part) as part_tmp:
+                pq.write_table(rows.filter(pc.invert(mask)), part_tmp, **CATALOG_PARQUET)
+            del rows, dups
     result.quarantine_parts.append(name)
-    result.ingested -= dups.num_rows
-    result.quarantined += dups.num_rows
-    result.reasons["duplicate"] += dups.num_rows
+    result.ingested -= moved
+    result.quarantined += moved
+    result.reasons["duplicate"] += moved
 
 
 def _done_path(ws: Workspace, source: str, uid: str) -> Path:
@@ -305,18 +327,14 @@ def _remove_unfinished(ws: Workspace, source: str, uid: str) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()  # a directory: DuckDB's spill folder
 
 
-def _commit(ws: Workspace, task: UnitTask, result: UnitResult, seen: set[str] | None) -> None:
-    """Drop keys other units already hold, then write the done-record (last, atomically)."""
-    if seen is not None:
-        source_dir, drop = ws.source_dir(task.unit.source), {}
-        for name in result.parts:
-            keys = pq.read_table(source_dir / name, columns=["key"])["key"].to_pylist()
-            mask = pa.array([k in seen for k in keys])
-            if pc.any(mask).as_py():  # rare: only then is the whole part read and rewritten
-                drop[name] = mask
-            seen.update(keys)
+def _commit(ws: Workspace, task: UnitTask, result: UnitResult, index: KeyIndex | None) -> None:
+    """Drop keys other units already hold, index the rest, then write the done-record (last, atomically)."""
+    if index is not None:
+        source_dir = ws.source_dir(task.unit.source)
+        drop = _masks(source_dir, index.taken(result.parts))  # rare: only those parts are read and rewritten
         _quarantine_duplicates(source_dir, ws.quarantine_dir, task, result, drop,
                                "key already ingested from another input", "duplicates")
+        index.add(task.uid, result.parts)  # a kill before the done-record is undone by the next `sync`
     write_done_record(ws, task.unit.source, task.uid, str(task.unit.path), result.parts, read=result.read,
                       ingested=result.ingested, quarantined=result.quarantined, reasons=dict(result.reasons),
                       quarantine_parts=result.quarantine_parts)
@@ -335,7 +353,7 @@ def write_done_record(ws: Workspace, source: str, uid: str, input_path: str, par
         "quarantined": quarantined, "reasons": reasons or {},
         "parts": {name: sha256_file(source_dir / name) for name in parts},
         "quarantine_parts": list(quarantine_parts),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     })
 
 
@@ -359,13 +377,20 @@ def ingest(ws: Workspace, source: str, paths: Sequence[Path | str], *, workers: 
         tasks.append(UnitTask(unit, uid, str(source_dir), str(ws.quarantine_dir)))
     source_dir.mkdir(parents=True, exist_ok=True)
     ws.quarantine_dir.mkdir(parents=True, exist_ok=True)
-    # Keys of finished parts, for cross-input dedupe; not needed for a lone input into an empty source.
-    done_parts = [source_dir / name for r in finished for name in r["parts"]]
-    seen: set[str] | None = None
-    if tasks and (done_parts or len(tasks) > 1):
-        seen = set()
-        for p in done_parts:
-            seen.update(pq.read_table(p, columns=["key"])["key"].to_pylist())
+    # Cross-input dedupe through the key index; not needed for a lone input into an empty source
+    # (the next ingest that needs the index adds that input's keys when it syncs).
+    with contextlib.ExitStack() as stack:
+        index: KeyIndex | None = None
+        if tasks and (finished or len(tasks) > 1):
+            index = stack.enter_context(KeyIndex(source_dir))
+            index.sync({r["unit"]: r["parts"] for r in finished})
+        _run_tasks(ws, source, tasks, index, workers, stats)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _run_tasks(ws: Workspace, source: str, tasks: list[UnitTask], index: KeyIndex | None, workers: int,
+               stats: IngestStats) -> None:
     reasons: Counter = Counter()
     # Results are committed in plan order, so which input keeps a duplicated key is deterministic.
     pending: dict[str, UnitResult] = {}
@@ -373,6 +398,7 @@ def ingest(ws: Workspace, source: str, paths: Sequence[Path | str], *, workers: 
     by_uid = {t.uid: t for t in tasks}
     with progress_bar() as bar:
         job = bar.add_task(f"ingest {source}", total=len(tasks), unit="file")
+        results: Iterator[UnitResult]
         if workers <= 1:  # in-process: also count records as they are read (one file may be 100M lines)
             records = bar.add_task("records", total=None, unit="rec")
             results = (ingest_unit(t, lambda n: bar.advance(records, n)) for t in tasks)
@@ -383,12 +409,10 @@ def ingest(ws: Workspace, source: str, paths: Sequence[Path | str], *, workers: 
             while order and order[0] in pending:
                 uid = order.pop(0)
                 res = pending.pop(uid)
-                _commit(ws, by_uid[uid], res, seen)
+                _commit(ws, by_uid[uid], res, index)
                 stats.read += res.read
                 stats.ingested += res.ingested
                 stats.quarantined += res.quarantined
                 reasons.update(res.reasons)
                 bar.update(job, advance=1, description=f"ingest {source} ({stats.read:,} records)")
     stats.reasons = dict(sorted(reasons.items()))
-    stats.seconds = time.perf_counter() - start
-    return stats

@@ -6,7 +6,6 @@ import pyarrow as pa
 
 from opencanvas.licenses import LICENSE_IDS  # noqa: F401 (re-exported)
 
-
 CATALOG_SCHEMA = pa.schema([
     ("key", pa.string()),              # "<source>:<source_id>", stable across re-ingests
     ("source", pa.string()),

@@ -11,8 +11,8 @@ from typing import Any
 
 from opencanvas.catalog.ingest import done_records
 from opencanvas.catalog.query import catalog_sources, query
-from opencanvas.licenses import LICENSE_IDS
-from opencanvas.catalog.subset import POLICIES, catalog_hash
+from opencanvas.catalog.subset import catalog_hash
+from opencanvas.licenses import LICENSE_IDS, POLICIES
 from opencanvas.workspace import Workspace
 
 CHART_NAME = "license_composition.png"
@@ -71,15 +71,15 @@ def write_license_chart(stats: dict[str, Any], path: Path) -> Path:
     per_source = stats["licenses_by_source"]
     sources = sorted(per_source)
     totals = [sum(per_source[s].values()) for s in sources]
-    labels = [f"{s}\n{n:,} images" for s, n in zip(sources, totals)] or ["(empty catalog)"]
+    labels = [f"{s}\n{n:,} images" for s, n in zip(sources, totals, strict=True)] or ["(empty catalog)"]
     fig, ax = plt.subplots(figsize=(9, 1.4 + 0.6 * max(1, len(sources))))
     left = [0.0] * len(labels)
     colors = plt.get_cmap("tab10")
     for i, lic in enumerate(LICENSE_IDS):
-        shares = [100 * per_source[s].get(lic, 0) / n for s, n in zip(sources, totals)]
+        shares = [100 * per_source[s].get(lic, 0) / n for s, n in zip(sources, totals, strict=True)]
         if any(shares):
             ax.barh(labels, shares, left=left, label=f"{lic} ({stats['licenses'].get(lic, 0):,})", color=colors(i))
-            left = [a + b for a, b in zip(left, shares)]
+            left = [a + b for a, b in zip(left, shares, strict=True)]
     total = stats["total"]
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of the source's images")

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
+from opencanvas.components.presets import AUTOENCODER_PRESETS, CLIP_PRESETS
 
 SubsetOption = Annotated[str, typer.Option("--subset", "-s", help="Subset whose fetched images to train on.")]
 NameOption = Annotated[str, typer.Option("--name", help="Component name: the output folder under the workspace.")]
-MaxImagesOption = Annotated[Optional[int], typer.Option(help="Use at most this many images (default: all).", min=1)]
-MinutesOption = Annotated[Optional[float], typer.Option(
+MaxImagesOption = Annotated[int | None, typer.Option(help="Use at most this many images (default: all).", min=1)]
+MinutesOption = Annotated[float | None, typer.Option(
     help="Training time budget in minutes (cumulative over resumes), converted once to images from a short "
          "measured warm-up and recorded, so a re-run is exact. Default 3 when neither --images nor --steps is "
          "given.", min=0)]
-ImagesOption = Annotated[Optional[int], typer.Option(help="Stop after this many training images.", min=1)]
-StepsOption = Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps (of --batch-size "
-                                                         "images).", min=1)]
-CheckpointEveryOption = Annotated[Optional[int], typer.Option(
+ImagesOption = Annotated[int | None, typer.Option(help="Stop after this many training images.", min=1)]
+StepsOption = Annotated[int | None, typer.Option(help="Stop after this many optimizer steps (of --batch-size "
+                                                      "images).", min=1)]
+CheckpointEveryOption = Annotated[int | None, typer.Option(
     "--checkpoint-every", min=0, help="Checkpoint every N images (default: a twentieth of the run; 0: only at the "
     "end), and at least every 30 minutes.")]
-BatchOption = Annotated[Optional[int], typer.Option("--batch-size", help="Images per step (default: the preset's).",
+BatchOption = Annotated[int | None, typer.Option("--batch-size", help="Images per step (default: the preset's).",
                                                     min=1)]
-LrOption = Annotated[Optional[float], typer.Option("--learning-rate", help="Peak AdamW learning rate "
+LrOption = Annotated[float | None, typer.Option("--learning-rate", help="Peak AdamW learning rate "
                                                                            "(default: the preset's).")]
 HoldoutOption = Annotated[float, typer.Option(help="Fraction of images held out for the report (by key hash).",
                                               min=0.0, max=0.9)]
@@ -38,26 +39,49 @@ def _train(title: str, workspace: Path, train: Any, **options: Any) -> dict[str,
     from opencanvas.training.loop import TrainingDiverged
 
     ws = open_workspace(workspace)
-    print_settings(title, {"workspace": str(ws.root), **options})
+    (ws.autoencoder_dir if title.startswith("autoencoder") else ws.clip_dir)(options["name"])  # a bad name first
+    require(ws, "fetched", options["subset"])
+    if "captioner" in options:
+        require(ws, "captions", options["captioner"])
+    print_settings(title, {"workspace": str(ws.root), **shown_settings(title, options)})
     try:
         return train(ws, **options)
     except (FileNotFoundError, ValueError, NotImplementedError, TrainingDiverged) as err:
         raise fail(str(err)) from None
 
 
+def shown_settings(title: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options as the trainer will resolve them: a value left out is the preset's, or says what happens."""
+    from opencanvas.components.presets import AUTOENCODER_PRESETS, CLIP_PRESETS
+
+    table = AUTOENCODER_PRESETS if title.startswith("autoencoder") else CLIP_PRESETS
+    preset = table.get(options.get("preset", ""))
+    words = {"max_images": "all", "images": "none (the least of --steps and --minutes decides)",
+             "minutes": "none (--images or --steps decides)", "steps": "none (--images or --minutes decides)",
+             "checkpoint_every": "a twentieth of the run",
+             "tokenizer": "a BPE tokenizer trained on the captions", "perceptual_weights": "none (no LPIPS term)",
+             "perceptual_weight": "1.0 with --lpips-weights", "disc_weight": "0.5 with --lpips-weights"}
+    shown = {}
+    for k, v in options.items():
+        if v is None and preset is not None and hasattr(preset, k):
+            v = getattr(preset, k)
+        shown[k] = words.get(k, v) if v is None else v
+    return shown
+
+
 autoencoder_app = typer.Typer(help="An AutoencoderKL trained only on the catalog (diffusers format).",
-                              no_args_is_help=True)
+                              no_args_is_help=True, rich_markup_mode=None)
 clip_app = typer.Typer(help="A CLIP (text + vision towers) trained only on the catalog's images and captions.",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=None)
 
 
 @autoencoder_app.command("train")
 def autoencoder_train_cmd(
     subset: SubsetOption,
     name: NameOption,
-    preset: Annotated[str, typer.Option(help="tiny (CPU, 64-128 px, factor 4) or sd (SD's 4-channel "
-                                             "factor-8 VAE).")] = "tiny",
-    resolution: Annotated[Optional[int], typer.Option(help="Image side in px (default: the preset's).")] = None,
+    preset: Annotated[str, typer.Option(help=f"Preset: {' or '.join(AUTOENCODER_PRESETS)} "
+                                             "(opencanvas/components/presets.py).")] = "tiny",
+    resolution: Annotated[int | None, typer.Option(help="Image side in px (default: the preset's).")] = None,
     max_images: MaxImagesOption = None,
     images: ImagesOption = None,
     minutes: MinutesOption = None,
@@ -65,19 +89,19 @@ def autoencoder_train_cmd(
     checkpoint_every: CheckpointEveryOption = None,
     batch_size: BatchOption = None,
     learning_rate: LrOption = None,
-    kl_weight: Annotated[Optional[float], typer.Option(help="KL weight, relative to SD's per-pixel-summed "
+    kl_weight: Annotated[float | None, typer.Option(help="KL weight, relative to SD's per-pixel-summed "
                                                             "loss (default 1e-6).")] = None,
-    train_crop: Annotated[Optional[int], typer.Option(help="Train on random crops of this side (default: the "
+    train_crop: Annotated[int | None, typer.Option(help="Train on random crops of this side (default: the "
                                                            "preset's; the model is convolutional).")] = None,
-    lpips_weights: Annotated[Optional[Path], typer.Option(
+    lpips_weights: Annotated[Path | None, typer.Option(
         help="LPIPS-VGG16 weights file (safetensors or .pth; see opencanvas/components/lpips.py for the keys): "
              "adds the LPIPS term and a PatchGAN discriminator. Off when absent.")] = None,
-    perceptual_weight: Annotated[Optional[float], typer.Option(help="LPIPS weight (default 1.0; needs "
+    perceptual_weight: Annotated[float | None, typer.Option(help="LPIPS weight (default 1.0; needs "
                                                                     "--lpips-weights).", min=0)] = None,
-    disc_weight: Annotated[Optional[float], typer.Option(help="Discriminator weight, scaled adaptively (default "
+    disc_weight: Annotated[float | None, typer.Option(help="Discriminator weight, scaled adaptively (default "
                                                               "0.5; 0 turns it off; needs --lpips-weights).",
                                                         min=0)] = None,
-    disc_start: Annotated[Optional[int], typer.Option(help="Step the discriminator starts at (default: the "
+    disc_start: Annotated[int | None, typer.Option(help="Step the discriminator starts at (default: the "
                                                            "preset's: tiny 250, sd 50001).", min=0)] = None,
     holdout: HoldoutOption = 0.1,
     seed: SeedOption = 0,
@@ -103,8 +127,8 @@ def clip_train_cmd(
     subset: SubsetOption,
     captioner: Annotated[str, typer.Option(help="Captioner whose captions/<C>/ pair with the images.")],
     name: NameOption,
-    preset: Annotated[str, typer.Option(help="tiny (CPU, 64 px ViT, 4-layer text tower) or base "
-                                             "(ViT-B/32 at 224 px).")] = "tiny",
+    preset: Annotated[str, typer.Option(help=f"Preset: {' or '.join(CLIP_PRESETS)} "
+                                             "(opencanvas/components/presets.py).")] = "tiny",
     max_images: MaxImagesOption = None,
     images: ImagesOption = None,
     minutes: MinutesOption = None,
@@ -112,7 +136,7 @@ def clip_train_cmd(
     checkpoint_every: CheckpointEveryOption = None,
     batch_size: BatchOption = None,
     learning_rate: LrOption = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="Pretrained tokenizer (dir or hub id); default: "
+    tokenizer: Annotated[str | None, typer.Option(help="Pretrained tokenizer (dir or hub id); default: "
                                                           "train a BPE tokenizer on the captions.")] = None,
     text_layer: Annotated[str, typer.Option(help="Hidden states the text encoder hands to diffusion: last or "
                                                  "penultimate (recorded with the CLIP).")] = "last",

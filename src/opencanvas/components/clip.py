@@ -42,7 +42,7 @@ from opencanvas.splits import holdout_split
 from opencanvas.storage import atomic_write_json
 from opencanvas.training.checkpoint import TrainState
 from opencanvas.training.loop import DEFAULT_CHECKPOINT_MINUTES, DEFAULT_KEEP, TrainTask
-from opencanvas.workspace import Workspace
+from opencanvas.workspace import Workspace, is_name
 
 KS = (1, 5, 10)
 MATRIX_SAMPLE = 16
@@ -109,8 +109,8 @@ def _tokenizer_for(ws: Workspace, out_dir: Path, pretrained: str | None, caption
 
     saved = out_dir / CHECKPOINT_DIR / "tokenizer"
     if pretrained:
-        return from_source(AutoTokenizer, resolve(ws, pretrained, ws.clip_dir(pretrained), "tokenizer",
-                                                  "tokenizer"), "tokenizer")
+        trained = ws.clip_dir(pretrained) if is_name(pretrained) else None
+        return from_source(AutoTokenizer, resolve(ws, pretrained, trained, "tokenizer", "tokenizer"), "tokenizer")
     if (saved / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(saved)
     tokenizer = train_caption_tokenizer(captions, vocab_size=spec.vocab_size, max_length=spec.max_length)

@@ -11,15 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-
 import pyarrow.parquet as pq
+import torch
 
 from opencanvas.fetch.decode import DecodeError, load_rgb
 from opencanvas.pixels import center_crop_resize, to_uint8_chw
 from opencanvas.progress import progress_bar
 from opencanvas.shards import index_paths, iter_shard
 from opencanvas.workspace import Workspace
+
 
 @dataclass
 class SubsetImages:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from opencanvas.storage import weights_sha256
-from opencanvas.workspace import Workspace
+from opencanvas.workspace import Workspace, is_name
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -146,7 +146,7 @@ def on_device(model: Any, device: str | torch.device, dtype: torch.dtype) -> Any
 
 @dataclass
 class LoadedAutoencoder:
-    vae: "AutoencoderKL"
+    vae: AutoencoderKL
     shift: list[float]     # per latent channel; normalised latents are (z - shift) * scale
     scale: list[float]
     provenance: dict[str, Any]
@@ -201,7 +201,7 @@ def load_autoencoder(ws: Workspace | None, spec: str, device: str | torch.device
     """An AutoencoderKL (eval mode) with its latent normalisation and provenance."""
     from diffusers import AutoencoderKL
 
-    source = resolve(ws, spec, ws.autoencoder_dir(spec) if ws else None, "vae", "autoencoder")
+    source = resolve(ws, spec, ws.autoencoder_dir(spec) if ws and is_name(spec) else None, "vae", "autoencoder")
     vae = from_source(AutoencoderKL, source, "autoencoder")
     vae = on_device(vae, device, dtype)
     record = read_record(source.path) if source.path is not None else {}
@@ -216,8 +216,8 @@ def load_autoencoder(ws: Workspace | None, spec: str, device: str | torch.device
 
 @dataclass
 class LoadedTextEncoder:
-    tokenizer: "PreTrainedTokenizerBase"
-    model: "CLIPTextModel"
+    tokenizer: PreTrainedTokenizerBase
+    model: CLIPTextModel
     max_length: int
     hidden_size: int
     layer: TextLayer      # which hidden states condition the UNet (recorded in provenance)
@@ -256,7 +256,7 @@ def _max_length(tokenizer: Any, config: Any, requested: int | None) -> int:
     return min(positions, from_tokenizer)
 
 
-def load_tokenizer(source: ComponentSource) -> "PreTrainedTokenizerBase":
+def load_tokenizer(source: ComponentSource) -> PreTrainedTokenizerBase:
     """The tokenizer beside a text encoder: a `tokenizer/` sibling folder, else the same folder."""
     from transformers import AutoTokenizer
 
@@ -278,7 +278,7 @@ def load_text_encoder(ws: Workspace | None, spec: str, device: str | torch.devic
     hidden state *is* the penultimate layer of OpenCLIP ViT-H/14."""
     from transformers import CLIPTextModel
 
-    source = resolve(ws, spec, ws.clip_dir(spec) if ws else None, "text_encoder", "text encoder")
+    source = resolve(ws, spec, ws.clip_dir(spec) if ws and is_name(spec) else None, "text_encoder", "text encoder")
     model = from_source(CLIPTextModel, source, "text encoder")
     model = on_device(model, device, dtype)
     tokenizer = load_tokenizer(source)
@@ -297,7 +297,7 @@ def load_text_encoder(ws: Workspace | None, spec: str, device: str | torch.devic
 class ClipEvaluator:
     """CLIP features and scores for evaluation, near-duplicate search and reports."""
 
-    def __init__(self, model: "CLIPModel", tokenizer: "PreTrainedTokenizerBase", name: str,
+    def __init__(self, model: CLIPModel, tokenizer: PreTrainedTokenizerBase, name: str,
                  provenance: dict[str, Any], mean: Sequence[float] = CLIP_MEAN,
                  std: Sequence[float] = CLIP_STD, batch_size: int = 64) -> None:
         self.model, self.tokenizer, self.name, self.provenance = model, tokenizer, name, provenance
@@ -311,7 +311,7 @@ class ClipEvaluator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def pixel_values(self, images: Sequence["Image.Image"]) -> torch.Tensor:
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> CLIP input (N, 3, S, S): center crop, resize, normalise."""
         from opencanvas.pixels import center_crop_resize, flatten_alpha, to_uint8_chw
 
@@ -319,7 +319,7 @@ class ClipEvaluator:
         return (torch.from_numpy(arr).float() / 255.0 - self.mean) / self.std
 
     @torch.no_grad()
-    def image_features(self, images: Sequence["Image.Image"]) -> np.ndarray:
+    def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(N, D) float32, L2-normalised."""
         out = []
         for i in range(0, len(images), self.batch_size):
@@ -338,7 +338,7 @@ class ClipEvaluator:
                                                     attention_mask=batch["attention_mask"]).pooler_output.float())
         return _unit_rows(out, int(self.model.config.projection_dim))
 
-    def clip_score(self, images: Sequence["Image.Image"], texts: Sequence[str]) -> np.ndarray:
+    def clip_score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
         """Per pair: 100 * max(cos(image, text), 0), as torchmetrics' CLIPScore. (N,)"""
         if len(images) != len(texts):
             raise ValueError(f"clip_score pairs images with texts: got {len(images)} and {len(texts)}")
@@ -358,7 +358,7 @@ def load_clip_evaluator(ws: Workspace | None, spec: str, device: str | torch.dev
     """A CLIPModel + tokenizer (+ the preprocessing stored beside them) from a spec."""
     from transformers import AutoTokenizer, CLIPModel
 
-    source = resolve(ws, spec, ws.clip_dir(spec) if ws else None, "clip", "CLIP")
+    source = resolve(ws, spec, ws.clip_dir(spec) if ws and is_name(spec) else None, "clip", "CLIP")
     model = on_device(from_source(CLIPModel, source, "CLIP"), device, dtype)
     tok_source = source
     if source.path is not None and (source.path / "tokenizer").is_dir():

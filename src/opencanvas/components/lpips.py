@@ -19,7 +19,8 @@ from the public weights (on a machine with internet):
 
     import torch; from safetensors.torch import save_file
     vgg = torch.load("vgg16-397923af.pth", weights_only=True)  # download.pytorch.org/models/vgg16-397923af.pth
-    lin = torch.load("vgg.pth", weights_only=True)             # github.com/richzhang/PerceptualSimilarity lpips/weights/v0.1/vgg.pth
+    # github.com/richzhang/PerceptualSimilarity lpips/weights/v0.1/vgg.pth
+    lin = torch.load("vgg.pth", weights_only=True)
     save_file({k: v for k, v in vgg.items() if k.startswith("features.")} | lin, "lpips_vgg16.safetensors")
 """
 
@@ -69,6 +70,9 @@ class LinLayer(nn.Module):
 class LPIPS(nn.Module):
     """Frozen LPIPS-VGG16: forward(x, y) with x, y (B, 3, H, W) in [-1, 1] -> distances (B,)."""
 
+    shift: torch.Tensor  # buffers, (1, 3, 1, 1)
+    scale: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.features = vgg16_features()
@@ -82,7 +86,7 @@ class LPIPS(nn.Module):
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Activations at the ReLU before each max-pool, and at the last ReLU."""
         out, h = [], (x - self.shift) / self.scale
-        for i, layer in enumerate(self.features):
+        for layer in self.features:
             if isinstance(layer, nn.MaxPool2d):
                 out.append(h)
             h = layer(h)
@@ -109,7 +113,7 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         return load_file(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors come in many types
+    except Exception as err:  # noqa: BLE001 -- pickle errors come in many types
         raise ValueError(f"cannot read {path} as a torch state dict ({err}): convert it to safetensors as "
                          f"described in opencanvas/components/lpips.py") from None
     if not isinstance(data, dict):

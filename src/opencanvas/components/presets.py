@@ -93,7 +93,8 @@ AUTOENCODER_PRESETS: dict[str, AutoencoderPreset] = {
     "tiny": AutoencoderPreset("tiny", (16, 32, 32), 1, 4, 8, False, 64, 32, 256, 8, 4e-3, 1e-6, 32, 20, -4.0, 250),
     # Stable Diffusion's VAE architecture (factor 8, 4 latent channels, ~84M parameters); the
     # discriminator starts at step 50001 as in SD's kl-f8 config.
-    "sd": AutoencoderPreset("sd", (128, 256, 512, 512), 2, 4, 32, True, 256, 64, 1024, 8, 4.5e-6, 1e-6, 256, 500, None, 50001),
+    "sd": AutoencoderPreset("sd", (128, 256, 512, 512), 2, 4, 32, True, 256, 64, 1024, 8, 4.5e-6, 1e-6, 256, 500, None,
+                            50001),
 }
 
 CLIP_PRESETS: dict[str, ClipPreset] = {

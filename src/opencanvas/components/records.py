@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,4 +53,4 @@ def publish(out_dir: Path, save: Callable[[Path], None]) -> None:
 def write_record(out_dir: Path, record: dict[str, Any]) -> None:
     """Write opencanvas.json last: its `finished: true` marks the component complete."""
     atomic_write_json(out_dir / RECORD_FILE,
-                      {**record, "finished": True, "created_at": datetime.now(timezone.utc).isoformat()})
+                      {**record, "finished": True, "created_at": datetime.now(UTC).isoformat()})

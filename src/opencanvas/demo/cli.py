@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,11 +13,13 @@ from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace
 def demo_command(
     minutes: Annotated[float, typer.Option("--minutes", min=3, help="Total time budget; the training stages "
                                            "(autoencoder, CLIP, UNet) share it.")] = 15.0,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the workspace's contents and start over.")] = False,
-    max_images: Annotated[Optional[int], typer.Option(
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Start over: delete the workspace's stage folders (catalog/, runs/, ...). Refuses when "
+        "the workspace holds files OpenCanvas did not write.")] = False,
+    max_images: Annotated[int | None, typer.Option(
         "--max-images", min=50, help="Use a fixed sample of this many images (default: the whole library).")]
     = None,
-    categories: Annotated[Optional[str], typer.Option(
+    categories: Annotated[str | None, typer.Option(
         "--categories", help="Comma-separated top-level folders of the library, e.g. 'food,animals' "
         "(default: all).")] = None,
     workspace: WorkspaceOption = Path("."),
@@ -29,6 +31,7 @@ def demo_command(
     from opencanvas.demo.pipeline import run_demo
     from opencanvas.demo.settings import DemoSettings
     from opencanvas.demo.summary import print_summary
+    from opencanvas.workspace import WorkspaceNotEmpty
 
     ws = open_workspace(workspace)
     cats = tuple(c.strip() for c in (categories or "").split(",") if c.strip())
@@ -38,7 +41,7 @@ def demo_command(
                             "categories": ",".join(cats) or "all", "resolution": settings.resolution})
     try:
         results = run_demo(ws, settings, fresh=fresh)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, WorkspaceNotEmpty) as err:
         raise fail(str(err)) from None
     print_summary(ws, results)
     console.print(f"[bold green]demo finished[/] in {ws.root}")

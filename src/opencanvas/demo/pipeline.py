@@ -11,10 +11,8 @@ stages in `demo/state.json` so a re-run skips them (`--fresh` starts over).
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from opencanvas.demo import stages
@@ -22,6 +20,7 @@ from opencanvas.demo.settings import DemoSettings
 from opencanvas.demo.state import DemoState
 from opencanvas.progress import console
 from opencanvas.workspace import Workspace
+
 
 def _stage(state: DemoState, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     if state.is_done(name):
@@ -36,11 +35,12 @@ def _stage(state: DemoState, name: str, fn: Callable[[], dict[str, Any]]) -> dic
     return summary
 
 
-def run_demo(ws: Workspace, settings: DemoSettings = DemoSettings(), fresh: bool = False) -> dict[str, Any]:
+def run_demo(ws: Workspace, settings: DemoSettings | None = None, fresh: bool = False) -> dict[str, Any]:
     """Run (or finish) the demo in `ws`; returns each stage's summary."""
+    settings = settings or DemoSettings()
     if fresh:
-        for child in ws.root.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        removed = ws.clear()   # stage folders only; refuses when the workspace holds the user's files
+        console.print(f"[dim]--fresh: deleted {', '.join(f'{n}/' for n in removed) or 'nothing'}[/]")
     if not (settings.clipart_root / "svg").is_dir():
         raise FileNotFoundError(
             f"the Open Clip Art Library is not at {settings.clipart_root}: install it with "

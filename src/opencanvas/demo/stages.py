@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from opencanvas.demo.settings import DemoSettings
 
 
-def ingest_clipart(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+def ingest_clipart(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
     from opencanvas.catalog.ingest import ingest
 
     paths = [s.clipart_root / "svg" / c for c in s.categories] or [s.clipart_root]
@@ -19,7 +19,7 @@ def ingest_clipart(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
     return stats.as_dict()
 
 
-def cut_subset(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+def cut_subset(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
     """CommonCatalog-C of the library; with `max_images`, a deterministic sample of it."""
     import hashlib
 
@@ -42,8 +42,8 @@ def cut_subset(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
             "policy_images": full}
 
 
-def fetch_images(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
-    from opencanvas.fetch import fetch
+def fetch_images(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
+    from opencanvas.fetch.stage import fetch
 
     # Clip art is small (median ~190 px): keep what can fill the training crop, store at most 4x it.
     stats = fetch(ws, SUBSET, shard_size=500, workers=s.workers, max_side=4 * s.resolution,
@@ -57,8 +57,8 @@ def caption_metadata(ws: Workspace) -> dict[str, Any]:
     return caption(ws, SUBSET, CAPTIONER).to_dict()
 
 
-def train_autoencoder(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
-    from opencanvas.components import train_autoencoder as train_ae
+def train_autoencoder(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
+    from opencanvas.components.autoencoder import train_autoencoder as train_ae
 
     report = train_ae(ws, SUBSET, AUTOENCODER, preset="tiny", resolution=s.resolution,
                       minutes=s.minutes * s.autoencoder_share)
@@ -66,22 +66,22 @@ def train_autoencoder(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
             if k in report}
 
 
-def train_clip(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
-    from opencanvas.components import train_clip as train_c
+def train_clip(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
+    from opencanvas.components.clip import train_clip as train_c
 
     report = train_c(ws, SUBSET, CAPTIONER, CLIP, preset="tiny", minutes=s.minutes * s.clip_share)
     return {k: report[k] for k in ("image_to_text_recall@5", "text_to_image_recall@5", "chance_recall@5",
                                    "clip_score_matching", "clip_score_non_matching", "images_seen") if k in report}
 
 
-def encode_latents(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+def encode_latents(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
     from opencanvas.encode import encode
 
     return encode(ws, SUBSET, AUTOENCODER, CLIP, [CAPTIONER], LATENTS, resolutions=(s.resolution,))
 
 
-def train_unet(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
-    from opencanvas.train import train
+def train_unet(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
+    from opencanvas.train.loop import train
 
     # Images, not minutes: a run counted in images resumes bit-identically (see train/).
     images = int(s.minutes * s.train_share * 60 * s.train_images_per_s)
@@ -89,7 +89,7 @@ def train_unet(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
     return {k: summary[k] for k in ("images_seen", "steps", "images_per_s", "wall_seconds") if k in summary}
 
 
-def sample_grid(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+def sample_grid(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
     from opencanvas.sample.generate import SampleSettings, default_size, plan, sample_to_dir
     from opencanvas.sample.loading import load_model, model_name, training_provenance
 
@@ -102,7 +102,7 @@ def sample_grid(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
     return {"images": len(paths), "grid": ws.relative(out / "grid.png")}
 
 
-def evaluate_run(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
+def evaluate_run(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
     from opencanvas.sample.evaluate import evaluate
 
     report = evaluate(ws, RUN, "heldout", SUBSET, metrics=("fid", "kid", "clip", "pr", "memorization"),
@@ -112,7 +112,7 @@ def evaluate_run(ws: Workspace, s: "DemoSettings") -> dict[str, Any]:
 
 
 def write_run_cards(ws: Workspace) -> dict[str, Any]:
-    from opencanvas.cards import write_cards
+    from opencanvas.cards.writer import write_cards
 
     out = write_cards(ws, RUN)
     return {"cards": ws.relative(out)}

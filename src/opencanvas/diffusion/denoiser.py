@@ -64,6 +64,11 @@ def _rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 class Denoiser(nn.Module):
     """Wraps a diffusers UNet2DConditionModel into x0-prediction in sigma space."""
 
+    # Buffers, declared so that type checkers see tensors rather than Module.__getattr__'s union.
+    alphas_cumprod: torch.Tensor
+    sigmas: torch.Tensor
+    log_sigmas: torch.Tensor
+
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule = NoiseSchedule(),
                  prediction_type: PredictionType = "epsilon") -> None:
         super().__init__()

@@ -5,7 +5,7 @@ Every sampler integrates the probability-flow ODE in sigma space,
     dx/dsigma = (x - D(x, sigma)) / sigma,    x = x0 + sigma * eps
 
 (Karras et al. 2022, Eq. 3), where D is the x0-predicting denoiser of
-`opencanvas.diffusion.Denoiser`, possibly wrapped for classifier-free guidance.
+`opencanvas.diffusion.denoiser.Denoiser`, possibly wrapped for classifier-free guidance.
 There is no state between calls (k-diffusion `sampling.py`, EDM2 `edm_sampler`),
 so one sampler can never drift between batches.
 
@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 
-Spacing = Literal["leading", "trailing", "karras"]
-SPACINGS: tuple[str, ...] = ("leading", "trailing", "karras")
+from opencanvas.diffusion.names import SAMPLER_NAMES, SPACINGS, Spacing
 
 
 class DenoiserFn(Protocol):
@@ -174,6 +173,7 @@ SAMPLERS: dict[str, Sampler] = {
     "euler": sample_euler,
     "heun": sample_heun,
 }
+assert tuple(SAMPLERS) == SAMPLER_NAMES, "add the sampler's name to opencanvas.diffusion.names too"
 
 # Model evaluations per step (for throughput accounting; heun's last step is one).
 CALLS_PER_STEP: dict[str, int] = {"ddim": 1, "dpmpp-2m": 1, "euler": 1, "heun": 2}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
 from opencanvas.dtypes import DTYPE_HELP, parse_dtype
-
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -46,7 +46,7 @@ def encode_command(
     rank: Annotated[int, typer.Option("--rank", min=0, help="This process's share: shards rank, rank+world, ...")]
     = 0,
     world: Annotated[int, typer.Option("--world", min=1, help="Number of processes sharing the shards.")] = 1,
-    workspace: WorkspaceOption = ".",
+    workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Precompute autoencoder latents (mean, std) and text embeddings of every caption, resumably."""
     import torch
@@ -65,10 +65,15 @@ def encode_command(
     ws = open_workspace(workspace)
     resolutions = _int_list(resolution, "--resolution")
     names = [c.strip() for c in captioners.split(",") if c.strip()]
+    ws.latents_dir(name)   # a bad name fails before anything else is looked at
+    require(ws, "fetched", subset)
+    for captions in names:
+        require(ws, "captions", captions)
     print_settings("encode", {
         "workspace": str(ws.root), "subset": subset, "autoencoder": autoencoder, "text_encoder": text_encoder,
         "captioners": names, "name": name, "resolutions": resolutions, "buckets": buckets,
-        "batch_size": batch_size, "decode_workers": decode_workers, "device": device, "dtype": dtype, "rank/world": f"{rank}/{world}",
+        "batch_size": batch_size, "decode_workers": decode_workers, "device": device, "dtype": dtype,
+        "rank/world": f"{rank}/{world}",
         "output": ws.relative(ws.latents_dir(name)) if ws.latents_dir(name).exists() else f"latents/{name}",
     })
     with progress_bar() as bar:

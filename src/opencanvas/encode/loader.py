@@ -49,7 +49,7 @@ def caption_slots(available: np.ndarray, seed: int, epoch: int, indices: np.ndar
     available: (B, K) bool for the records `indices` (B,).
     """
     with np.errstate(over="ignore"):
-        h = _splitmix64(np.uint64(seed & (2**64 - 1)) * _GOLDEN + np.uint64(epoch))
+        h = _splitmix64(np.asarray(np.uint64(seed & (2**64 - 1)) * _GOLDEN + np.uint64(epoch)))
         h = _splitmix64(h ^ np.asarray(indices, dtype=np.uint64))
     count = available.sum(axis=1)
     choice = (h % np.maximum(count, 1).astype(np.uint64)).astype(np.int64)  # (B,)
@@ -78,8 +78,9 @@ def epoch_batches(latent_set: LatentSet, batch_size: int, seed: int, epoch: int,
     """Every full batch of one epoch in global order (before the cut to a multiple of world)."""
     rng = np.random.default_rng([seed, epoch])
     batches: list[np.ndarray] = []
-    for _, indices in sorted((indices if indices is not None else latent_set.bucket_indices()).items()):
-        perm = indices[rng.permutation(len(indices))]
+    by_bucket = indices if indices is not None else latent_set.bucket_indices()
+    for _, bucket in sorted(by_bucket.items()):
+        perm = bucket[rng.permutation(len(bucket))]
         n = len(perm) // batch_size * batch_size
         # Ascending within a batch (order inside a batch does not matter to SGD):
         # the store then reads each shard's rows in one forward sweep.

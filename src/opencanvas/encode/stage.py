@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +29,16 @@ import pyarrow.parquet as pq
 
 from opencanvas.encode.buckets import aspect_buckets, crop_resize, target_size
 from opencanvas.encode.store import (
-    FORMAT_VERSION, META_FILE, Bucket, BucketLatents, is_done, read_meta, resolution_dirname,
-    write_latent_part, write_null_text, write_text_part,
+    FORMAT_VERSION,
+    META_FILE,
+    Bucket,
+    BucketLatents,
+    is_done,
+    read_meta,
+    resolution_dirname,
+    write_latent_part,
+    write_null_text,
+    write_text_part,
 )
 from opencanvas.engines import shard_share
 from opencanvas.shards import ShardImage, index_paths, iter_shard
@@ -120,7 +128,7 @@ def read_shard_captions(ws: Workspace, captioners: Sequence[str], shard: str, ke
     return out
 
 
-def encode_texts(te: "LoadedTextEncoder", captions: list[list[str]], batch_size: int
+def encode_texts(te: LoadedTextEncoder, captions: list[list[str]], batch_size: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Captions (N, K) -> text (N, K, L, D) fp16 and mask (N, K, L) bool; missing ones stay zero/False."""
     n, k = len(captions), len(captions[0]) if captions else 0
@@ -139,7 +147,7 @@ def encode_texts(te: "LoadedTextEncoder", captions: list[list[str]], batch_size:
 class LatentBatcher:
     """Collects same-size images, encodes them a batch at a time into per-bucket latents."""
 
-    def __init__(self, ae: "LoadedAutoencoder", batch_size: int) -> None:
+    def __init__(self, ae: LoadedAutoencoder, batch_size: int) -> None:
         self.ae, self.batch_size = ae, batch_size
         self.buckets: dict[Bucket, BucketLatents] = {}
         self._queue: dict[Bucket, list[tuple[str, int, np.ndarray]]] = {}
@@ -177,12 +185,12 @@ class LatentBatcher:
         return self.buckets
 
 
-def encode_shard(ws: Workspace, root: Path, plan: ShardPlan, ae: "LoadedAutoencoder", te: "LoadedTextEncoder",
+def encode_shard(ws: Workspace, root: Path, plan: ShardPlan, ae: LoadedAutoencoder, te: LoadedTextEncoder,
                  captioners: Sequence[str], batch_size: int, stats: EncodeStats,
                  advance: Callable[[int], None], decode_workers: int = DEFAULT_DECODE_WORKERS) -> None:
     """Write the missing parts of one image shard: text first (latent parts point into it)."""
-    from opencanvas.pixels import to_uint8_chw
     from opencanvas.fetch.decode import load_rgb
+    from opencanvas.pixels import to_uint8_chw
 
     started = time.time()
     text_keys = plan.text_keys
@@ -259,7 +267,7 @@ def _check_inputs(ws: Workspace, subset: str, captioners: Sequence[str], shards:
 
 def encode(ws: Workspace, subset: str, autoencoder: str, text_encoder: str, captioners: Sequence[str],
            name: str, resolutions: Sequence[int] = (256,), buckets: bool = False, *, batch_size: int = 16,
-           device: str = "cpu", dtype: "torch.dtype | None" = None, rank: int = 0, world: int = 1,
+           device: str = "cpu", dtype: torch.dtype | None = None, rank: int = 0, world: int = 1,
            decode_workers: int = DEFAULT_DECODE_WORKERS,
            on_start: Callable[[int], None] | None = None, advance: Callable[[int], None] | None = None
            ) -> dict[str, Any]:
@@ -292,7 +300,7 @@ def encode(ws: Workspace, subset: str, autoencoder: str, text_encoder: str, capt
         "captioners": captioners, "subset": subset, "policy": subset_meta.get("policy", ""),
         "catalog_hash": subset_meta.get("catalog_hash", ""), "resolutions": resolutions, "buckets": buckets,
         "autoencoder_provenance": ae.provenance, "text_encoder_provenance": te.provenance,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
     }
     root = ws.latents_dir(name)
     _check_resume(root, meta, name)

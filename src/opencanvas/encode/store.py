@@ -288,10 +288,10 @@ class LatentSet:
         """Uninitialised batch arrays for `indices` (all of one bucket): mean, std, text, mask."""
         first = self.parts[self.part_of[int(indices[0])]]
         c, h, w = first.mean().shape[1:]
-        l, d = first.text().shape[2:]
+        length, d = first.text().shape[2:]
         b = len(indices)
         return {"mean": np.empty((b, c, h, w), np.float16), "std": np.empty((b, c, h, w), np.float16),
-                "text": np.empty((b, l, d), np.float16), "mask": np.empty((b, l), bool)}
+                "text": np.empty((b, length, d), np.float16), "mask": np.empty((b, length), bool)}
 
     def gather(self, indices: np.ndarray, caption_slots: np.ndarray,
                out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
@@ -306,10 +306,10 @@ class LatentSet:
         """
         indices = np.asarray(indices, dtype=np.int64)
         caption_slots = np.asarray(caption_slots, dtype=np.int64)
-        order = np.argsort(indices, kind="stable")
-        if np.all(order[1:] > order[:-1]):
-            order = None  # already ascending: gather in place
-        else:
+        perm = np.argsort(indices, kind="stable")
+        order: np.ndarray | None = None  # None: already ascending, gather in place
+        if not np.all(perm[1:] > perm[:-1]):
+            order = perm
             indices, caption_slots = indices[order], caption_slots[order]
         parts = self.part_of[indices]
         first = self.parts[parts[0]]
@@ -318,7 +318,7 @@ class LatentSet:
         b = len(indices)
         out = out if out is not None and order is None else self.empty_batch(indices)
         mean, std, text, mask = out["mean"], out["std"], out["text"], out["mask"]
-        k, l, d = first.text().shape[1:]
+        k, length, d = first.text().shape[1:]
         keys: list[str] = []
         slots = np.maximum(caption_slots, 0)
         # Sorted indices make each part's records one contiguous slice of the batch.
@@ -329,8 +329,8 @@ class LatentSet:
             np.take(part.std(), rows, axis=0, out=std[lo:hi])
             # Row-major (N, K, ...) flattened to (N*K, ...): only the chosen caption is read.
             flat = part.text_rows[rows] * k + slots[lo:hi]
-            np.take(part.text().reshape(-1, l, d), flat, axis=0, out=text[lo:hi])
-            np.take(part.mask().reshape(-1, l), flat, axis=0, out=mask[lo:hi])
+            np.take(part.text().reshape(-1, length, d), flat, axis=0, out=text[lo:hi])
+            np.take(part.mask().reshape(-1, length), flat, axis=0, out=mask[lo:hi])
             keys.extend(part.keys[r] for r in rows.tolist())
         missing = caption_slots < 0
         if missing.any():

@@ -6,14 +6,20 @@ or the loader benchmark can have thousands of records in seconds.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from opencanvas.encode.store import (
-    FORMAT_VERSION, META_FILE, Bucket, BucketLatents, resolution_dirname, write_latent_part,
-    write_null_text, write_text_part,
+    FORMAT_VERSION,
+    META_FILE,
+    Bucket,
+    BucketLatents,
+    resolution_dirname,
+    write_latent_part,
+    write_null_text,
+    write_text_part,
 )
 from opencanvas.storage import atomic_write_json
 from opencanvas.workspace import Workspace
@@ -40,7 +46,7 @@ def write_random_latents(ws: Workspace, name: str, n: int, *, resolution: int = 
         "captioners": list(captioners), "subset": "synthetic", "policy": "commercial",
         "catalog_hash": "synthetic", "resolutions": [resolution], "buckets": len(buckets) > 1,
         "autoencoder_provenance": {}, "text_encoder_provenance": {},
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
     })
     null = rng.standard_normal((text_len, text_dim)).astype(np.float16)
     write_null_text(root, null, np.ones(text_len, bool))

@@ -5,19 +5,24 @@ decompression bombs, CMYK and palette modes, alpha, 16-bit samples, EXIF
 rotation and animations. `decode_image` normalises all of them and raises
 `DecodeError(reason)` for what cannot be used, so a bad image never stops a stage.
 
-The pixel cap is checked on the header, before any pixel is decoded.
-Default 64 MP: the Open Clip Art PNGs include a dozen legitimate 100-620 MP
-files that need 0.7-2.5 GB each to decode, while nothing the model trains on
-needs more than a few megapixels. PNG cannot be decoded at a reduced scale, so
-these are refused with "too-many-pixels: W x H > cap"; a JPEG is first reduced
-with libjpeg's DCT scaling (`draft`) when a target side is known, and the cap
-applies to what will actually be decoded.
+The pixel caps are checked on the header, before any pixel is decoded.
+`max_pixels` (default 64 MP) bounds what is kept: nothing the model trains on
+needs more than a few megapixels. A JPEG is first reduced with libjpeg's DCT
+scaling (`draft`) when a target side is known, and the cap applies to what will
+actually be decoded. PNG and the other formats cannot be decoded at a reduced
+scale: the Open Clip Art PNGs include a dozen legitimate 100-620 MP drawings.
+Those up to `max_decode_pixels` (default 180 MP, about PIL's own bomb warning,
+~0.7 GB as RGBA) are decoded whole, one at a time per process, and box-reduced
+at once below `max_pixels`; beyond it they are refused as bombs with
+"too-many-pixels: W x H > cap".
 """
 
 from __future__ import annotations
 
 import io
+import math
 import re
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from opencanvas.pixels import flatten_alpha, has_alpha
+
 DEFAULT_MAX_PIXELS = 64_000_000
-WHITE = (255, 255, 255)
+DEFAULT_MAX_DECODE_PIXELS = 180_000_000  # PIL itself refuses at open beyond 2 x 89 MP
+# Decoding a 100+ MP image whole costs up to 0.7 GB: one at a time per process, whatever the thread count.
+_OVERSIZED = threading.BoundedSemaphore(1)
 # Formats that are stored as JPEG after re-encoding (lossy at the source anyway);
 # everything else (PNG, GIF, BMP, TIFF, ...) is stored as lossless PNG.
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
@@ -66,17 +75,20 @@ DraftTarget = Callable[[int, int], "int | None"]
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 target_long_side: int | DraftTarget | None = None) -> Decoded:
+                 target_long_side: int | DraftTarget | None = None, max_decode_pixels: int | None = None) -> Decoded:
     """Decode with every defence. With `target_long_side` (a number, or a function of the
     source's (width, height)), a larger JPEG is decoded at a reduced DCT scale whose long
-    side is still >= the target. The whole bitstream is still read, so damage is still found."""
+    side is still >= the target. The whole bitstream is still read, so damage is still found.
+    With `max_decode_pixels` > `max_pixels`, an image between the two is decoded whole and
+    box-reduced below `max_pixels` (`drafted` is then True); without it, it is refused."""
+    cap = max(max_pixels, max_decode_pixels or 0)
     with warnings.catch_warnings():
         # We enforce our own cap below; PIL's warning would only be noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:
-            raise DecodeError(f"too-many-pixels: {_bomb_pixels(e)} > {max_pixels}") from None
+            raise DecodeError(f"too-many-pixels: {_bomb_pixels(e)} > {cap}") from None
         except UnidentifiedImageError:
             raise DecodeError(f"undecodable: not a recognised image ({len(data)} bytes)") from None
         except (OSError, ValueError, SyntaxError) as e:
@@ -91,10 +103,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             s = target / max(width, height)
             # draft() picks the smallest 1/2, 1/4 or 1/8 scale that is still >= the requested size.
             img.draft(img.mode, (max(1, round(width * s)), max(1, round(height * s))))
-        if img.size[0] * img.size[1] > max_pixels:
-            raise DecodeError(f"too-many-pixels: {width}x{height} > {max_pixels}")
+        pixels = img.size[0] * img.size[1]
+        if pixels > cap:
+            raise DecodeError(f"too-many-pixels: {width}x{height} > {cap}")
+        oversized = pixels > max_pixels
         try:
-            img.load()
+            if oversized:
+                with _OVERSIZED:
+                    img.load()
+                    img = _reduce_below(img, max_pixels, target)
+            else:
+                img.load()
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             message = str(e)
             kind = "truncated" if "truncated" in message or isinstance(e, EOFError) else "undecodable"
@@ -102,7 +121,25 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         drafted = img.size != (width, height)
         decoded = _normalise(img, fmt, (width, height))
         # An animation (GIF, APNG) is never stored as is: the shard holds its first frame.
-        return Decoded(decoded.image, fmt, decoded.original_size, decoded.pristine and not animated, drafted)
+        # Not pristine when reduced below max_pixels: the source's bytes must not be stored as they are.
+        return Decoded(decoded.image, fmt, decoded.original_size, decoded.pristine and not animated and not oversized,
+                       drafted)
+
+
+def _reduce_below(img: Image.Image, max_pixels: int, target: int | None) -> Image.Image:
+    """Box-reduce by an integer factor to at most `max_pixels`, and further while the long side stays
+    >= 3 x `target` (the later Lanczos resize then loses nothing). EXIF and ICC data are kept."""
+    factor = math.ceil(math.sqrt(img.size[0] * img.size[1] / max_pixels))
+    if target:
+        factor = max(factor, max(img.size) // (3 * target))
+    if img.mode not in ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F"):  # P, 1, I;16: reduce() needs a plain mode
+        img = img.convert("RGBA" if img.mode in ("P", "PA") else "I" if img.mode.startswith("I;16") else "L")
+    reduced = img.reduce(factor)
+    reduced.info = dict(img.info)
+    exif = img.getexif()
+    if exif:
+        reduced.info["exif"] = exif.tobytes()
+    return reduced
 
 
 def _normalise(img: Image.Image, fmt: str, size: tuple[int, int]) -> Decoded:
@@ -122,18 +159,8 @@ def _normalise(img: Image.Image, fmt: str, size: tuple[int, int]) -> Decoded:
         converted = _to_srgb(img, icc)
         pristine = pristine and converted is img
         img = converted
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        pristine = False
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode in ("L", "RGB") and "transparency" in img.info):
-        # Transparent pixels carry arbitrary colours; clip art is drawn for a white page.
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, WHITE)
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        img = canvas
-        pristine = False
-    if img.mode != "RGB":
-        img = img.convert("RGB")  # CMYK, L, 1, YCbCr, LAB, HSV
+    if img.mode != "RGB" or has_alpha(img):
+        img = flatten_alpha(img)  # alpha on white; palette, CMYK, L, 1, YCbCr, LAB, HSV to RGB
         pristine = False
     return Decoded(img, fmt, size, pristine)
 
@@ -156,6 +183,8 @@ def _to_srgb(img: Image.Image, icc: bytes) -> Image.Image:
         out = ImageCms.profileToProfile(base, src, _SRGB, outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError):
         return img  # an unusable profile: the plain numbers are the best guess
+    if out is None:  # only when converting in place, which this call does not
+        return img
     if alpha is not None:
         out.putalpha(alpha)
     return out

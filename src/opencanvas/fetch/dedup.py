@@ -32,12 +32,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import imagehash
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from opencanvas.shards import INDEX_SCHEMA, key_from_stem, read_index
+from opencanvas.fetch.plan import duckdb_connection
+from opencanvas.shards import INDEX_SCHEMA, index_paths, key_from_stem, tar_facts
 from opencanvas.storage import atomic_path, atomic_write_parquet, parquet_metadata
 
 HASH_BITS = 64
@@ -69,7 +71,15 @@ def _split_hash(phash: str) -> tuple[int, bytes]:
 
 def _same_layout(a: bytes, b: bytes) -> bool:
     # A hash without a layout (older or foreign indexes) is compared on pHash alone.
-    return len(a) != len(b) or all(abs(x - y) <= LAYOUT_TOLERANCE for x, y in zip(a, b))
+    return len(a) != len(b) or all(abs(x - y) <= LAYOUT_TOLERANCE for x, y in zip(a, b, strict=True))
+
+
+def same_image_hash(a: str, b: str, max_distance: int) -> bool:
+    """Two perceptual hashes within `max_distance` pHash bits whose colour layouts agree."""
+    if not a or not b:
+        return False
+    (va, la), (vb, lb) = _split_hash(a), _split_hash(b)
+    return (va ^ vb).bit_count() <= max_distance and _same_layout(la, lb)
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,8 @@ class DuplicateIndex:
         self._bands: list[defaultdict[int, list[tuple[int, str]]]] = [defaultdict(list) for _ in range(bands)]
 
     def _band_values(self, value: int) -> list[int]:
-        return [(value >> lo) & ((1 << (hi - lo)) - 1) for lo, hi in zip(self._band_edges, self._band_edges[1:])]
+        edges = self._band_edges
+        return [(value >> lo) & ((1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:], strict=False)]
 
     def find(self, sha256: str, phash: str) -> Match | None:
         if sha256 in self._by_sha:
@@ -107,7 +118,7 @@ class DuplicateIndex:
             return None
         value, layout = _split_hash(phash)
         best: tuple[int, int, str] | None = None  # (order, distance, key): the earliest match wins
-        for band, part in zip(self._bands, self._band_values(value)):
+        for band, part in zip(self._bands, self._band_values(value), strict=True):
             for order, other in band.get(part, ()):
                 other_value, other_layout = self._hashes[order]
                 distance = (value ^ other_value).bit_count()
@@ -124,43 +135,142 @@ class DuplicateIndex:
             value, layout = _split_hash(phash)
             order = len(self._hashes)
             self._hashes.append((value, layout))
-            for band, part in zip(self._bands, self._band_values(value)):
+            for band, part in zip(self._bands, self._band_values(value), strict=True):
                 band[part].append((order, key))
         return match
 
 
-def reconcile_duplicates(images_dir: Path, max_distance: int = DEFAULT_DISTANCE) -> int:
-    """Apply the duplicate rule across all finished shards; returns how many `ok` rows became duplicates.
+def reconcile_duplicates(images_dir: Path, max_distance: int = DEFAULT_DISTANCE,
+                         placeholder_copies: int = 0) -> int:
+    """Apply the duplicate rule across all finished shards; returns how many `ok` rows became duplicates
+    (or placeholders: the same bytes behind `placeholder_copies` keys or more, when > 0).
 
-    Each changed shard's tar is rewritten first, then its index. Killed in
-    between, the index still says `ok` for an image the tar no longer holds;
-    re-running finds the same duplicate (the rule is deterministic) and writes
-    the index, so no tar scan is needed to repair.
+    The search runs in DuckDB over the shard indexes (`duplicate_matches`), spilling to disk,
+    so memory does not grow with the subset. Each changed shard's tar is rewritten first, then
+    its index (with the new tar's size and sha256). Killed in between, the index no longer
+    matches its tar, and the next `fetch` fetches that one shard again.
     """
-    table = read_index(images_dir)
-    if len(table) == 0:
+    paths = index_paths(images_dir)
+    if not paths:
         return 0
-    index = DuplicateIndex(max_distance)
-    changes: dict[str, dict[str, str]] = defaultdict(dict)  # shard -> key -> new reason
-    dropped: dict[str, set[str]] = defaultdict(set)         # shard -> keys to remove from its tar
-    for row in sorted((r for r in table.to_pylist() if r["sha256"]), key=lambda r: r["key"]):
-        match = index.add(row["key"], row["sha256"], row["phash"])
-        if match and match.reason != row["reason"]:
-            # ok -> skipped; or a within-shard duplicate re-pointed at its earliest match in the subset.
-            changes[row["shard"]][row["key"]] = match.reason
-            if row["status"] == "ok":
-                dropped[row["shard"]].add(row["key"])
-    for shard, reasons in changes.items():
-        if dropped[shard]:
-            _drop_members(images_dir / f"{shard}.tar", dropped[shard])
-        index_path = images_dir / f"{shard}.parquet"
-        rows = pq.read_table(index_path).to_pylist()
-        for r in rows:
-            if r["key"] in reasons:
-                r.update(status="skipped", reason=reasons[r["key"]], bytes=0)
-        atomic_write_parquet(index_path, pa.Table.from_pylist(rows, schema=INDEX_SCHEMA),
-                             metadata=parquet_metadata(index_path))
-    return sum(len(v) for v in dropped.values())
+    dropped_total = 0
+    with duckdb_connection(Path(images_dir) / ".dedup.duckdb.tmp") as con:
+        changes = duplicate_matches(con, paths, max_distance, placeholder_copies)
+        shard: str | None = None
+        reasons: dict[str, str] = {}
+        dropped: set[str] = set()
+        while batch := changes.fetchmany(10_000):
+            for name, key, status, reason in batch:
+                if name != shard:
+                    dropped_total += _apply(Path(images_dir), shard, reasons, dropped)
+                    shard, reasons, dropped = name, {}, set()
+                reasons[key] = reason
+                if status == "ok":
+                    dropped.add(key)
+        dropped_total += _apply(Path(images_dir), shard, reasons, dropped)
+    return dropped_total
+
+
+def _apply(images_dir: Path, shard: str | None, reasons: dict[str, str], dropped: set[str]) -> int:
+    """Mark one shard's duplicates `skipped` (tar first, then index); returns how many left its tar."""
+    if shard is None or not reasons:
+        return 0
+    tar_path, index_path = images_dir / f"{shard}.tar", images_dir / f"{shard}.parquet"
+    if dropped:
+        _drop_members(tar_path, dropped)
+    rows = pq.read_table(index_path).to_pylist()
+    for r in rows:
+        if r["key"] in reasons:
+            r.update(status="skipped", reason=reasons[r["key"]], bytes=0)
+    metadata = {**parquet_metadata(index_path), **(tar_facts(tar_path) if tar_path.exists() else {})}
+    atomic_write_parquet(index_path, pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), metadata=metadata)
+    return len(dropped)
+
+
+def _band_edges(max_distance: int) -> list[int]:
+    bands = max(1, max_distance + 1)
+    return [round(i * HASH_BITS / bands) for i in range(bands + 1)]
+
+
+def duplicate_matches(con: duckdb.DuckDBPyConnection, index_files: list[Path], max_distance: int = DEFAULT_DISTANCE,
+                      placeholder_copies: int = 0) -> duckdb.DuckDBPyConnection:
+    """The rows whose duplicate reason must change, as (shard, key, status, new reason), by shard and key.
+
+    The same rule as `DuplicateIndex` fed in key order: an exact match (same sha256) with the
+    first key holding those bytes wins; otherwise the earliest earlier key whose pHash is within
+    `max_distance` (found by a band join: multi-index hashing) and whose colour layout agrees.
+    Only the first key of each sha256 needs the near search: the others have an exact match.
+    With `placeholder_copies` > 0, bytes shared by that many keys or more mark every one of
+    them, the first included, as a placeholder (`fetch.placeholders`).
+    """
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE r AS
+        SELECT regexp_extract(filename, '(shard-[0-9]+)[.]parquet$', 1) AS shard, key, status,
+               coalesce(reason, '') AS reason, sha256, coalesce(phash, '') AS phash,
+               first_value(key) OVER (PARTITION BY sha256 ORDER BY key) AS first_key,
+               count(*) OVER (PARTITION BY sha256) AS copies
+        FROM read_parquet($paths, filename = true) WHERE coalesce(sha256, '') <> ''""",
+                {"paths": [str(p) for p in index_files]})
+    near = "SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS other, NULL::INTEGER AS distance WHERE false"
+    if max_distance >= 0:
+        _near_table(con, max_distance)
+        near = "SELECT key, other, distance FROM near"
+    return con.execute(f"""
+        WITH m AS (
+            SELECT r.shard, r.key, r.status, r.reason,
+                   CASE WHEN {int(placeholder_copies)} > 0 AND r.copies >= {int(placeholder_copies)}
+                        THEN 'placeholder: the same bytes as ' || (r.copies - 1) || ' other items (first: '
+                             || r.first_key || ')'
+                        WHEN r.key <> r.first_key THEN 'duplicate-of: ' || r.first_key
+                        WHEN n.other IS NOT NULL
+                        THEN 'near-duplicate-of: ' || n.other || ' (phash distance ' || n.distance || ')'
+                   END AS new_reason
+            FROM r LEFT JOIN ({near}) n USING (key))
+        SELECT shard, key, status, new_reason FROM m
+        WHERE new_reason IS NOT NULL AND new_reason <> reason ORDER BY shard, key""")
+
+
+def _near_table(con: duckdb.DuckDBPyConnection, max_distance: int) -> None:
+    """TEMP TABLE near(key, other, distance): the earliest near duplicate of each key without an exact one.
+
+    Candidates are one per distinct hash string, its earliest key: any later key with the same
+    hash matches the same keys at the same distance, only later. So N copies of one image cost
+    one candidate, not N.
+    """
+    cells = LAYOUT_GRID * LAYOUT_GRID * 3
+    layout = ", ".join(f"CASE WHEN length(layout) >= {2 * i + 2} THEN ('0x' || substr(layout, {2 * i + 1}, 2))"
+                       f"::SMALLINT END AS c{i}" for i in range(cells))
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE hashes AS
+        SELECT phash, key, ('0x' || split_part(phash, '-', 1))::UBIGINT AS value, length(layout) AS layout_len,
+               {layout}
+        FROM (SELECT phash, min(key) AS key,
+                     CASE WHEN contains(phash, '-') THEN split_part(phash, '-', 2) ELSE '' END AS layout
+              FROM r WHERE phash <> '' GROUP BY phash)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE searched AS
+        SELECT r.key, h.* EXCLUDE (key, phash) FROM r JOIN hashes h USING (phash) WHERE r.key = r.first_key""")
+    edges = _band_edges(max_distance)
+
+    def bands(table: str) -> str:
+        return " UNION ALL ".join(
+            f"SELECT key, {i} AS band, "
+            + ("value" if hi - lo == HASH_BITS else f"(value >> {lo}) & {(1 << (hi - lo)) - 1}::UBIGINT")
+            + f" AS part FROM {table}" for i, (lo, hi) in enumerate(zip(edges, edges[1:], strict=False)))
+
+    # A layout without a grid (older or foreign indexes) is compared on pHash alone, as _same_layout does.
+    same = " AND ".join(f"(a.c{i} IS NULL OR abs(a.c{i} - b.c{i}) <= {LAYOUT_TOLERANCE})" for i in range(cells))
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE near AS
+        WITH pairs AS (SELECT DISTINCT x.key AS key, y.key AS other
+                       FROM ({bands("searched")}) x JOIN ({bands("hashes")}) y
+                         ON x.band = y.band AND x.part = y.part AND y.key < x.key),
+             close AS (SELECT p.key, p.other, bit_count(xor(a.value, b.value)) AS distance
+                       FROM pairs p JOIN searched a ON a.key = p.key JOIN hashes b ON b.key = p.other
+                       WHERE bit_count(xor(a.value, b.value)) <= {max_distance}
+                         AND (a.layout_len <> b.layout_len OR ({same})))
+        SELECT key, arg_min(other, other) AS other, arg_min(distance, other) AS distance
+        FROM close GROUP BY key""")
 
 
 def _drop_members(tar_path: Path, keys: set[str]) -> None:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import email.utils
 import http.client
 import random
-import socket
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 from opencanvas import __version__
 from opencanvas.fetch.addresses import BlockedAddress, guarded_connect
@@ -36,6 +36,15 @@ DEFAULT_CONTACT = "https://github.com/opencanvas/opencanvas"
 REDIRECTS = (301, 302, 303, 307, 308)
 # Types a server may legitimately label an image with; the decoder has the last word.
 ALLOWED_NON_IMAGE_TYPES = ("application/octet-stream", "binary/octet-stream")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# `scheme://user:pass@` in a URL or in any text (an error message may quote the URL).
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")  # http.client refuses these in a request line
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` without the `user:pass@` of any URL in it: credentials never reach a shard or an index."""
+    return _USERINFO.sub(r"\1", text)
 
 
 def user_agent(contact: str) -> str:
@@ -136,7 +145,7 @@ class PoliteClient:
             if status in REDIRECTS:
                 url = urljoin(url, headers.get("Location", ""))
                 continue
-            return Fetched(body, headers.get("Content-Type", ""), url, attempts)
+            return Fetched(body, headers.get("Content-Type", ""), redact_credentials(url), attempts)
         raise FetchFailure("failed", f"too-many-redirects: more than {self.config.max_redirects}")
 
     # ---- attempts and retries --------------------------------------------
@@ -201,17 +210,19 @@ class PoliteClient:
     @contextmanager
     def _response(self, url: str) -> Iterator[http.client.HTTPResponse]:
         """One request on a (reused) connection; the connection is dropped unless fully read."""
-        parts = _check_url(url)
+        parts, host, port = _check_url(url)
         origin = _origin(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # Catalog URLs may hold raw spaces; percent-encoding them (and CR/LF) keeps the request line valid.
+        path = _UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", path)
         with self._gate(origin).slot():
-            conn = self._connection(parts.scheme, parts.hostname, parts.port)
+            conn = self._connection(parts.scheme, host, port)
             try:
                 resp = self._send(conn, path)
             except BlockedAddress as e:
                 self._drop(conn)
                 raise FetchFailure("failed", str(e)) from None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 self._drop(conn)
                 raise _Retryable("timeout") from None
             except (OSError, http.client.HTTPException) as e:
@@ -221,7 +232,7 @@ class PoliteClient:
             try:
                 yield resp
                 clean = resp.isclosed()  # fully read: the connection can serve the next request
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 raise _Retryable("timeout") from None
             except (OSError, http.client.HTTPException) as e:
                 raise _Retryable(f"connection-error: {type(e).__name__}") from None
@@ -265,14 +276,15 @@ class PoliteClient:
         raise RobotsUnavailable("too-many-redirects")
 
     # ---- per-thread connections and per-domain gates ---------------------
-    def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
+    def _connection(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
         conns: dict = self._local.__dict__.setdefault("conns", {})
         key = (scheme, host, port)
         conn = conns.get(key)
         if conn is None:
             cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            # An explicit port: given `::1` alone, http.client would read the last `:1` as the port.
             conn = cls(host, port, timeout=self.config.timeout)
-            conn._create_connection = self._connect  # every (re)connect goes through the address check
+            conn._create_connection = self._connect  # type: ignore[attr-defined]  # every (re)connect goes through the address check
             conns[key] = conn
         return conn
 
@@ -296,16 +308,31 @@ class PoliteClient:
             conn.close()
 
 
-def _check_url(url: str):
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchFailure("failed", f"bad-url: {url[:200]}")
-    return parts
+def _check_url(url: str) -> tuple[SplitResult, str, int]:
+    """The URL's parts, ASCII host and port, or FetchFailure('failed', 'bad-url: ...') naming what is wrong."""
+    shown = redact_credentials(url)[:200]
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:  # "Port out of range 0-65535", "Invalid IPv6 URL", a non-numeric port
+        raise FetchFailure("failed", f"bad-url: {e}: {shown}") from None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise FetchFailure("failed", f"bad-url: {shown}")
+    if _UNSAFE.search(parts.hostname):
+        raise FetchFailure("failed", f"bad-url: whitespace or control characters in the host: {shown!r}")
+    if port == 0:
+        raise FetchFailure("failed", f"bad-url: port 0: {shown}")
+    try:
+        host = parts.hostname if ":" in parts.hostname else parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError as e:
+        raise FetchFailure("failed", f"bad-url: host is not a valid domain name ({e}): {shown}") from None
+    return parts, host, port or DEFAULT_PORTS[parts.scheme]
 
 
 def _origin(url: str) -> str:
+    """scheme://host[:port], without credentials (robots.txt and rate limits are per origin)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.lower()}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
 
 
 def _retry_after(value: str | None, default: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 from PIL import Image
 
@@ -33,8 +34,10 @@ class Unusable(DecodeError):
     """A valid image not worth training on (too small, blank): a 'skipped' row, not a 'failed' one."""
 
 
-def process_image(data: bytes, *, max_side: int, min_side: int, max_pixels: int) -> Processed:
-    """Raises DecodeError (failed) or Unusable (skipped)."""
+def process_image(data: bytes, *, max_side: int, min_side: int, max_pixels: int,
+                  max_decode_pixels: int | None = None) -> Processed:
+    """Raises DecodeError (failed) or Unusable (skipped). Images over `max_pixels` (up to
+    `max_decode_pixels`) are downscaled rather than refused (see `decode.decode_image`)."""
 
     def draft_target(width: int, height: int) -> int:
         if max_side and max(width, height) > max_side:
@@ -42,14 +45,15 @@ def process_image(data: bytes, *, max_side: int, min_side: int, max_pixels: int)
         # Likely stored byte for byte: decode just enough to check and hash it (~4x faster).
         return math.ceil(HASH_SIDE * max(width, height) / max(1, min(width, height)))
 
-    decoded = decode_image(data, max_pixels, target_long_side=draft_target)
+    decoded = decode_image(data, max_pixels, target_long_side=draft_target, max_decode_pixels=max_decode_pixels)
     ow, oh = decoded.original_size
     if min(ow, oh) < min_side:
         raise Unusable(f"too-small: {ow}x{oh} < {min_side}")
     fits = not max_side or max(ow, oh) <= max_side
     untouched = fits and decoded.pristine and decoded.format in PASSTHROUGH_EXT
     if fits and decoded.drafted and not untouched:
-        decoded = decode_image(data, max_pixels)  # to be re-encoded: needs every pixel after all
+        # To be re-encoded: needs every pixel after all (or as many as max_pixels allows).
+        decoded = decode_image(data, max_pixels, max_decode_pixels=max_decode_pixels)
     img = decoded.image
     if not untouched and max_side and max(img.size) > max_side:
         scale = max_side / max(img.size)
@@ -57,7 +61,8 @@ def process_image(data: bytes, *, max_side: int, min_side: int, max_pixels: int)
         # Lanczos after an exact 1/k box reduction (reducing_gap) keeps quality and is ~3x faster.
         img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     thumbnail = hash_thumbnail(img)
-    if all(lo == hi for lo, hi in thumbnail.getextrema()):
+    extrema = cast(tuple[tuple[float, float], ...], thumbnail.getextrema())  # one (lo, hi) per band: RGB here
+    if all(lo == hi for lo, hi in extrema):
         # e.g. Open Clip Art gradients whose every pixel is transparent: blank on white.
         raise Unusable(f"blank: every pixel is {thumbnail.getpixel((0, 0))}")
     if untouched:

@@ -93,7 +93,7 @@ class RobotsCache:
         if status == 200:
             parser.parse(body[:ROBOTS_MAX_BYTES].decode("utf-8", errors="replace").splitlines())
         elif 400 <= status < 500:
-            parser.allow_all = True  # RFC 9309 §2.3.1.3: "unavailable" means no rules
+            parser.allow_all = True  # type: ignore[attr-defined]  # RFC 9309 §2.3.1.3: "unavailable" means no rules
         else:
             return f"robots-txt: unreachable (HTTP {status})"
         return parser

@@ -35,8 +35,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from opencanvas.catalog.schema import CATALOG_SCHEMA, SUBSET_SCHEMA
 from opencanvas.catalog.ingest import write_done_record
+from opencanvas.catalog.schema import CATALOG_SCHEMA, SUBSET_SCHEMA
 from opencanvas.storage import atomic_write_parquet
 from opencanvas.workspace import Workspace
 

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, fail, open_workspace, print_settings, require
+from opencanvas.diffusion.names import SAMPLER_NAMES, SPACINGS
 from opencanvas.dtypes import DTYPE_HELP, check_dtype_name
 
-SAMPLER_NAMES = ("ddim", "dpmpp-2m", "euler", "heun")
-
-RunOption = Annotated[Optional[str], typer.Option("--run", help="Training run under runs/ to sample from.")]
-PipelineOption = Annotated[Optional[Path], typer.Option(
+RunOption = Annotated[str | None, typer.Option("--run", help="Training run under runs/ to sample from.")]
+PipelineOption = Annotated[Path | None, typer.Option(
     "--pipeline", help="Exported diffusers pipeline folder (unet, vae, text_encoder, tokenizer, scheduler).",
     file_okay=False)]
 StepsOption = Annotated[int, typer.Option("--steps", min=1, help="Sampler steps.")]
 SamplerOption = Annotated[str, typer.Option("--sampler", help=f"One of: {', '.join(SAMPLER_NAMES)}.")]
-SpacingOption = Annotated[Optional[str], typer.Option(
-    "--spacing", help="Sigma spacing: leading, trailing or karras. Default: trailing for zero-terminal-SNR "
+SpacingOption = Annotated[str | None, typer.Option(
+    "--spacing", help=f"Sigma spacing: {', '.join(SPACINGS)}. Default: trailing for zero-terminal-SNR "
     "runs, else leading (as SD).")]
 DtypeOption = Annotated[str, typer.Option("--dtype", help=f"Model dtype: {DTYPE_HELP}.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the first image; image i uses seed + i.")]
@@ -47,10 +46,8 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 
 def _check_choices(sampler: str, spacing: str | None, dtype: str) -> None:
-    from opencanvas.diffusion.samplers import SAMPLERS, SPACINGS
-
-    if sampler not in SAMPLERS:
-        raise fail(f"unknown --sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if sampler not in SAMPLER_NAMES:
+        raise fail(f"unknown --sampler {sampler!r}: choose one of {', '.join(SAMPLER_NAMES)}")
     if spacing is not None and spacing not in SPACINGS:
         raise fail(f"unknown --spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
     try:
@@ -60,8 +57,9 @@ def _check_choices(sampler: str, spacing: str | None, dtype: str) -> None:
 
 
 def sample_command(
-    prompts: Annotated[Optional[list[str]], typer.Argument(help="Prompts (quote each one).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output directory for PNGs and grid.png.",
+    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts (quote each one).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output directory for PNGs and grid.png (a relative path is "
+                                      "taken from the current directory, not from -w).",
                                       file_okay=False)] = ...,  # type: ignore[assignment]
     run: RunOption = None,
     pipeline: PipelineOption = None,
@@ -71,12 +69,14 @@ def sample_command(
     guidance_rescale: RescaleOption = 0.0,
     sampler: SamplerOption = "dpmpp-2m",
     spacing: SpacingOption = None,
-    seed: SeedOption = 0,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed of each prompt's first image: image j of every prompt uses seed + j (the seeds "
+        "restart per prompt, so one prompt's images do not depend on the others).")] = 0,
     negative_prompt: NegativeOption = "",
-    size: Annotated[Optional[str], typer.Option("--size", help="WxH in pixels; default: the run's resolution.")]
+    size: Annotated[str | None, typer.Option("--size", help="WxH in pixels; default: the run's resolution.")]
     = None,
     no_ema: NoEmaOption = False,
-    prompts_file: Annotated[Optional[Path], typer.Option(
+    prompts_file: Annotated[Path | None, typer.Option(
         "--prompts-file", help="Prompt file: lines, JSONL with 'prompt', PartiPrompts .tsv or COCO captions .json.",
         dir_okay=False)] = None,
     batch_size: BatchOption = 8,
@@ -100,6 +100,8 @@ def sample_command(
     if not all_prompts:
         raise fail("no prompts: pass PROMPT arguments or --prompts-file F")
     ws = open_workspace(workspace)
+    if run is not None and pipeline is None:
+        require(ws, "run", run)
     try:
         model = load_model(ws, run, pipeline, ema=not no_ema, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
@@ -143,16 +145,16 @@ def eval_command(
     guidance: Annotated[str, typer.Option("--guidance", help="Comma-separated guidance scales; g=0 "
                                           "(unconditional) is always added as a baseline.")] = "1.5,3,5,7.5",
     n: Annotated[int, typer.Option("-n", "--num-images", min=1, help="Images per guidance scale.")] = 64,
-    inception: Annotated[Optional[Path], typer.Option(
+    inception: Annotated[Path | None, typer.Option(
         "--inception", help="clean-fid's inception-2015-12-05.pt (TorchScript): gives FID/KID; without it "
         "distances are FD-CLIP/KID-CLIP.", dir_okay=False)] = None,
-    clip: Annotated[Optional[str], typer.Option(
+    clip: Annotated[str | None, typer.Option(
         "--clip", help="CLIP for CLIP score and FD-CLIP: a CLIP under clips/, a local CLIPModel folder or a hub id. "
         "Default: the run's text encoder when it is a catalog CLIP.")] = None,
     steps: StepsOption = 25,
     sampler: SamplerOption = "dpmpp-2m",
     seed: SeedOption = 0,
-    size: Annotated[Optional[str], typer.Option("--size", help="WxH; default: the run's resolution.")] = None,
+    size: Annotated[str | None, typer.Option("--size", help="WxH; default: the run's resolution.")] = None,
     max_reference: Annotated[int, typer.Option("--max-reference", min=4, help="Most reference images to load.")]
     = 2000,
     batch_size: BatchOption = 8,
@@ -179,6 +181,8 @@ def eval_command(
     if run is None and pipeline is None:
         raise fail("give --run NAME (or --pipeline DIR to evaluate an exported/external diffusers folder)")
     ws = open_workspace(workspace)
+    if run is not None:
+        require(ws, "run", run)
     name = run or pipeline.name  # type: ignore[union-attr]
     print_settings("eval", {"run": name, "pipeline": str(pipeline or "-"), "prompts": prompts,
                             "reference": reference, "metrics": list(wanted), "guidance": [0.0, *scales], "n": n,

@@ -56,11 +56,11 @@ class ReferenceImages:
 
 def load_reference(ws: Workspace, reference: str, limit: int) -> ReferenceImages:
     """Up to `limit` RGB images from a subset's fetched shards, or from a directory of image files."""
-    from opencanvas.fetch.decode import DecodeError, load_rgb   # the fetch stage's decoder: same RGB as training saw
+    from opencanvas.fetch.decode import DecodeError, load_rgb  # the fetch stage's decoder: same RGB as training saw
     from opencanvas.shards import finished_shards, iter_shard
 
-    images_dir = ws.images_dir(reference)
-    if "/" not in reference and images_dir.is_dir():   # a subset name, not a path
+    images_dir = ws.root / "images" / reference   # checked below: only a valid subset name reads it as one
+    if "/" not in reference and images_dir.is_dir() and ws.images_dir(reference) == images_dir:
         names, images = [], []
         for tar in finished_shards(images_dir):
             for item in iter_shard(tar):
@@ -74,7 +74,7 @@ def load_reference(ws: Workspace, reference: str, limit: int) -> ReferenceImages
     path = Path(reference)
     if not path.is_dir():
         raise FileNotFoundError(f"--reference {reference!r} is neither a fetched subset under "
-                                f"{ws.images_dir(reference).parent} nor a directory of images")
+                                f"{ws.root / 'images'} nor a directory of images")
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")

@@ -18,19 +18,27 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
 
 from opencanvas.sample.generate import SampleSettings, SampleSpec, SamplingPipeline, generate_specs
-from opencanvas.sample.metrics import (frechet_distance_features, kernel_distance, memorization, phash_ints,
-                                       precision_recall)
+from opencanvas.sample.metrics import (
+    feature_separation,
+    frechet_distance_features,
+    kernel_distance,
+    memorization,
+    phash_ints,
+    precision_recall,
+)
 from opencanvas.storage import atomic_write_json
-from opencanvas.workspace import Workspace
+from opencanvas.workspace import Workspace, is_name
 
 METRICS = ("fid", "kid", "clip", "pr", "memorization")
 BASELINE_GUIDANCE = 0.0
+SMALL_N = 50                  # below this many images per scale, say the numbers are noise
+UNSEPARATED_MEDIAN = 0.75     # median cosine of different reference images above which features cannot tell them apart
 
 
 @dataclass(frozen=True)
@@ -83,14 +91,14 @@ def generate_for_guidance(pipeline: SamplingPipeline, prompts: Sequence[str], gu
 
     specs = [SampleSpec(i, prompts[i % len(prompts)], options.seed + i) for i in range(options.n)]
     paths = [out / f"{s.index:05d}.png" for s in specs]
-    todo = [s for s, p in zip(specs, paths) if not p.exists()]   # PNGs are written atomically
+    todo = [s for s, p in zip(specs, paths, strict=True) if not p.exists()]   # PNGs are written atomically
     settings = SampleSettings(steps=options.steps, guidance=guidance, sampler=options.sampler,
                               spacing=default_spacing(pipeline), width=options.size[0], height=options.size[1])
     with progress_bar() as bar:
         task = bar.add_task(f"eval g={guidance:g}", total=len(todo), unit="img")
 
         def save(batch: list[SampleSpec], images: list[Image.Image]) -> None:
-            for spec, image in zip(batch, images):
+            for spec, image in zip(batch, images, strict=True):
                 save_png(paths[spec.index], image, sample_metadata(spec, settings, meta["model"],
                                                                    meta["weights_hash"], meta))
             bar.advance(task, len(batch))
@@ -109,6 +117,7 @@ def score_guidance(images: list[Image.Image], texts: list[str], ref_features: np
     row: dict[str, Any] = {"n": len(images)}
     wanted = set(options.metrics)
     if "clip" in wanted:
+        assert scorers.clip is not None, "build_scorers gives a CLIP evaluator when 'clip' is asked for"
         scores = np.asarray(scorers.clip.clip_score(images, texts), dtype=np.float64)
         row["clip_score"] = float(scores.mean())
         row["clip_score_std"] = float(scores.std())
@@ -127,6 +136,35 @@ def score_guidance(images: list[Image.Image], texts: list[str], ref_features: np
             mem = memorization(_unit(feats), _unit(ref_features), phash_ints(images), ref_hashes)
             row["memorization"] = mem.summary(options.cosine_threshold, options.phash_threshold)
     return row, mem
+
+
+def caveats(options: EvalOptions, ref_features: np.ndarray | None, report: dict[str, Any]) -> list[str]:
+    """Plain warnings that keep numbers from alarming or reassuring more than they can (issue 22, item 5)."""
+    notes = []
+    if options.n < SMALL_N:
+        notes.append(f"n={options.n} images per guidance scale is too few for these numbers to mean much: FD and "
+                     f"KID are biased at small n and every share moves in steps of 1/{options.n}. Use -n 200 or "
+                     "more before comparing models or guidance scales.")
+    if ref_features is not None and "memorization" in options.metrics:
+        sep = feature_separation(_unit(ref_features), options.cosine_threshold)
+        report["feature_separation"] = sep
+        if sep["pairs"] and sep["median_cosine"] >= UNSEPARATED_MEDIAN:
+            notes.append(f"The feature space ({report.get('features')}) cannot separate unrelated images: different "
+                         f"reference images have median cosine {sep['median_cosine']:.3f}, and "
+                         f"{sep['share_above_threshold']:.0%} of their pairs reach the memorization threshold "
+                         f"{options.cosine_threshold}. So 'near a training image (features)' says nothing about "
+                         "memorization here; read the perceptual-hash share and the gallery, or pass a stronger "
+                         "--clip.")
+    return notes
+
+
+def memorization_reference(ref: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Which set the memorization check searched, in words for the report and the model card."""
+    subset = (config.get("data") or {}).get("subset")
+    training = bool(subset) and ref.source == f"subset:{subset}"
+    what = (f"the training subset `{subset}` ({len(ref.names)} images, held-out ones included, by design)" if training
+            else f"the reference set {ref.source} ({len(ref.names)} images)")
+    return {"source": ref.source, "count": len(ref.names), "training_subset": training, "description": what}
 
 
 def run_evaluation(ws: Workspace, run: str, prompts: Sequence[str], reference: str, pipeline: SamplingPipeline,
@@ -165,13 +203,16 @@ def run_evaluation(ws: Workspace, run: str, prompts: Sequence[str], reference: s
         "license_policy": meta.get("license_policy"), "catalog_hash": meta.get("catalog_hash"),
         "notes": scorers.notes, "rows": rows,
     }
+    report["notes"] = scorers.notes + caveats(options, ref_features, report)
+    if mems:
+        report["memorization_reference"] = memorization_reference(ref, getattr(pipeline, "config", {}) or {})
     if "clip_score" in rows[0] and len(rows) > 1:
         # The check a demo makes: guidance must buy prompt alignment over the unconditional model.
         report["clip_gain_over_unconditional"] = max(r["clip_score"] for r in rows[1:]) - rows[0]["clip_score"]
     if mems:
         report["memorization_gallery"] = memorization_gallery(root / "memorization.png", mems, ref, options)
     if report["fd_metric"] and "clip_score" in rows[0] and report["fd_metric"] in rows[0]:
-        tradeoff_plot(root / "tradeoff.png", rows, report["fd_metric"], report["clip_model"])
+        tradeoff_plot(root / "tradeoff.png", rows, report["fd_metric"], cast(str | None, report["clip_model"]))
         report["tradeoff_plot"] = "tradeoff.png"
     atomic_write_json(root / "report.json", report)
     write_markdown(root / "report.md", report)
@@ -193,14 +234,14 @@ def resolve_prompts(ws: Workspace, prompts: str | Path | Sequence[str], config: 
 
 def load_clip(ws: Workspace, config: dict[str, Any], spec: str | None, device: str) -> Any:
     """The CLIP evaluator: `spec`, else the run's text encoder when it is a catalog CLIP under clips/."""
-    from opencanvas.components import load_clip_evaluator
+    from opencanvas.components.loading import load_clip_evaluator
 
     if spec is None:
         text_encoder = str(config.get("data", {}).get("text_encoder") or "")
-        if not text_encoder or not ws.clip_dir(text_encoder).is_dir():
+        if not is_name(text_encoder) or not ws.clip_dir(text_encoder).is_dir():
             raise FileNotFoundError(
                 f"CLIP-based metrics need a CLIP model, and the run's text encoder {text_encoder!r} is not a catalog "
-                f"CLIP under {ws.clip_dir('').as_posix()}: pass --clip NAME_OR_PATH (a CLIP under clips/, a local "
+                f"CLIP under {(ws.root / 'clips').as_posix()}: pass --clip NAME_OR_PATH (a CLIP under clips/, a local "
                 "transformers CLIPModel folder with its tokenizer, or a hub id)")
         spec = text_encoder
     return load_clip_evaluator(ws, spec, device=device)
@@ -213,7 +254,7 @@ def build_scorers(ws: Workspace, config: dict[str, Any], metrics: Sequence[str],
 
     distribution = set(metrics) & {"fid", "kid", "pr", "memorization"}
     needs_clip = "clip" in metrics or (bool(distribution) and inception is None)
-    evaluator = None
+    evaluator: Any = None  # a ClipEvaluator whenever needs_clip
     if needs_clip:
         evaluator = clip if clip is not None and not isinstance(clip, (str, Path)) else \
             load_clip(ws, config, None if clip is None else str(clip), device)
@@ -242,8 +283,12 @@ def evaluate(ws: Workspace, run: str, prompts: str | Path | Sequence[str], refer
     from opencanvas.sample.generate import default_size
     from opencanvas.sample.loading import load_model, training_provenance
 
+    if n < 2:
+        raise ValueError(f"-n {n}: every metric needs at least 2 images per guidance scale; use -n 2 or more")
     if n < 4 and "pr" in metrics:
-        raise ValueError("precision/recall with k=3 needs n >= 4 images per guidance scale")
+        rest = ",".join(m for m in metrics if m != "pr") or "clip"
+        raise ValueError(f"precision/recall (k=3 nearest neighbours) needs -n 4 or more images per guidance scale, "
+                         f"got -n {n}: raise -n, or leave pr out of --metrics (--metrics {rest})")
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(METRICS)}")

@@ -4,7 +4,7 @@ Works on anything with the `InferencePipeline` interface of `opencanvas.train`
 (`.denoiser`, `.encode_prompts`, `.latent_shape`, `.decode`): a training
 run (`load_pipeline`) or an exported diffusers folder (`loading.load_folder_pipeline`).
 
-Determinism: image i of a call gets the noise of `torch.Generator().manual_seed(seed + i)`,
+Determinism: an image gets the noise of `torch.Generator().manual_seed(its seed)`,
 drawn on the CPU, so an image depends on its seed only, never on the batch
 size, the batch it landed in or the device.
 """
@@ -24,14 +24,13 @@ from opencanvas.diffusion.guidance import CFGDenoiser
 from opencanvas.diffusion.samplers import Spacing, get_sampler, get_sigmas, initial_noise_scale
 from opencanvas.storage import atomic_write_bytes
 
-
 GRID_MAX = 64  # images on the contact sheet
 
 
 class SamplingPipeline(Protocol):
     """What generation needs from a model (a subset of `opencanvas.train.InferencePipeline`)."""
 
-    denoiser: Any            # opencanvas.diffusion.Denoiser
+    denoiser: Any            # opencanvas.diffusion.denoiser.Denoiser
     config: dict
     weights_hash: str
 
@@ -69,13 +68,13 @@ class SampleSpec:
 
 
 def plan(prompts: Sequence[str], n: int, seed: int) -> list[SampleSpec]:
-    """n images per prompt, prompt-major; image i has seed `seed + i`."""
+    """n images per prompt, prompt-major; the seeds restart for every prompt: image j of each prompt has
+    seed `seed + j`, so adding, removing or reordering prompts never changes another prompt's images."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if not prompts:
         raise ValueError("no prompts: give at least one prompt (an empty string samples unconditionally)")
-    repeated = [p for p in prompts for _ in range(n)]
-    return [SampleSpec(i, p, seed + i) for i, p in enumerate(repeated)]
+    return [SampleSpec(i * n + j, p, seed + j) for i, p in enumerate(prompts) for j in range(n)]
 
 
 def initial_noise(shape: tuple[int, int, int], seeds: Sequence[int]) -> torch.Tensor:
@@ -89,8 +88,9 @@ def _device(pipeline: SamplingPipeline) -> torch.device:
 
 @torch.no_grad()
 def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Sequence[int],
-                   settings: SampleSettings) -> torch.Tensor:
-    """One batch: normalised latents (B, C, h, w) for prompts[i] with seeds[i]."""
+                   settings: SampleSettings, on_step: Callable[[], None] | None = None) -> torch.Tensor:
+    """One batch: normalised latents (B, C, h, w) for prompts[i] with seeds[i]; `on_step` after each
+    denoising step (for progress)."""
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds differ in length")
     device = _device(pipeline)
@@ -103,7 +103,8 @@ def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Se
     model = CFGDenoiser(pipeline.denoiser, settings.guidance, settings.guidance_rescale)
     extra = {"cond": cond.to(device), "cond_mask": _to(cond_mask, device),
              "uncond": uncond.to(device), "uncond_mask": _to(uncond_mask, device)}
-    return get_sampler(settings.sampler)(model, x, sigmas, extra_args=extra)
+    callback = None if on_step is None else (lambda i, sigma, denoised: on_step())
+    return get_sampler(settings.sampler)(model, x, sigmas, extra_args=extra, callback=callback)
 
 
 def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -112,8 +113,9 @@ def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
 
 def generate_specs(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings,
                    batch_size: int = 8, on_batch: Callable[[list[SampleSpec], list[Image.Image]], None] | None = None,
-                   keep: bool = True) -> list[Image.Image]:
-    """Images for `specs`, batched; `on_batch` sees each finished batch (to save as it goes).
+                   keep: bool = True, on_step: Callable[[], None] | None = None) -> list[Image.Image]:
+    """Images for `specs`, batched; `on_batch` sees each finished batch (to save as it goes), `on_step`
+    each denoising step of a batch.
 
     keep=False returns nothing, so a long run that saves as it goes holds one batch in memory.
     """
@@ -122,7 +124,7 @@ def generate_specs(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], sett
     images: list[Image.Image] = []
     for start in range(0, len(specs), batch_size):
         batch = list(specs[start:start + batch_size])
-        latents = sample_latents(pipeline, [s.prompt for s in batch], [s.seed for s in batch], settings)
+        latents = sample_latents(pipeline, [s.prompt for s in batch], [s.seed for s in batch], settings, on_step)
         decoded = pipeline.decode(latents)
         if on_batch is not None:
             on_batch(batch, decoded)
@@ -193,14 +195,20 @@ def sample_to_dir(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], setti
 
     todo = [s for s in specs if not done(s)]
     with progress_bar() as bar:
-        task = bar.add_task("sample", total=len(todo), unit="img")
+        # Counted in denoising steps: a batch of images is one long wait, its steps are not.
+        batches = -(-len(todo) // batch_size)
+        task = bar.add_task(f"sample 0/{len(todo)} images", total=batches * settings.steps, unit="step")
+        saved = 0
 
         def save(batch: list[SampleSpec], images: list[Image.Image]) -> None:
-            for spec, image in zip(batch, images):
+            nonlocal saved
+            for spec, image in zip(batch, images, strict=True):
                 save_png(paths[spec.index], image, metas[spec.index])
-            bar.advance(task, len(batch))
+            saved += len(batch)
+            bar.update(task, description=f"sample {saved}/{len(todo)} images")
 
-        generate_specs(pipeline, todo, settings, batch_size=batch_size, on_batch=save, keep=False)
+        generate_specs(pipeline, todo, settings, batch_size=batch_size, on_batch=save, keep=False,
+                       on_step=lambda: bar.advance(task))
     shown = specs[:GRID_MAX]
     images = [Image.open(paths[s.index]).convert("RGB") for s in shown]
     sheet = contact_sheet(images, [f"{s.prompt} (seed {s.seed})" for s in shown])

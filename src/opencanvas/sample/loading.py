@@ -89,7 +89,7 @@ def load_folder_pipeline(path: Path, device: str = "cpu", dtype: torch.dtype = t
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
-    from opencanvas.diffusion import Denoiser, NoiseSchedule
+    from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
     from opencanvas.storage import sha256_file
 
     path = Path(path)
@@ -139,7 +139,7 @@ def load_model(ws: Workspace, run: str | None, pipeline_dir: Path | None, ema: b
     torch_dtype = parse_dtype(dtype, device)
     if pipeline_dir is not None:
         return load_folder_pipeline(pipeline_dir, device=device, dtype=torch_dtype)
-    from opencanvas.train import load_pipeline
+    from opencanvas.train.pipeline import load_pipeline
 
     if not ws.run_dir(run).is_dir():
         raise FileNotFoundError(f"no run {run!r} under {ws.run_dir(run).parent}; train one with `opencanvas train`")

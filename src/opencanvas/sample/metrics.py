@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-
 # ---- Frechet distance -----------------------------------------------------------------
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,3 +154,33 @@ def memorization(gen_features: np.ndarray, ref_features: np.ndarray, gen_hashes:
     rows = np.arange(len(sims))
     nearest, phash_nearest = sims.argmax(axis=1), dists.argmin(axis=1)
     return Memorization(nearest, sims[rows, nearest], phash_nearest, dists[rows, phash_nearest])
+
+
+# ---- caveats -----------------------------------------------------------------------------
+
+def pair_cosines(unit_features: np.ndarray, max_pairs: int = 20_000, seed: int = 0) -> np.ndarray:
+    """Cosines between random pairs of *different* images (rows L2-normalised), (P,).
+
+    Random pairs of a catalog are mostly unrelated images, so these show whether a feature
+    space can tell unrelated images apart at all (a weak catalog CLIP puts them all near 1).
+    """
+    f = np.asarray(unit_features, np.float64)
+    n = len(f)
+    if n < 2:
+        return np.zeros(0)
+    if n * (n - 1) // 2 <= max_pairs:
+        i, j = np.triu_indices(n, k=1)
+    else:
+        rng = np.random.default_rng(seed)
+        i = rng.integers(0, n, max_pairs)
+        j = (i + rng.integers(1, n, max_pairs)) % n   # never i itself
+    return np.einsum("pd,pd->p", f[i], f[j])
+
+
+def feature_separation(unit_features: np.ndarray, cosine_threshold: float) -> dict[str, float]:
+    """Median cosine of different reference images, and the share of such pairs at or above the threshold."""
+    cos = pair_cosines(unit_features)
+    if not len(cos):
+        return {"pairs": 0, "median_cosine": float("nan"), "share_above_threshold": float("nan")}
+    return {"pairs": int(len(cos)), "median_cosine": float(np.median(cos)),
+            "share_above_threshold": float((cos >= cosine_threshold).mean())}

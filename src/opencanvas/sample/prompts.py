@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 PromptFormat = Literal["auto", "lines", "jsonl", "parti", "coco"]
 
@@ -66,7 +66,8 @@ def read_prompts(path: Path, fmt: PromptFormat = "auto") -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} not found")
     if fmt == "auto":
-        fmt = {".jsonl": "jsonl", ".tsv": "parti", ".json": "coco"}.get(path.suffix.lower(), "lines")
+        by_suffix = {".jsonl": "jsonl", ".tsv": "parti", ".json": "coco"}
+        fmt = cast(PromptFormat, by_suffix.get(path.suffix.lower(), "lines"))
     readers = {"lines": read_lines, "jsonl": read_jsonl, "parti": read_parti, "coco": read_coco_captions}
     if fmt not in readers:
         raise ValueError(f"unknown prompt format {fmt!r}; one of {', '.join(readers)}")

@@ -81,7 +81,7 @@ def _fmt(value: Any) -> str:
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
     fd, kid = report.get("fd_metric"), report.get("kid_metric")
-    columns = [("guidance", "guidance"), ("CLIP score", "clip_score")]
+    columns: list[tuple[Any, Any]] = [("guidance", "guidance"), ("CLIP score", "clip_score")]
     if fd:
         columns += [(fd, fd), (kid, kid), ("precision", "precision"), ("recall", "recall")]
     header = [name for name, _ in columns] + ["memorized (cos)", "memorized (phash)"]
@@ -94,7 +94,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
              f"n={report['settings']['n']} per guidance scale",
              f"- CLIP score model: {report.get('clip_model') or '-'}; distribution features: "
              f"{report.get('features') or '-'}", ""]
-    lines += [f"> {note}" for note in report.get("notes", [])] + [""]
+    if report.get("memorization_reference"):
+        lines.insert(-1, f"- memorization searched {report['memorization_reference']['description']}")
+    lines += [line for note in report.get("notes", []) for line in (f"> {note}", "")] or [""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["rows"]:
         cells = [_fmt(row.get(key)) for _, key in columns]

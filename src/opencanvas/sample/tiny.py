@@ -52,17 +52,11 @@ def tiny_text_model(seed: int = 0, vocab_size: int = len(WORDS) + 4) -> Any:
 
 
 def tiny_tokenizer() -> Any:
-    """A word-level tokenizer (pad 0, bos 1, eos 2, unk 3) wrapped for transformers."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """The word-level tokenizer over WORDS (pad 0, bos 1, eos 2, unk 3), at most 16 tokens."""
+    from opencanvas.caption.tiny_models import word_tokenizer
 
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>",
-                                                       special_tokens=[("<bos>", 1), ("<eos>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>", model_max_length=16)
+    return word_tokenizer(["<pad>", "<bos>", "<eos>", "<unk>"], "<bos> $A <eos>", words=WORDS, model_max_length=16,
+                          bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
 
 
 SCHEDULER_CONFIG = {"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,

@@ -37,7 +37,7 @@ class LatentStream:
     @classmethod
     def open(cls, ws: Workspace, latents: str, resolution: int, micro_batch: int, seed: int, rank: int,
              world: int, device: torch.device, position: dict[str, int] | None = None,
-             workers: int = 0, holdout: float = 0.0) -> "LatentStream":
+             workers: int = 0, holdout: float = 0.0) -> LatentStream:
         from opencanvas.encode import LatentLoader, open_latents
 
         latent_set = open_latents(ws, latents, resolution)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.storage import atomic_write_json
 from opencanvas.train.checkpoint import latest_checkpoint, tensors_hash
 from opencanvas.train.config import TrainConfig, config_changes, parse_resolutions, resolve_config

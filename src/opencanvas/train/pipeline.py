@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.train.checkpoint import (
     CHECKPOINT_RE,
     latest_checkpoint,
@@ -28,7 +28,7 @@ from opencanvas.workspace import Workspace
 if TYPE_CHECKING:
     from PIL import Image
 
-    from opencanvas.components import LoadedAutoencoder, LoadedTextEncoder
+    from opencanvas.components.loading import LoadedAutoencoder, LoadedTextEncoder
 
 
 class ModelPipeline(ABC):
@@ -143,7 +143,7 @@ def load_pipeline(ws: Workspace, run: str, ema: bool = True, device: str | torch
 def load_components(ws: Workspace, config: dict[str, Any], device: str | torch.device = "cpu"
                     ) -> tuple[LoadedTextEncoder, LoadedAutoencoder]:
     """The text encoder and autoencoder a run's latent set was encoded with, checked against the run."""
-    from opencanvas.components import load_autoencoder, load_text_encoder
+    from opencanvas.components.loading import load_autoencoder, load_text_encoder
 
     data = config["data"]
     te = load_text_encoder(ws, data["text_encoder"], device, layer=data.get("text_layer"),

@@ -103,7 +103,7 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
 
 
-def build_unet(unet_config: dict[str, Any], seed: int = 0) -> "nn.Module":
+def build_unet(unet_config: dict[str, Any], seed: int = 0) -> nn.Module:
     """A UNet2DConditionModel with seeded initial weights (equal on every rank)."""
     import torch
     from diffusers import UNet2DConditionModel

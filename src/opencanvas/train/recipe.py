@@ -18,12 +18,16 @@ off for a baseline:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ def use_low_precision_norms(model: nn.Module) -> int:
 
 # ---- applying the recipe ----------------------------------------------------------------
 
-def apply_recipe(unet: nn.Module, recipe: Recipe) -> None:
+def apply_recipe(unet: UNet2DConditionModel, recipe: Recipe) -> None:
     """Attention processor, norms and memory format of a diffusers UNet, in place."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 

@@ -11,6 +11,12 @@ scaling_factor 1 (the README says so).
 The text encoder is exported to give what training saw: SD2's "penultimate
 layer" choice becomes a tower with its last block removed (as SD2's own
 text_encoder folder is), and it is called with the attention mask, as encode did.
+
+The folder carries the run's cards (`cards/`, copied when `opencanvas card`
+has written them) and is recorded in runs/<run>/exports.json, so a later
+`opencanvas card` updates the copy. The README states the model's license
+(`license:`) and obligations from `opencanvas.model_license`, the same
+wording as MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -23,9 +29,14 @@ from typing import Any
 
 import torch
 
-from opencanvas.storage import atomic_write_text
+from opencanvas.model_license import ModelLicense, model_license, obligations
+from opencanvas.storage import atomic_write_json, atomic_write_text
+from opencanvas.train.checkpoint import load_checkpoint, tensors_hash
 from opencanvas.train.pipeline import InferencePipeline, load_pipeline
 from opencanvas.workspace import Workspace
+
+EXPORTS_FILE = "exports.json"   # runs/<run>/exports.json: folders export wrote, for `card` to update
+CARDS_DIR = "cards"
 
 
 def uniform_scale(shift: list[float], scale: list[float], tol: float = 1e-6) -> float | None:
@@ -58,21 +69,22 @@ def fold_normalization(vae: Any, shift: list[float], scale: list[float]) -> None
 
 
 def scheduler_for(config: dict[str, Any]) -> Any:
-    """A DDIM scheduler with the run's training schedule and prediction type."""
-    from diffusers import DDIMScheduler
+    """DPM-Solver++(2M), the `opencanvas sample` default sampler, with the run's schedule and prediction type."""
+    from diffusers import DPMSolverMultistepScheduler
 
-    from opencanvas.diffusion import NoiseSchedule
+    from opencanvas.diffusion.denoiser import NoiseSchedule
 
     ns = NoiseSchedule(zero_terminal_snr=bool(config.get("zero_terminal_snr", False)))
-    return DDIMScheduler(num_train_timesteps=ns.num_train_timesteps, beta_start=ns.beta_start,
-                         beta_end=ns.beta_end, beta_schedule=ns.beta_schedule,
-                         prediction_type=config.get("prediction_type", "epsilon"),
-                         rescale_betas_zero_snr=ns.zero_terminal_snr, clip_sample=False, set_alpha_to_one=False,
-                         steps_offset=1, timestep_spacing="trailing" if ns.zero_terminal_snr else "leading")
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=ns.num_train_timesteps, beta_start=ns.beta_start, beta_end=ns.beta_end,
+        beta_schedule=ns.beta_schedule, prediction_type=config.get("prediction_type", "epsilon"),
+        rescale_betas_zero_snr=ns.zero_terminal_snr, solver_order=2, algorithm_type="dpmsolver++",
+        lower_order_final=True, final_sigmas_type="zero", use_karras_sigmas=False, steps_offset=1,
+        timestep_spacing="trailing" if ns.zero_terminal_snr else "leading")
 
 
 def _text_encoder(pipe: InferencePipeline) -> tuple[Any, Any]:
-    te = copy.deepcopy(pipe.text_encoder.model)
+    te: Any = copy.deepcopy(pipe.text_encoder.model)  # a transformers CLIPTextModel
     if pipe.text_encoder.layer == "penultimate":
         te.text_model.encoder.layers = te.text_model.encoder.layers[:-1]
         te.config.num_hidden_layers -= 1
@@ -101,7 +113,7 @@ def export(ws: Workspace, run: str, out: Path, ema: bool = True, checkpoint: str
         normalization = ("per-channel (z - shift) * scale, folded into the VAE's quant_conv/post_quant_conv "
                          f"(scaling_factor 1). shift={[round(v, 5) for v in shift]}, "
                          f"scale={[round(v, 5) for v in scale]}.")
-    unet = pipe.denoiser.unet
+    unet: Any = pipe.denoiser.unet  # a diffusers UNet2DConditionModel
     unet.set_default_attn_processor()
     text_encoder, tokenizer = _text_encoder(pipe)
     sd = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -110,29 +122,78 @@ def export(ws: Workspace, run: str, out: Path, ema: bool = True, checkpoint: str
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     sd.save_pretrained(tmp, safe_serialization=True)
-    atomic_write_text(tmp / "README.md", model_card(ws, run, pipe, normalization))
+    hashes = published_hashes(pipe)
+    lic = model_license(*training_licenses(ws, pipe.config["data"]))
+    cards = ws.run_dir(run) / CARDS_DIR
+    has_cards = cards.is_dir() and any(cards.glob("*.md"))
+    if has_cards:
+        shutil.copytree(cards, tmp / CARDS_DIR, ignore=shutil.ignore_patterns(".*"))
+    atomic_write_text(tmp / "README.md", model_card(ws, run, pipe, normalization, hashes, lic, has_cards))
     (tmp / "opencanvas.json").write_text(json.dumps(
         {"run": run, "checkpoint": pipe.checkpoint.name, "ema": ema, "weights_sha256": pipe.weights_hash,
-         "config": pipe.config}, indent=2, sort_keys=True) + "\n")
+         "weights_sha256_raw": hashes.get("raw"), "license": lic.license_id, "config": pipe.config},
+        indent=2, sort_keys=True) + "\n")
     if out.exists():
         out.rmdir()
     tmp.rename(out)
+    record_export(ws, run, out)
     return out
 
 
-def model_card(ws: Workspace, run: str, pipe: InferencePipeline, normalization: str) -> str:
+def published_hashes(pipe: InferencePipeline) -> dict[str, str]:
+    """sha256 of the exported weights and, when the EMA is exported, of the raw weights too."""
+    if not pipe.ema:
+        return {"raw": pipe.weights_hash}
+    raw = load_checkpoint(pipe.checkpoint, parts=("model",)).model
+    return {"ema": pipe.weights_hash, **({"raw": tensors_hash(raw)} if raw else {})}
+
+
+def training_licenses(ws: Workspace, data: dict[str, Any]) -> tuple[list[str], str]:
+    """(license ids in the run's training subset, policy): what the model's license is derived from."""
+    import duckdb
+
+    from opencanvas.licenses import POLICIES
+
+    policy = str(data.get("policy") or "unknown")
+    path = ws.subset_path(str(data.get("subset"))) if data.get("subset") else None
+    if path is None or not path.exists():   # the subset is gone: assume every license the policy admits
+        return sorted(POLICIES.get(policy, ())), policy
+    con = duckdb.connect()
+    try:
+        rows = con.execute("SELECT DISTINCT license_id FROM read_parquet(?)", [str(path)]).fetchall()
+    finally:
+        con.close()
+    return sorted(r[0] for r in rows if r[0]), policy
+
+
+def record_export(ws: Workspace, run: str, out: Path) -> None:
+    """Add `out` to runs/<run>/exports.json (relative to the workspace when inside it)."""
+    record_path = ws.run_dir(run) / EXPORTS_FILE
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"exports": []}
+    resolved = out.resolve()
+    path = ws.relative(resolved) if resolved.is_relative_to(ws.root) else str(resolved)
+    record["exports"] = [e for e in record["exports"] if e["path"] != path] + [{"path": path}]
+    atomic_write_json(record_path, record)
+
+
+def model_card(ws: Workspace, run: str, pipe: InferencePipeline, normalization: str, hashes: dict[str, str],
+               lic: ModelLicense, has_cards: bool) -> str:
     cfg, data = pipe.config, pipe.config["data"]
     summary_path = ws.run_dir(run) / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     params = sum(p.numel() for p in pipe.denoiser.unet.parameters())
-    policy = data.get("policy") or "unknown"
-    obligations = {
-        "commercial": "CommonCatalog-C licenses (CC0, PDM, CC-BY, CC-BY-SA): commercial use allowed; "
-                      "attribution is owed to the creators of CC-BY/CC-BY-SA images.",
-        "noncommercial": "CommonCatalog-NC licenses (adds CC-BY-NC, CC-BY-NC-SA): non-commercial use only; "
-                         "attribution is owed to the creators of BY images.",
-    }.get(policy, "see the subset's policy text in the workspace.")
+    licenses, policy = training_licenses(ws, data)
+    duties = "\n".join(f"  - {o}" for o in obligations(licenses, policy))
+    cards = ("`cards/` holds the data card, model card and attribution list (`ATTRIBUTION.md`, "
+             f"`attribution.csv`); `opencanvas card --run {run}` updates them here." if has_cards else
+             f"Run `opencanvas card --run {run}` to write the data card, model card and attribution list "
+             "(`ATTRIBUTION.md`, `attribution.csv`); it copies them into `cards/` here.")
+    published = "EMA" if pipe.ema else "raw"
+    hash_lines = f"  - published ({published}) weights sha256 `{pipe.weights_hash}`"
+    if pipe.ema and hashes.get("raw"):
+        hash_lines += f"\n  - raw weights sha256 `{hashes['raw']}`"
     return f"""---
+license: {lic.license_id}
 library_name: diffusers
 pipeline_tag: text-to-image
 tags: [opencanvas, commoncanvas, stable-diffusion, openly-licensed-data]
@@ -144,10 +205,13 @@ A text-to-image latent diffusion model trained with OpenCanvas (a reproduction o
 CommonCanvas, arXiv 2310.16825) only on openly licensed images, with provenance
 recorded for every training image.
 
+## License
+Released under {lic.name} ({lic.url}), {lic.reason}
+
 ## Model
 - UNet: diffusers UNet2DConditionModel, preset `{cfg['preset']}`, {params / 1e6:.1f}M parameters,
-  {'EMA' if pipe.ema else 'raw'} weights of checkpoint `{pipe.checkpoint.name}` (sha256 of weights
-  `{pipe.weights_hash[:16]}...`).
+  {published} weights of checkpoint `{pipe.checkpoint.name}`:
+{hash_lines}
 - Prediction type: `{cfg['prediction_type']}`; noise schedule: scaled-linear DDPM, 1000 steps,
   zero-terminal-SNR {'on' if cfg.get('zero_terminal_snr') else 'off'}.
 - Autoencoder: `{data.get('autoencoder')}`; latent normalisation: {normalization}
@@ -156,14 +220,16 @@ recorded for every training image.
 ## Training data
 - Subset `{data.get('subset')}` under license policy `{policy}`, catalog snapshot `{data.get('catalog_hash')}`.
 - Captions from: {', '.join(data.get('captioners') or [])}.
-- License obligations: {obligations}
-  The full attribution list is produced by `opencanvas card --run {run}`.
+- Obligations that follow from the training data:
+{duties}
+- {cards}
 
 ## Training
 - Images seen: {summary.get('images_seen', 'n/a')}; global batch {cfg['batch']}; lr {cfg['lr']} ({cfg['lr_schedule']},
   warmup {cfg['warmup_images']} images); caption dropout {cfg['caption_dropout']}; min-SNR gamma
   {cfg['min_snr_gamma']}; resolutions {cfg['resolutions']}.
-- Device: {summary.get('device', 'n/a')} x {summary.get('world_size', 1)}; recipe: {json.dumps(summary.get('recipe', {}))}.
+- Device: {summary.get('device', 'n/a')} x {summary.get('world_size', 1)}.
+- Recipe: {json.dumps(summary.get('recipe', {}))}.
 
 ## Use
 ```python

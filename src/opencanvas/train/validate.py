@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from opencanvas.pixels import to_pil
 from opencanvas.components.reports import image_grid
-from opencanvas.diffusion import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.diffusion.guidance import cfg_denoiser
 from opencanvas.diffusion.samplers import get_sigmas, initial_noise_scale, sample_euler
+from opencanvas.pixels import to_pil
 from opencanvas.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class Validator:
         self.unet: Any = None
 
     @classmethod
-    def create(cls, ws: Workspace, cfg: Any, device: torch.device) -> "Validator":
+    def create(cls, ws: Workspace, cfg: Any, device: torch.device) -> Validator:
         """Load the components named by the latent set (fails early, before any training)."""
         from opencanvas.train.pipeline import load_components
 
@@ -69,7 +69,7 @@ class Validator:
         return cls(cfg, ae, (text.float(), mask), (null_text.float(), null_mask), device)
 
     def render(self, ema_state: dict[str, torch.Tensor], resolution: int, steps: int = 20,
-               guidance: float = 5.0) -> "Image.Image":
+               guidance: float = 5.0) -> Image.Image:
         """A grid of the EMA model's samples: one row per prompt, fixed seeds 0..1."""
         from opencanvas.train.presets import build_unet
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ def all_gather_object(env: DistEnv, obj: object) -> list[object]:
     return out
 
 
-def wrap_model(module: nn.Module, unet: nn.Module, env: DistEnv, parallel: str) -> nn.Module:
+def wrap_model(module: nn.Module, unet: UNet2DConditionModel, env: DistEnv, parallel: str) -> nn.Module:
     """Wrap the training module for data parallelism.
 
     ddp: the whole `module` in DistributedDataParallel (gradients all-reduced in buckets

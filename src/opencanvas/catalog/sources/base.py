@@ -8,20 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opencanvas.catalog.records import BatchBuilder, SourceBatch
-from opencanvas.licenses import License, normalize
+from opencanvas.catalog.records import BatchBuilder, Rejected, SourceBatch, safe_text
+from opencanvas.licenses import License, LicenseRejected, license_of
 
 
 class InputFormatError(ValueError):
     """An input file is not in the format its source adapter reads."""
-
-
-class Rejected(Exception):
-    """A record goes to quarantine: `reason` is short and machine-readable, `detail` explains."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)
@@ -41,14 +33,31 @@ class SourceAdapter:
     read: Callable[[InputUnit], Iterator[SourceBatch]]       # reads one unit, batch by batch
 
 
-def open_license(text: str | None, what: str = "license") -> License:
-    """The normalised license, or `Rejected` when it is missing or not a known open license."""
-    if not text or not str(text).strip():
-        raise Rejected("license:missing", f"no {what} in the record")
-    lic = normalize(str(text))
-    if not lic.is_open:
-        raise Rejected("license:other", f"{what} {str(text)[:200]!r} is not a known open license")
-    return lic
+def record_license(name: Any = None, url: Any = None, what: str = "license") -> License:
+    """The record's open license (`licenses.license_of`: name and URL must agree), else `Rejected`."""
+    if isinstance(name, bytes | bytearray) or isinstance(url, bytes | bytearray):
+        raise Rejected("license:other", f"{what} is bytes, not text")
+    try:
+        return license_of(None if name is None else str(name), None if url is None else str(url), what)
+    except LicenseRejected as e:
+        raise Rejected(e.reason, e.detail) from None
+
+
+def add_record(builder: BatchBuilder, record_no: int, raw: Any, row_of: Callable[..., tuple[Any, ...]],
+               *args: Any) -> None:
+    """Add the row `row_of(*args)` builds, or quarantine the record with its reason; never stops the input.
+
+    `row_of` returns (source_id, row, license) or (..., license_origin). It runs here, so that
+    whatever one record does (a wrong type, a decoder's limit, an XML bomb) stays that record's
+    problem: the rest of the file still ingests.
+    """
+    try:
+        source_id, row, lic, *origin = row_of(*args)
+        builder.add(str(source_id), row, lic, origin[0] if origin else "item", record_no=record_no)
+    except Rejected as e:
+        builder.reject(record_no, raw, e.reason, e.detail)
+    except Exception as e:  # noqa: BLE001 - the per-record boundary: an unforeseen error quarantines one record
+        builder.reject(record_no, raw, "malformed", f"{type(e).__name__}: {safe_text(str(e))[:300]}")
 
 
 def require(record: dict[str, Any], *fields: str) -> None:
@@ -92,6 +101,12 @@ def plan_files(paths: Sequence[Path], check: Callable[[Path], None]) -> list[Pat
     return files
 
 
+def _checked_row(to_row: Callable[[dict[str, Any]], tuple[Any, ...]], record: Any) -> tuple[Any, ...]:
+    if not isinstance(record, dict):
+        raise Rejected("malformed", "line is JSON but not an object")
+    return to_row(record)
+
+
 def read_jsonl(
     unit: InputUnit, to_row: Callable[[dict[str, Any]], tuple[str, dict[str, Any], License]],
 ) -> Iterator[SourceBatch]:
@@ -108,14 +123,10 @@ def read_jsonl(
                 continue
             try:
                 record = json.loads(text)
-                if not isinstance(record, dict):
-                    raise Rejected("malformed", "line is JSON but not an object")
-                source_id, row, lic = to_row(record)
-                builder.add(source_id, row, lic)
-            except json.JSONDecodeError as e:
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, or nesting deeper than Python's stack
                 builder.reject(record_no, text.rstrip("\n"), "malformed", f"invalid JSON: {e}")
-            except Rejected as e:
-                builder.reject(record_no, text.rstrip("\n"), e.reason, e.detail)
+            else:
+                add_record(builder, record_no, text.rstrip("\n"), _checked_row, to_row, record)
             if builder.full:
                 yield builder.flush()
     yield builder.flush()

@@ -15,11 +15,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from opencanvas.catalog.records import BatchBuilder, SourceBatch, as_int, clean_text, extra_json
+from opencanvas.catalog.records import BatchBuilder, SourceBatch, as_int, as_tags, clean_text, extra_json
 from opencanvas.catalog.sources.base import (
-    InputFormatError, InputUnit, Rejected, SourceAdapter, open_license, plan_files, require,
+    InputFormatError,
+    InputUnit,
+    Rejected,
+    SourceAdapter,
+    add_record,
+    plan_files,
+    record_license,
+    require,
 )
 
 NAME = "commoncatalog"
@@ -31,7 +39,7 @@ _FLICKR_USER = re.compile(r"^(https?://(?:www\.)?flickr\.com/photos/[^/]+/)")
 def check(path: Path) -> None:
     try:
         names = set(pq.read_schema(path).names)
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet files
+    except (pa.ArrowException, OSError) as e:  # ArrowInvalid / OSError for non-Parquet files
         raise InputFormatError(f"{path}: not a Parquet file ({e}); expected {EXPECTED}") from None
     if not ({"photoid", "key"} & names) or not ({"licenseurl", "licensename"} & names):
         raise InputFormatError(f"{path}: columns {sorted(names)} lack the id/license columns; expected {EXPECTED}")
@@ -47,26 +55,23 @@ def _row(record: dict[str, Any], path: str, row_no: int, has_jpg: bool) -> tuple
         raise Rejected("missing:photoid", "record has neither photoid nor key")
     if not has_jpg:
         require(record, "downloadurl")
-    lic = open_license(record.get("licenseurl") or record.get("licensename"))
-    tags = record.get("usertags")
-    if isinstance(tags, str):
-        tags = [t.strip() for t in tags.split(",")]
+    lic = record_license(record.get("licensename"), record.get("licenseurl"))
     landing = clean_text(record.get("pageurl"))
     creator_url = m.group(1) if landing and (m := _FLICKR_USER.match(landing)) else None
     row = {
         "title": clean_text(record.get("title")),
         "description": clean_text(record.get("description")),
-        "tags": [t for t in (tags or []) if t],
+        "tags": as_tags(record.get("usertags")),
         "creator_url": creator_url,
         "landing_url": landing,
         "download_url": clean_text(record.get("downloadurl")),
-        "width": as_int(record.get("original_width")) or as_int(record.get("width")),
-        "height": as_int(record.get("original_height")) or as_int(record.get("height")),
+        "width": as_int(record.get("original_width"), "original_width") or as_int(record.get("width"), "width"),
+        "height": as_int(record.get("original_height"), "original_height") or as_int(record.get("height"), "height"),
         "extra": extra_json({
             "blip2_caption": clean_text(record.get("blip2_caption")), "caption": clean_text(record.get("caption")),
-            "sha256": record.get("sha256"), "commoncatalog_key": record.get("key"),
-            "license_name": record.get("licensename"),
-            "stored_size": [as_int(record.get("width")), as_int(record.get("height"))],
+            "sha256": clean_text(record.get("sha256")), "commoncatalog_key": clean_text(record.get("key")),
+            "license_name": clean_text(record.get("licensename")),
+            "stored_size": [as_int(record.get("width"), "width"), as_int(record.get("height"), "height")],
             "jpg": {"file": path, "row": row_no} if has_jpg else None,
         }),
     }
@@ -82,11 +87,7 @@ def read(unit: InputUnit) -> Iterator[SourceBatch]:
     row_no = 0
     for batch in pf.iter_batches(batch_size=READ_ROWS, columns=columns):
         for record in batch.to_pylist():
-            try:
-                source_id, row, lic = _row(record, unit.path, row_no, has_jpg)
-                builder.add(source_id, row, lic)
-            except Rejected as e:
-                builder.reject(row_no, record, e.reason, e.detail)
+            add_record(builder, row_no, record, _row, record, unit.path, row_no, has_jpg)
             row_no += 1
             if builder.full:
                 yield builder.flush()

@@ -19,10 +19,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from xml.etree.ElementTree import Element
 
+from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
 from opencanvas.catalog.records import BatchBuilder, SourceBatch, clean_text, extra_json
-from opencanvas.catalog.sources.base import InputFormatError, InputUnit, Rejected, SourceAdapter, open_license
+from opencanvas.catalog.sources.base import (
+    InputFormatError,
+    InputUnit,
+    Rejected,
+    SourceAdapter,
+    add_record,
+    record_license,
+)
 from opencanvas.licenses import License, normalize
 
 NAME = "openclipart"
@@ -136,12 +144,14 @@ def _record(svg: str, root: str, collection: License | None) -> tuple[str, dict,
         work = parse_rdf(data)
     except SafeET.ParseError as e:
         raise Rejected("malformed", f"SVG metadata is not well-formed XML: {e}") from None
+    except DefusedXmlException as e:  # a DTD entity or external reference: refused, as XML bombs are
+        raise Rejected("malformed", f"SVG metadata declares what a safe parser refuses: {e!r}") from None
     if work is None:
         raise Rejected("missing:metadata", "SVG has no RDF cc:Work metadata")
     lic_el = _child(work, "license")
     lic_text = None if lic_el is None else (lic_el.get(f"{{{RDF}}}resource") or lic_el.text or "").strip()
     if lic_text:
-        lic, origin = open_license(lic_text, "cc:license"), "item"
+        lic, origin = record_license(None, lic_text, "cc:license"), "item"
     elif collection is not None:
         lic, origin = collection, "collection"
     else:
@@ -168,17 +178,19 @@ def _record(svg: str, root: str, collection: License | None) -> tuple[str, dict,
     return rel.replace(os.sep, "/"), row, lic, origin
 
 
+def _record_or_unreadable(svg: str, root: str, collection: License | None) -> tuple[str, dict, License, str]:
+    try:
+        return _record(svg, root, collection)
+    except OSError as e:
+        raise Rejected("unreadable", str(e)) from None
+
+
 def read(unit: InputUnit) -> Iterator[SourceBatch]:
     collection = collection_license()
     builder = BatchBuilder(NAME, unit.path)
     for record_no, svg in enumerate(_svg_files(unit), start=1):
-        try:
-            source_id, row, lic, origin = _record(svg, unit.root, collection)
-            builder.add(source_id, row, lic, origin)
-        except Rejected as e:
-            builder.reject(record_no, os.path.relpath(svg, unit.root), e.reason, e.detail)
-        except OSError as e:
-            builder.reject(record_no, os.path.relpath(svg, unit.root), "unreadable", str(e))
+        add_record(builder, record_no, os.path.relpath(svg, unit.root), _record_or_unreadable, svg, unit.root,
+                   collection)
         if builder.full:
             yield builder.flush()
     yield builder.flush()

@@ -3,7 +3,8 @@
 Fields used: id, title, tags[{name}], creator, creator_url, foreign_landing_url,
 url, license ("by-sa"), license_version ("2.0"), license_url, width, height,
 provider, source, category, filetype. When both the URL and the name/version
-pair are given they must agree, else the record is quarantined.
+pair are given they must agree (whether or not the name is a known license),
+else the record is quarantined as `license:conflict`.
 """
 
 from __future__ import annotations
@@ -12,46 +13,45 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from opencanvas.catalog.records import SourceBatch, as_int, clean_text, extra_json
+from opencanvas.catalog.records import SourceBatch, as_int, as_tags, clean_text, extra_json
 from opencanvas.catalog.sources.base import (
-    InputUnit, Rejected, SourceAdapter, check_jsonl, open_license, plan_files, read_jsonl, require,
+    InputUnit,
+    SourceAdapter,
+    check_jsonl,
+    plan_files,
+    read_jsonl,
+    record_license,
+    require,
 )
-from opencanvas.licenses import License, normalize_pair
+from opencanvas.licenses import License
 
 NAME = "openverse"
 EXPECTED = "JSON lines of Openverse API image results (id, url, license, license_version, ...)"
 
 
 def _license(record: dict[str, Any]) -> License:
-    by_url = open_license(record.get("license_url"), "license_url") if record.get("license_url") else None
-    by_name = normalize_pair(record.get("license"), record.get("license_version"))
-    if by_url is None:
-        return open_license(f"{record.get('license') or ''} {record.get('license_version') or ''}".strip())
-    if by_name.is_open and (by_name.license_id, by_name.version) != (by_url.license_id, by_url.version):
-        raise Rejected("license:conflict", f"license {record.get('license')!r} {record.get('license_version')!r} "
-                       f"disagrees with license_url {record.get('license_url')!r}")
-    return by_url
+    name = " ".join(str(record[k]) for k in ("license", "license_version") if record.get(k) not in (None, ""))
+    return record_license(name or None, record.get("license_url") or None)
 
 
 def to_row(record: dict[str, Any]) -> tuple[str, dict[str, Any], License]:
     require(record, "id", "url")
     lic = _license(record)
-    tags = [clean_text(t.get("name") if isinstance(t, dict) else t) for t in record.get("tags") or []]
-    row = {
+    row: dict[str, Any] = {
         "title": clean_text(record.get("title")),
         "description": clean_text(record.get("description")),
-        "tags": [t for t in tags if t],
+        "tags": as_tags(record.get("tags")),
         "category": clean_text(record.get("category")),
         "creator": clean_text(record.get("creator")),
         "creator_url": clean_text(record.get("creator_url")),
         "landing_url": clean_text(record.get("foreign_landing_url")),
         "download_url": clean_text(record.get("url")),
-        "width": as_int(record.get("width")),
-        "height": as_int(record.get("height")),
+        "width": as_int(record.get("width"), "width"),
+        "height": as_int(record.get("height"), "height"),
         "extra": extra_json({"provider": record.get("provider"), "openverse_source": record.get("source"),
                              "filetype": record.get("filetype")}),
     }
-    return str(record["id"]), row, lic
+    return str(clean_text(record["id"])), row, lic
 
 
 def plan(paths: Sequence[Path]) -> list[InputUnit]:

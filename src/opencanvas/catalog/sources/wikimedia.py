@@ -16,7 +16,13 @@ from typing import Any
 
 from opencanvas.catalog.records import SourceBatch, as_int, clean_text, extra_json
 from opencanvas.catalog.sources.base import (
-    InputUnit, Rejected, SourceAdapter, check_jsonl, open_license, plan_files, read_jsonl,
+    InputUnit,
+    Rejected,
+    SourceAdapter,
+    check_jsonl,
+    plan_files,
+    read_jsonl,
+    record_license,
 )
 from opencanvas.licenses import License
 
@@ -63,23 +69,27 @@ def _meta(ext: dict[str, Any], name: str) -> str | None:
 
 def to_row(record: dict[str, Any]) -> tuple[str, dict[str, Any], License]:
     info = record
-    if isinstance(record.get("imageinfo"), list):
-        if not record["imageinfo"]:
-            raise Rejected("missing:imageinfo", "page has an empty imageinfo list")
-        info = {**record["imageinfo"][0], "title": record.get("title"), "pageid": record.get("pageid")}
+    if "imageinfo" in record:
+        pages = record["imageinfo"]
+        if not isinstance(pages, list) or not pages:
+            raise Rejected("missing:imageinfo", "imageinfo must be a non-empty list of objects")
+        if not isinstance(pages[0], dict):
+            raise Rejected("malformed", f"imageinfo[0] is a {type(pages[0]).__name__}, expected an object")
+        info = {**pages[0], "title": record.get("title"), "pageid": record.get("pageid")}
     title = clean_text(info.get("title"))
     if not title or not info.get("url"):
         raise Rejected("missing:title,url", "record needs the file title and url")
     ext = info.get("extmetadata") or {}
     if not isinstance(ext, dict):
         raise Rejected("malformed", "extmetadata is not an object")
-    lic_text = _meta(ext, "LicenseUrl") or _meta(ext, "LicenseShortName") or _meta(ext, "License")
-    lic = open_license(lic_text, "LicenseUrl/LicenseShortName")
+    # The short name and the URL must agree; `License` ("cc-by-sa-4.0") stands in for a missing short name.
+    lic = record_license(_meta(ext, "LicenseShortName") or _meta(ext, "License"), _meta(ext, "LicenseUrl"),
+                         "LicenseShortName/LicenseUrl")
     creator, creator_url = strip_html(_meta(ext, "Artist"))
     description, _ = strip_html(_meta(ext, "ImageDescription"))
     name = title.removeprefix("File:").replace(" ", "_")
     object_name, _ = strip_html(_meta(ext, "ObjectName"))
-    categories = [c for c in (_meta(ext, "Categories") or "").split("|") if c]
+    categories = [c for c in (clean_text(c) for c in (_meta(ext, "Categories") or "").split("|")) if c]
     row = {
         "title": object_name or name.rsplit(".", 1)[0].replace("_", " "),
         "description": description,
@@ -88,8 +98,8 @@ def to_row(record: dict[str, Any]) -> tuple[str, dict[str, Any], License]:
         "creator_url": creator_url,
         "landing_url": clean_text(info.get("descriptionurl")) or f"https://commons.wikimedia.org/wiki/File:{name}",
         "download_url": clean_text(info.get("url")),
-        "width": as_int(info.get("width")),
-        "height": as_int(info.get("height")),
+        "width": as_int(info.get("width"), "width"),
+        "height": as_int(info.get("height"), "height"),
         "extra": extra_json({"pageid": info.get("pageid"), "license_short_name": _meta(ext, "LicenseShortName"),
                              "attribution_required": _meta(ext, "AttributionRequired"),
                              "credit": strip_html(_meta(ext, "Credit"))[0], "mime": info.get("mime")}),

@@ -4,8 +4,9 @@ The file has ~100M lines, so nothing here loops over rows in Python. The main
 thread only cuts the file into chunks at line ends; worker threads parse each
 chunk with Arrow's CSV reader (no quoting: fields are URL-encoded, tabs never
 appear inside them) and judge it with DuckDB, which decodes the URL-encoded
-text, maps the handful of distinct license URLs through `opencanvas.licenses`
-and assigns quarantine reasons, column-wise. Lines with the wrong field count
+text, maps the handful of distinct (license name, license URL) pairs through
+`opencanvas.licenses.license_of` (the function every source uses: name and URL
+must agree) and assigns quarantine reasons, column-wise. Lines with the wrong field count
 reach quarantine through Arrow's invalid-row handler with their raw text and
 line number (1-based, empty lines not counted).
 """
@@ -29,7 +30,7 @@ from opencanvas.allocator import keep_freed_memory
 from opencanvas.catalog.records import SourceBatch
 from opencanvas.catalog.schema import CATALOG_SCHEMA, QUARANTINE_SCHEMA
 from opencanvas.catalog.sources.base import InputFormatError, InputUnit, SourceAdapter, plan_files
-from opencanvas.licenses import LICENSE_FLAGS, normalize
+from opencanvas.licenses import OTHER, LicenseRejected, license_of
 
 NAME = "yfcc100m"
 COLUMNS = (
@@ -72,22 +73,30 @@ def _decode(col: str) -> str:
 
 
 def _license_table(batch: pa.Table) -> pa.Table:
-    """Distinct license statements of the batch -> canonical license columns (a few rows)."""
-    statement = pc.if_else(pc.not_equal(batch["license_url"], ""), batch["license_url"], batch["license_name"])
+    """Distinct (license_name, license_url) pairs of the batch -> license columns and reason (a few rows)."""
+    pairs = batch.select(["license_name", "license_url"]).group_by(["license_name", "license_url"]).aggregate([])
     rows = []
-    for text in pc.unique(statement).to_pylist():
-        lic = normalize(unquote_plus(text))  # names are URL-encoded too ("Attribution+License")
-        rows.append({"statement": text, "license_id": lic.license_id, "license_version": lic.version,
-                     "license_url_norm": lic.url, **dict(zip(
-                         ("commercial_ok", "derivatives_ok", "share_alike", "attribution_required"),
-                         LICENSE_FLAGS[lic.license_id]))})
+    for name, url in zip(pairs["license_name"].to_pylist(), pairs["license_url"].to_pylist(), strict=True):
+        reason = detail = None
+        try:  # names and URLs are URL-encoded ("Attribution+License")
+            lic = license_of(unquote_plus(name, errors="strict") or None, unquote_plus(url, errors="strict") or None)
+        except LicenseRejected as e:
+            lic, reason, detail = OTHER, e.reason, e.detail
+        except UnicodeDecodeError:
+            lic, reason, detail = OTHER, "license:other", f"license {name!r} {url!r} does not decode to UTF-8"
+        rows.append({"license_name": name, "license_url": url, "license_id": lic.license_id,
+                     "license_version": lic.version, "license_url_norm": lic.url,
+                     "commercial_ok": lic.commercial_ok, "derivatives_ok": lic.derivatives_ok,
+                     "share_alike": lic.share_alike, "attribution_required": lic.attribution_required,
+                     "license_reason": reason, "license_detail": detail})
     return pa.Table.from_pylist(rows, schema=_LICENSE_SCHEMA)
 
 
 _LICENSE_SCHEMA = pa.schema([
-    ("statement", pa.string()), ("license_id", pa.string()), ("license_version", pa.string()),
-    ("license_url_norm", pa.string()), ("commercial_ok", pa.bool_()), ("derivatives_ok", pa.bool_()),
-    ("share_alike", pa.bool_()), ("attribution_required", pa.bool_()),
+    ("license_name", pa.string()), ("license_url", pa.string()), ("license_id", pa.string()),
+    ("license_version", pa.string()), ("license_url_norm", pa.string()), ("commercial_ok", pa.bool_()),
+    ("derivatives_ok", pa.bool_()), ("share_alike", pa.bool_()), ("attribution_required", pa.bool_()),
+    ("license_reason", pa.string()), ("license_detail", pa.string()),
 ])
 
 _REASON = f"""
@@ -97,26 +106,23 @@ CASE
   WHEN photo_id = '' THEN 'missing:photo_id'
   WHEN download_url = '' THEN 'missing:download_url'
   WHEN {' OR '.join(f"d_{c} IS NULL" for c in ENCODED)} THEN 'encoding'
-  WHEN license_url = '' AND license_name = '' THEN 'license:missing'
-  WHEN license_id = 'other' THEN 'license:other'
+  WHEN license_reason IS NOT NULL THEN license_reason
 END"""
 
 _DETAIL = """
-CASE reason
-  WHEN 'video' THEN 'marker 1: a video, the catalog keeps photos only'
-  WHEN 'malformed' THEN 'marker must be 0 (photo) or 1 (video), got ' || marker
-  WHEN 'encoding' THEN 'a URL-encoded text field does not decode to UTF-8'
-  WHEN 'license:missing' THEN 'no license name or URL'
-  WHEN 'license:other' THEN 'license ' || coalesce(try(url_decode(replace(statement, '+', ' '))), statement)
-    || ' is not a known open license'
+CASE
+  WHEN reason = 'video' THEN 'marker 1: a video, the catalog keeps photos only'
+  WHEN reason = 'malformed' THEN 'marker must be 0 (photo) or 1 (video), got ' || marker
+  WHEN reason = 'encoding' THEN 'a URL-encoded text field does not decode to UTF-8'
+  WHEN reason LIKE 'license:%' THEN license_detail
   ELSE 'required field empty'
 END"""
 
 # One pass: decode each text field once (a NULL decode marks bad percent-encoding),
 # judge the record, and build both the catalog columns and, for rejects only, the raw line.
 _DECODED = f"""
-SELECT b.*, lic.*, {', '.join(f"{_decode(c)} AS d_{c}" for c in ENCODED)}
-FROM batch b LEFT JOIN lic ON lic.statement = CASE WHEN b.license_url <> '' THEN b.license_url ELSE b.license_name END
+SELECT b.*, lic.* EXCLUDE (license_name, license_url), {', '.join(f"{_decode(c)} AS d_{c}" for c in ENCODED)}
+FROM batch b LEFT JOIN lic USING (license_name, license_url)
 """
 
 # Catalog columns for every line plus, where a reason is set (rejects only), the raw line:
@@ -172,7 +178,7 @@ def _split_invalid_utf8(table: pa.Table, path: str) -> tuple[pa.Table, list[dict
         pass
     binary = [table[c].cast(pa.binary()).to_pylist() for c in COLUMNS]
     bad = []
-    for i, fields in enumerate(zip(*binary)):
+    for i, fields in enumerate(zip(*binary, strict=True)):
         try:
             for f in fields:
                 f.decode("utf-8")
