@@ -123,9 +123,9 @@ def heldout_evaluation(evaluator: ClipEvaluator, pixels: torch.Tensor,
                        texts: list[str]) -> tuple[dict[str, Any], np.ndarray]:
     """Retrieval both ways on held-out pairs (same caption = a match) and CLIP-score separation."""
     model = evaluator.model
-    image = torch.cat([model.get_image_features(pixel_values=clip_pixels(pixels[i:i + 64])).pooler_output
-                       for i in range(0, len(pixels), 64)])
-    image = F.normalize(image.float(), dim=-1).numpy()
+    features = torch.cat([model.get_image_features(pixel_values=clip_pixels(pixels[i:i + 64])).pooler_output
+                          for i in range(0, len(pixels), 64)])
+    image = F.normalize(features.float(), dim=-1).numpy()
     text = evaluator.text_features(texts)
     similarity = image @ text.T                                            # (N images, N captions)
     _, caption_ids = np.unique(np.asarray(texts, dtype=object), return_inverse=True)

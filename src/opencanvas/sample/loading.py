@@ -139,6 +139,7 @@ def load_model(ws: Workspace, run: str | None, pipeline_dir: Path | None, ema: b
     torch_dtype = parse_dtype(dtype, device)
     if pipeline_dir is not None:
         return load_folder_pipeline(pipeline_dir, device=device, dtype=torch_dtype)
+    assert run is not None  # exactly one of the two was given
     from opencanvas.train.pipeline import load_pipeline
 
     if not ws.run_dir(run).is_dir():
@@ -146,11 +147,11 @@ def load_model(ws: Workspace, run: str | None, pipeline_dir: Path | None, ema: b
     return load_pipeline(ws, run, ema=ema, device=device, dtype=torch_dtype)
 
 
-def model_name(pipeline: ModelPipeline, run: str | None) -> str:
+def model_name(pipeline: object, run: str | None) -> str:
     return run or getattr(pipeline, "name", None) or "unknown"
 
 
-def training_provenance(pipeline: ModelPipeline) -> dict[str, str]:
+def training_provenance(pipeline: object) -> dict[str, str]:
     """License policy and catalog hash of the training data, from the run config."""
     data = (getattr(pipeline, "config", {}) or {}).get("data", {})
     return {"license_policy": str(data.get("policy") or "unknown"),

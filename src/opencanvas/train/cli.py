@@ -215,9 +215,9 @@ def shown_settings(ws: Workspace, preset_name: str, run: str, images: int | None
     import json
 
     from opencanvas.train.config import TrainConfig
-    from opencanvas.training.distributed import pick_device
     from opencanvas.train.presets import get_preset
     from opencanvas.train.recipe import resolve_recipe
+    from opencanvas.training.distributed import pick_device
 
     preset = get_preset(preset_name)
     config_path = ws.run_dir(run) / "config.json"

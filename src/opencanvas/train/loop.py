@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -44,6 +44,10 @@ from opencanvas.training.loop import (
 )
 from opencanvas.training.metrics_log import MetricsLog
 from opencanvas.workspace import Workspace
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["DiffusionLoss", "TrainingDiverged", "UNetTask", "lr_at", "train"]
 
@@ -117,7 +121,9 @@ def _resolve(ws: Workspace, latents: str, preset_name: str, run: str, images: in
         cfg = dataclasses.replace(cfg, images=Budget(minutes=minutes).to_images(cfg.batch, rate) or cfg.batch)
     recipe = resolve_recipe(env.device, bf16=cfg.bf16, sdpa=cfg.sdpa, low_precision_norms=cfg.low_precision_norms,
                             channels_last=cfg.channels_last, fused_adamw=cfg.fused_adamw, compile=cfg.compile)
-    cfg = dataclasses.replace(cfg, device=str(env.device), **recipe.to_dict()).validate(env.world)
+    cfg = dataclasses.replace(cfg, device=str(env.device), bf16=recipe.bf16, sdpa=recipe.sdpa,
+                              low_precision_norms=recipe.low_precision_norms, channels_last=recipe.channels_last,
+                              fused_adamw=recipe.fused_adamw, compile=recipe.compile).validate(env.world)
     if cfg.zero_terminal_snr and cfg.prediction_type == "epsilon":
         raise ValueError("--zero-terminal-snr needs --prediction v_prediction: epsilon is undefined at SNR 0 "
                          "(Lin et al. 2023, section 3.2)")
@@ -200,12 +206,12 @@ class UNetTask(TrainTask):
         """Skip the gradient all-reduce on all but the last micro-batch of a step."""
         if not self.env.active or last:
             if self.env.active and self.cfg.parallel == "fsdp":
-                self.model.set_requires_gradient_sync(True)
+                cast("FSDPModule", self.model).set_requires_gradient_sync(True)
             return contextlib.nullcontext()
         if self.cfg.parallel == "fsdp":
-            self.model.set_requires_gradient_sync(False)
+            cast("FSDPModule", self.model).set_requires_gradient_sync(False)
             return contextlib.nullcontext()
-        return self.step_module.no_sync()
+        return cast("DistributedDataParallel", self.step_module).no_sync()
 
     def gradients(self, state: TrainState) -> dict[str, float]:
         cfg, env = self.cfg, self.env
@@ -220,8 +226,8 @@ class UNetTask(TrainTask):
                                      num_timesteps=self.denoiser.schedule.num_train_timesteps,
                                      caption_dropout=cfg.caption_dropout, offset_noise=cfg.offset_noise,
                                      use_text_mask=cfg.use_text_mask)
-            x0 = to_memory_format(inputs["x0"], self.recipe)
-            noise = to_memory_format(inputs["noise"], self.recipe)
+            x0 = to_memory_format(cast(torch.Tensor, inputs["x0"]), self.recipe)
+            noise = to_memory_format(cast(torch.Tensor, inputs["noise"]), self.recipe)
             with self._sync(last=micro == accumulation - 1):
                 with autocast(env.device, self.recipe):
                     loss = self.step_module(x0, noise, inputs["timesteps"], inputs["text"], inputs["mask"]).mean()
@@ -319,4 +325,5 @@ def _weights_hashes(task: UNetTask) -> tuple[str | None, list[object]]:
     full = get_model_state_dict(task.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     sharded = task.env.active and task.cfg.parallel == "fsdp"
     local = None if sharded else tensors_hash(task.model.state_dict())
-    return (tensors_hash(full) if task.env.is_main else None), D.all_gather_object(task.env, local)
+    full_hash = tensors_hash(cast(dict[str, torch.Tensor], full)) if task.env.is_main else None
+    return full_hash, D.all_gather_object(task.env, local)
