@@ -46,6 +46,13 @@ def test_metadata_captioner_flags_empty_metadata() -> None:
     assert out == [("a blue square", ""), ("", "empty")]
 
 
+def test_title_and_title_tags_captioners_keep_only_their_fields() -> None:
+    meta = {"title": "red_apple.svg", "description": "A shiny red apple.", "tags": ["fruit", "apple", "food"]}
+    assert MetadataCaptioner("title").caption([CaptionInput("a", meta)]) == [("red apple", "")]
+    assert MetadataCaptioner("title-tags").caption([CaptionInput("a", meta)]) == [("red apple. fruit, food", "")]
+    assert MetadataCaptioner("title-tags").provenance.generation == json.dumps({"fields": ["title", "tags"]})
+
+
 def test_commoncatalog_captioner_reads_shipped_caption_or_flags_missing() -> None:
     items = [CaptionInput("a", {"extra": json.dumps({"blip2_caption": " a dog on grass "})}),
              CaptionInput("b", {"extra": {"blip2_caption": "a cat"}}),

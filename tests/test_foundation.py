@@ -56,9 +56,9 @@ def test_map_shards_process_pool_matches_serial() -> None:
 
 
 # Every verb of docs/architecture.md's pipeline, plus the component trainers, export, the demo,
-# human evaluation and the web app.
+# studies, human evaluation and the web app.
 STAGE_VERBS = {"catalog", "fetch", "caption", "autoencoder", "clip", "encode", "train", "export", "sample", "eval",
-               "card", "demo", "humaneval", "serve"}
+               "card", "demo", "humaneval", "serve", "study"}
 
 
 def test_cli_help_lists_stage_verbs() -> None:

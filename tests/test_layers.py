@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"shards", "captions", "cli_common"},
     {"diffusion", "training"},
     {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"},
-    {"cards"}, {"demo"}, {"humaneval"},
+    {"cards"}, {"study"}, {"demo"}, {"humaneval"},
     {"web"},
     {"cli"},
 ]

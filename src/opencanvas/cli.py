@@ -74,11 +74,12 @@ def _register_stages() -> None:
     from opencanvas.fetch import cli as fetch_cli
     from opencanvas.humaneval import cli as humaneval_cli
     from opencanvas.sample import cli as sample_cli
+    from opencanvas.study import cli as study_cli
     from opencanvas.train import cli as train_cli
     from opencanvas.web import cli as web_cli
 
     for module in (catalog_cli, fetch_cli, caption_cli, components_cli, encode_cli,
-                   train_cli, sample_cli, cards_cli, demo_cli, humaneval_cli, web_cli):
+                   train_cli, sample_cli, study_cli, cards_cli, demo_cli, humaneval_cli, web_cli):
         module.register(app)
 
 

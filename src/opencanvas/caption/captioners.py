@@ -6,6 +6,8 @@ model) live in `opencanvas.caption.vision`; the two here need no pixels:
 
 - `metadata`: title + description + tags, the "alt-text" baseline that
   CommonCanvas (arXiv 2310.16825, Sec. 3) compares its synthetic captions to.
+- `title` and `title-tags`: the title alone, and the title with its keywords (the weaker
+  baselines of the paper's caption comparison, for the `captions` study).
 - `commoncatalog`: the BLIP-2 caption shipped with CommonCatalog, read from the
   catalog row's `extra` JSON (key `blip2_caption`).
 """
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, get_args
 
-CaptionerName = Literal["blip2", "blip", "hf", "metadata", "commoncatalog"]
+CaptionerName = Literal["blip2", "blip", "hf", "metadata", "title", "title-tags", "commoncatalog"]
 CAPTIONERS: tuple[str, ...] = get_args(CaptionerName)
 MODEL_CAPTIONERS = ("blip2", "blip", "hf")
 DEFAULT_MODELS = {"blip2": "Salesforce/blip2-opt-2.7b", "blip": "Salesforce/blip-image-captioning-large"}
@@ -105,33 +107,38 @@ def degeneracy(caption: str) -> str:
 _FILE_SUFFIX = re.compile(r"\.(svg|png|jpe?g|gif|tiff?|webp)$", re.IGNORECASE)
 
 
-def metadata_caption(meta: dict[str, Any], max_chars: int = 300) -> str:
-    """Title, description and tags joined into one alt-text style caption."""
+def metadata_caption(meta: dict[str, Any], max_chars: int = 300,
+                     fields: Sequence[str] = ("title", "description", "tags")) -> str:
+    """Title, description and tags (those of `fields`) joined into one alt-text style caption."""
     title = _FILE_SUFFIX.sub("", str(meta.get("title") or "")).replace("_", " ").strip()
-    description = " ".join(str(meta.get("description") or "").split())
+    description = " ".join(str(meta.get("description") or "").split()) if "description" in fields else ""
     if len(description) > max_chars:  # keep whole words
         description = description[:max_chars].rsplit(" ", 1)[0] + "…"
     parts = [title]
     if description and description.lower() != title.lower():
         parts.append(description)
     seen = set(title.lower().split())
-    tags = [t for t in (meta.get("tags") or []) if t and str(t).lower() not in seen]
+    tags = [t for t in (meta.get("tags") or []) if t and str(t).lower() not in seen] if "tags" in fields else []
     if tags:
         parts.append(", ".join(dict.fromkeys(str(t) for t in tags)))
     return ". ".join(p.rstrip(".") for p in parts if p)
+
+
+# Text captioner name -> the catalog fields it joins.
+METADATA_FIELDS = {"metadata": ("title", "description", "tags"), "title": ("title",), "title-tags": ("title", "tags")}
 
 
 class MetadataCaptioner:
     name = "metadata"
     needs_pixels = False
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "metadata") -> None:
+        self.name, self.fields = name, METADATA_FIELDS[name]
         self.provenance = Provenance(model_id="", model_revision="", prompt="",
-                                     generation=json.dumps({"fields": ["title", "description", "tags"]}),
-                                     preprocessing="")
+                                     generation=json.dumps({"fields": list(self.fields)}), preprocessing="")
 
     def caption(self, items: Sequence[CaptionInput], pixels: Any = None) -> list[tuple[str, str]]:
-        captions = [metadata_caption(item.meta) for item in items]
+        captions = [metadata_caption(item.meta, fields=self.fields) for item in items]
         return [(c, degeneracy(c)) for c in captions]
 
 

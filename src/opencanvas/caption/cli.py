@@ -15,7 +15,8 @@ from opencanvas.engines import Engine
 CAPTION_HELP = """Caption every ok image of a subset into captions/<name>/part-NNNNN.parquet.
 
 Captioners: blip2 (the paper's BLIP-2, default Salesforce/blip2-opt-2.7b), blip, hf (any transformers
-image-text-to-text model, with --prompt), metadata (title + description + tags, offline), commoncatalog
+image-text-to-text model, with --prompt), metadata (title + description + tags, offline), title and
+title-tags (the title alone, and with its keywords), commoncatalog
 (the BLIP-2 caption shipped in CommonCatalog).
 
 Re-run the same command after a crash: finished shards are skipped. Report with

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from opencanvas.caption.captioners import (
     CAPTIONERS,
     DEFAULT_MODELS,
+    METADATA_FIELDS,
     MODEL_CAPTIONERS,
     RESERVED_NAMES,
     Captioner,
@@ -75,8 +76,8 @@ class CaptionJob:
 
 @functools.lru_cache(maxsize=1)  # one model per process (or Ray actor), reused across its shards
 def build_captioner(job: CaptionJob) -> Captioner:
-    if job.captioner == "metadata":
-        return MetadataCaptioner()
+    if job.captioner in METADATA_FIELDS:
+        return MetadataCaptioner(job.captioner)
     if job.captioner == "commoncatalog":
         return CommonCatalogCaptioner()
     from opencanvas.caption.vision import load_model_captioner

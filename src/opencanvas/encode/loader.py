@@ -58,19 +58,25 @@ def caption_slots(available: np.ndarray, seed: int, epoch: int, indices: np.ndar
     return np.where(count > 0, slots, -1)
 
 
-def training_indices(latent_set: LatentSet, holdout: float = 0.0) -> dict[tuple[int, int], np.ndarray]:
+def training_indices(latent_set: LatentSet, holdout: float = 0.0,
+                     keys: frozenset[str] | None = None) -> dict[tuple[int, int], np.ndarray]:
     """Each bucket's record indices, less the held-out split (key hash fraction < `holdout`).
 
     The split is the one the components and `eval --prompts heldout` use
     (`splits.key_fraction`), so held-out prompts are never trained on.
+    `keys`, when given, keeps only those records (a study's data fraction reads one shared latent set).
     """
     buckets = latent_set.bucket_indices()
-    if holdout <= 0:
+    if holdout <= 0 and keys is None:
         return buckets
     from opencanvas.splits import key_fraction
 
-    keys = latent_set.keys()
-    return {b: ix[np.array([key_fraction(keys[i]) >= holdout for i in ix], dtype=bool)] for b, ix in buckets.items()}
+    all_keys = latent_set.keys()
+
+    def kept(key: str) -> bool:
+        return (keys is None or key in keys) and (holdout <= 0 or key_fraction(key) >= holdout)
+
+    return {b: ix[np.array([kept(all_keys[i]) for i in ix], dtype=bool)] for b, ix in buckets.items()}
 
 
 def epoch_batches(latent_set: LatentSet, batch_size: int, seed: int, epoch: int,
@@ -95,13 +101,14 @@ class LatentLoader:
     mean/std (B, C, h, w) fp16, text (B, L, D) fp16, mask (B, L) bool, keys list[str].
     Iterating yields the remaining batches of the current epoch, then moves to the
     next epoch, so `for batch in loader` may be repeated for as many epochs as needed.
-    `holdout` > 0 leaves out the held-out split (see `training_indices`).
+    `holdout` > 0 leaves out the held-out split, and `keys` keeps only those records (see `training_indices`).
     `workers` > 0 gathers batches ahead on that many threads (memory-map copies
     release the GIL, and threads avoid pickling batches between processes).
     """
 
     def __init__(self, latent_set: LatentSet, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 epoch: int = 0, start: int = 0, workers: int = 0, prefetch: int = 4, holdout: float = 0.0) -> None:
+                 epoch: int = 0, start: int = 0, workers: int = 0, prefetch: int = 4, holdout: float = 0.0,
+                 keys: frozenset[str] | None = None) -> None:
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"need 0 <= rank < world, got rank={rank} world={world}")
         if batch_size < 1:
@@ -109,7 +116,7 @@ class LatentLoader:
         self.latent_set = latent_set
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.workers, self.prefetch = workers, max(1, prefetch)
-        self.indices = training_indices(latent_set, holdout)
+        self.indices = training_indices(latent_set, holdout, keys)
         full_batches = sum(len(ix) // batch_size for ix in self.indices.values())
         self.steps_per_epoch = full_batches // world
         if self.steps_per_epoch == 0:

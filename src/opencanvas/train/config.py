@@ -61,6 +61,9 @@ class TrainConfig:
     # Images whose key hash fraction is below this are never trained on: the held-out split that
     # the components and `eval --prompts heldout` use (splits.key_fraction).
     holdout: float = 0.1
+    # A workspace-relative Parquet with a `key` column: train only on those latents (a study's data
+    # fraction reads one shared latent set through it). None: every latent.
+    key_filter: str | None = None
     # Stable Diffusion pipelines attend to padding tokens; with a mask the exported diffusers
     # pipeline (which passes none) would see a different model, so the default is off.
     use_text_mask: bool = False

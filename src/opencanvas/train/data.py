@@ -22,6 +22,17 @@ def phase_resolution(resolutions: tuple[tuple[int, int], ...], images_seen: int)
     return [res for res, start in resolutions if start <= images_seen][-1]
 
 
+def read_key_filter(ws: Workspace, path: str) -> frozenset[str]:
+    """The `key` column of a workspace-relative Parquet file (a study's data fraction, or a subset file)."""
+    import pyarrow.parquet as pq
+
+    full = ws.root / path
+    if not full.exists():
+        raise FileNotFoundError(f"key filter {path!r} does not exist under {ws.root}: pass a Parquet file with a "
+                                "`key` column (e.g. subsets/<name>.parquet)")
+    return frozenset(pq.read_table(full, columns=["key"]).column("key").to_pylist())
+
+
 @dataclass
 class LatentStream:
     """Endless micro-batches of one resolution's latent set, resumable from (epoch, start)."""
@@ -37,15 +48,16 @@ class LatentStream:
     @classmethod
     def open(cls, ws: Workspace, latents: str, resolution: int, micro_batch: int, seed: int, rank: int,
              world: int, device: torch.device, position: dict[str, int] | None = None,
-             workers: int = 0, holdout: float = 0.0) -> LatentStream:
+             workers: int = 0, holdout: float = 0.0, key_filter: str | None = None) -> LatentStream:
         from opencanvas.encode import LatentLoader, open_latents
 
         latent_set = open_latents(ws, latents, resolution)
+        keys = read_key_filter(ws, key_filter) if key_filter else None
         epoch, start = 0, 0
         if position and position.get("resolution") == resolution:
             epoch, start = int(position["epoch"]), int(position["start"])
         loader = LatentLoader(latent_set, micro_batch, seed, rank=rank, world=world, epoch=epoch,
-                              start=start, workers=workers, holdout=holdout)
+                              start=start, workers=workers, holdout=holdout, keys=keys)
         meta = latent_set.meta
         null_text, null_mask = latent_set.null_text()
         view = (1, -1, 1, 1)

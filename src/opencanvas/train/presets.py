@@ -63,6 +63,14 @@ PRESETS: dict[str, Preset] = {
                         attention_head_dim=8, norm_num_groups=8),
         lr=1e-3, batch=16, warmup_images=64, ema_decay=0.99,
     ),
+    # tiny at twice the width (~3M parameters): the larger model of the built-in data-scaling study.
+    "tiny-wide": Preset(
+        name="tiny-wide",
+        unet=UNetPreset(block_out_channels=(64, 128), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                        attention_head_dim=8, norm_num_groups=8),
+        lr=1e-3, batch=16, warmup_images=64, ema_decay=0.99,
+    ),
     # A model that learns something on one CPU in minutes and is quick on one GPU.
     "small": Preset(
         name="small",
