@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from opencanvas.components.autoencoder import autoencoder_loss, channel_statistics, train_autoencoder
 from opencanvas.components.images import load_subset_images
@@ -21,14 +20,15 @@ from opencanvas.components.loading import load_autoencoder
 from opencanvas.components.metrics import psnr, ssim
 from opencanvas.components.presets import AUTOENCODER_PRESETS
 from opencanvas.pixels import to_unit_range
+from opencanvas.training.checkpoint import latest_checkpoint, load_checkpoint
+from opencanvas.training.metrics_log import read_rows
 from tests.factories import make_image_subset
 
 FAST = dict(resolution=32, batch_size=4, holdout=0.25)
 
 
 def checkpoint_weights(directory) -> dict[str, torch.Tensor]:
-    state = json.loads((directory / "checkpoint" / "state.json").read_text())
-    return load_file(directory / "checkpoint" / f"model-{state['step']:08d}.safetensors")
+    return load_checkpoint(latest_checkpoint(directory)).model
 
 
 def test_channel_statistics_match_numpy():
@@ -118,24 +118,25 @@ def test_killed_training_resumes_without_losing_or_repeating_steps(ws):
         from opencanvas.workspace import Workspace
         from opencanvas.components.autoencoder import train_autoencoder
         train_autoencoder(Workspace.open({str(ws.root)!r}), "shapes", "ae", steps=100000, resolution=32,
-                          batch_size=4, holdout=0.25, checkpoint_seconds=0.0)
+                          batch_size=4, holdout=0.25, checkpoint_every=4)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stderr=subprocess.DEVNULL)
-    state_path = ws.autoencoder_dir("ae") / "checkpoint" / "state.json"
+    out = ws.autoencoder_dir("ae")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if state_path.exists() and json.loads(state_path.read_text())["step"] >= 2:
+        newest = latest_checkpoint(out)
+        if newest is not None and int(newest.name[5:17]) >= 8:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = json.loads(state_path.read_text())["step"]
+    done = load_checkpoint(latest_checkpoint(out)).state.steps
     assert done >= 2
     report = train_autoencoder(ws, "shapes", "ae", steps=done + 2, **FAST)
-    state = json.loads(state_path.read_text())
-    assert report["steps"] == done + 2 and len(state["losses"]) == done + 2
-    assert report["images_seen"] == 4 * (done + 2)
+    assert report["steps"] == done + 2 and report["images_seen"] == 4 * (done + 2)
+    # each step logged once, however many the kill made it redo
+    assert [r["images_seen"] for r in read_rows(out)] == list(range(4, 4 * (done + 2) + 1, 4))
 
 
 def test_bad_input_says_what_to_do(ws):

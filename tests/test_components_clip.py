@@ -93,10 +93,9 @@ def test_train_clip_serves_as_text_encoder_and_evaluator(ws):
     pil = to_pil(images.pixels.float() / 127.5 - 1)
     feats = ev.image_features(pil)
     # same numbers as the trained model on the same preprocessing: the save/load round trip is exact
-    state = json.loads((out / "checkpoint" / "state.json").read_text())
-    from safetensors.torch import load_file
+    from opencanvas.training.checkpoint import latest_checkpoint, load_checkpoint
 
-    trained = load_file(out / "checkpoint" / f"model-{state['step']:08d}.safetensors")
+    trained = load_checkpoint(latest_checkpoint(out)).model
     for key, value in ev.model.state_dict().items():
         torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
     with torch.no_grad():

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from opencanvas.components.autoencoder import train_autoencoder
 from opencanvas.components.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from opencanvas.components.lpips import LPIPS, load_lpips
+from opencanvas.training.checkpoint import latest_checkpoint, load_checkpoint
 from tests.factories import make_image_subset
 
 FAST = dict(resolution=32, batch_size=4, holdout=0.25)
@@ -119,11 +120,12 @@ def test_training_with_lpips_and_discriminator_resumes_exactly(ws, weights_file)
     ok = CliRunner().invoke(app, args)
     assert ok.exit_code == 0, ok.output
     train_autoencoder(ws, "shapes", "resumed", steps=4, **FAST, **options)
-    for name in ("model", "extra"):
-        a, b = (torch.load(next((ws.autoencoder_dir(n) / "checkpoint").glob(f"{name}-*")), weights_only=True)
-                if name == "extra" else load_file(next((ws.autoencoder_dir(n) / "checkpoint").glob(f"{name}-*")))
-                for n in ("straight", "resumed"))
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    a, b = (load_checkpoint(latest_checkpoint(ws.autoencoder_dir(n))) for n in ("straight", "resumed"))
+    assert set(a.extra) == {"discriminator"} and set(a.extra_optimizers) == {"discriminator"}
+    torch.testing.assert_close(a.model, b.model, rtol=0, atol=0)
+    torch.testing.assert_close(a.extra, b.extra, rtol=0, atol=0)
+    torch.testing.assert_close(a.extra_optimizers["discriminator"]["state"],
+                               b.extra_optimizers["discriminator"]["state"], rtol=0, atol=0)
 
 
 def test_discriminator_off_and_not_reached_are_reported(ws, weights_file):
@@ -133,4 +135,4 @@ def test_discriminator_off_and_not_reached_are_reported(ws, weights_file):
     report = train_autoencoder(ws, "shapes", "nodisc", steps=1, **FAST, perceptual_weights=weights_file,
                                disc_weight=0.0)
     assert report["discriminator"] == "off (--disc-weight 0)"
-    assert not list((ws.autoencoder_dir("nodisc") / "checkpoint").glob("extra-*"))
+    assert load_checkpoint(latest_checkpoint(ws.autoencoder_dir("nodisc"))).extra == {}

@@ -12,9 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "opencanvas"
 # Lowest first. A part may import parts of its own rank or below; never one above it.
 LAYERS: list[set[str]] = [
     {"allocator", "progress", "storage", "workspace", "licenses", "engines", "pixels", "splits", "untrusted",
-     "model_license", "tombstones"},
+     "model_license", "tombstones", "dtypes"},
     {"shards", "captions", "cli_common", "marking"},
-    {"diffusion"},
+    {"diffusion", "training"},
     {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"}, {"provenance"},
     {"cards"}, {"study"}, {"publish"}, {"demo"}, {"humaneval"},
     {"web"},

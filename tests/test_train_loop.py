@@ -22,7 +22,6 @@ from opencanvas.train.checkpoint import (
     save_checkpoint,
 )
 from opencanvas.train.config import TrainConfig, parse_resolutions
-from opencanvas.train.ema import EMA
 from opencanvas.train.presets import PRESETS, build_unet
 from opencanvas.train.recipe import (
     LowPrecisionGroupNorm,
@@ -31,6 +30,7 @@ from opencanvas.train.recipe import (
     resolve_recipe,
     use_low_precision_norms,
 )
+from opencanvas.training.ema import EMA
 from opencanvas.workspace import Workspace
 
 TEXT = dict(text_len=8, text_dim=32)
@@ -105,6 +105,8 @@ def test_tiny_preset_overfits_a_fixed_batch(ws):
     summary_file = json.loads((run / "summary.json").read_text())
     assert summary_file["images_seen"] == 320 and summary_file["device"] == "cpu"
     assert summary_file["weights_sha256"] == summary_file["rank_weights_sha256"][0]
+    assert summary_file["final_loss"] == seen[-1] and summary_file["metrics"] == "runs/fit/metrics.jsonl"
+    assert summary_file["tensorboard"] == "runs/fit/tb"
     assert any((run / "tb").iterdir())
 
 
@@ -120,14 +122,14 @@ def test_nan_steps_are_skipped_and_repeated_ones_stop_the_run(ws, monkeypatch):
         return out
 
     state = {"images": 0}
-    real_step = loop.train_step
+    real_gradients = loop.UNetTask.gradients
 
-    def counting_step(s):
-        state["images"] = s.state.images_seen
-        return real_step(s)
+    def counting_gradients(task, train_state):
+        state["images"] = train_state.images_seen
+        return real_gradients(task, train_state)
 
     monkeypatch.setattr(loop, "training_inputs", maybe_nan)
-    monkeypatch.setattr(loop, "train_step", counting_step)
+    monkeypatch.setattr(loop.UNetTask, "gradients", counting_gradients)
     poisoned.update({16, 32})  # two isolated bad steps: skipped, counted, training goes on
     summary = loop.train(ws, "lat", "tiny", "nan", images=96, batch=8, checkpoint_every=32, max_bad_steps=3)
     assert summary["skipped_steps"] == 2 and summary["images_seen"] == 96

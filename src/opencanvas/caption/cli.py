@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 
 from opencanvas.caption.captioners import CaptionerName
 from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
+from opencanvas.dtypes import DTYPE_HELP, check_dtype_name
 from opencanvas.engines import Engine
 
 CAPTION_HELP = """Caption every ok image of a subset into captions/<name>/part-NNNNN.parquet.
@@ -28,13 +28,6 @@ Example: opencanvas caption --subset shapes --captioner blip2 --model models/bli
 """
 
 
-class DType(StrEnum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    fp32 = "fp32"
-
-
 caption_app = typer.Typer(help=CAPTION_HELP, invoke_without_command=True, no_args_is_help=False,
                           rich_markup_mode=None)
 
@@ -51,7 +44,7 @@ def caption_command(
         help="Output table captions/<name>/ (default: the captioner). Use one name per model or setting.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per generate() call.", min=1)] = 16,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda or cuda:N.")] = "cpu",
-    dtype: Annotated[DType, typer.Option(help="Model dtype; auto = bf16 on cuda, fp32 on cpu.")] = DType.auto,
+    dtype: Annotated[str, typer.Option(help=f"Model dtype: {DTYPE_HELP}.")] = "auto",
     prompt: Annotated[str, typer.Option(help="Text prompt the caption continues (e.g. 'a picture of'; "
                                              "for chat models the instruction).")] = "",
     max_new_tokens: Annotated[int, typer.Option(help="Longest caption, in tokens.", min=1)] = 30,
@@ -79,6 +72,10 @@ def caption_command(
         return
     if subset is None or captioner is None:
         raise fail("give --subset NAME and --captioner NAME (see `opencanvas caption --help`)")
+    try:
+        dtype = check_dtype_name(dtype)
+    except ValueError as e:
+        raise fail(str(e)) from None
     from opencanvas.caption.captioners import GenerationSettings
     from opencanvas.caption.stage import caption
     from opencanvas.caption.vision import CaptionModelError
@@ -95,14 +92,14 @@ def caption_command(
                                     repetition_penalty=repetition_penalty, seed=seed)
     print_settings("caption", {"workspace": str(ws.root), "subset": subset, "captioner": captioner,
                                "model": model or "(default)", "name": name or captioner,
-                               "batch_size": batch_size, "device": device, "dtype": dtype.value,
+                               "batch_size": batch_size, "device": device, "dtype": dtype,
                                "prompt": prompt, "generation": generation.to_json(), "crop_size": crop_size,
                                "loader_workers": loader_workers, "engine": engine,
                                "ray_actors": ray_actors if ray_actors is not None else "auto",
                                "rank/world": f"{rank}/{world}"})
     try:
         stats = caption(ws, subset, captioner, model=model, batch_size=batch_size, device=device,
-                        dtype=dtype.value, name=name, prompt=prompt, generation=generation, crop_size=crop_size,
+                        dtype=dtype, name=name, prompt=prompt, generation=generation, crop_size=crop_size,
                         loader_workers=loader_workers, engine=engine, rank=rank, world=world,
                         ray_actors=ray_actors)
     except (CaptionModelError, FileNotFoundError, ValueError) as e:

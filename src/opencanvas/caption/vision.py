@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opencanvas.caption.captioners import CaptionInput, GenerationSettings, Provenance, degeneracy
+from opencanvas.dtypes import parse_dtype
 from opencanvas.storage import weights_sha256
 
 if TYPE_CHECKING:  # heavy imports stay inside functions (fast CLI start)
@@ -55,18 +56,6 @@ def _missing_model_message(model: str, error: Exception) -> str:
             f"This machine may not reach the Hugging Face hub: download the weights where it is reachable with "
             f"`huggingface-cli download {model} --local-dir {local}`, copy the folder here and pass "
             f"--model {local}.")
-
-
-def torch_dtype(name: str, device: str) -> torch.dtype:
-    """bf16 on CUDA by default (what the BLIP-2 weights were trained in), fp32 on CPU."""
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name not in table:
-        raise ValueError(f"unknown dtype {name!r}: use auto, bf16, fp16 or fp32")
-    return table[name]
 
 
 def load_pretrained(model_class: Any, source: str, dtype: torch.dtype) -> Any:
@@ -186,7 +175,8 @@ def load_model_captioner(kind: str, model: str, *, name: str, device: str, dtype
         raise ValueError(f"unknown model captioner {kind!r}: use one of {sorted(classes)}")
     try:
         processor = transformers.AutoProcessor.from_pretrained(source)
-        net = load_pretrained(classes[kind], source, torch_dtype(dtype, device))
+        # auto: bf16 on CUDA (what the BLIP-2 weights were trained in), fp32 on CPU.
+        net = load_pretrained(classes[kind], source, parse_dtype(dtype, device))
     except OSError as e:
         raise CaptionModelError(_missing_model_message(model, e)) from e
     net = net.to(device).eval()

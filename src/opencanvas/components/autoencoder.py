@@ -28,14 +28,26 @@ from opencanvas.components.discriminator import PatchDiscriminator, adaptive_wei
 from opencanvas.components.images import load_subset_images
 from opencanvas.components.lpips import LPIPS, load_lpips
 from opencanvas.components.metrics import psnr, ssim
-from opencanvas.components.presets import AUTOENCODER_PRESETS, get_preset, preset_dict
+from opencanvas.components.presets import AUTOENCODER_PRESETS, AutoencoderPreset, get_preset, preset_dict
 from opencanvas.components.records import finished_record, publish, subset_metadata, write_record
 from opencanvas.components.reports import image_grid, markdown_table, png_bytes, write_report
-from opencanvas.components.training import CHECKPOINT_DIR, budget_met, loss_summary, run_training
+from opencanvas.components.training import (
+    CHECKPOINT_DIR,
+    CPU,
+    Budget,
+    check_same_training,
+    finished_images,
+    normalized,
+    step_seed_generator,
+    stored_config,
+    train_component,
+)
 from opencanvas.licenses import refuse_nd_subset
 from opencanvas.pixels import to_pil, to_unit_range
 from opencanvas.splits import holdout_split
 from opencanvas.storage import sha256_file
+from opencanvas.training.checkpoint import TrainState
+from opencanvas.training.loop import DEFAULT_CHECKPOINT_MINUTES, DEFAULT_KEEP, TrainTask
 from opencanvas.workspace import Workspace
 
 STATS_IMAGES = 512  # images whose latents set the normalisation
@@ -144,19 +156,6 @@ def reconstruction_metrics(vae: Any, pixels: torch.Tensor, downscale: int,
     return metrics, to_pil(to_unit_range(pixels)), recons
 
 
-def _finished_report(out_dir: Path, identity: dict[str, Any], steps: int | None, minutes: float | None) -> dict | None:
-    """The stored report when this exact training already finished within the asked budget."""
-    record = finished_record(out_dir)
-    if record is None:
-        return None
-    if record.get("training") != json.loads(json.dumps(identity, default=str)):
-        raise ValueError(f"{out_dir} holds an autoencoder trained with other settings: "
-                         f"choose another --name, or delete the directory to retrain")
-    if not budget_met(record["steps"], record["train_seconds"], steps, minutes):
-        return None  # a bigger budget than last time: train on from the checkpoint
-    return json.loads((out_dir / "report.json").read_text())
-
-
 def _perceptual_identity(path: Path | str | None, perceptual_weight: float | None, disc_weight: float | None,
                          disc_start: int | None, preset_disc_start: int) -> dict[str, Any]:
     """The perceptual/adversarial settings that identify a run ({} when off: older runs keep their identity)."""
@@ -178,114 +177,154 @@ def _perceptual_identity(path: Path | str | None, perceptual_weight: float | Non
 
 
 def train_autoencoder(ws: Workspace, subset: str, name: str, preset: str = "tiny", resolution: int | None = None,
-                      max_images: int | None = None, *, minutes: float | None = None, steps: int | None = None,
-                      batch_size: int | None = None, learning_rate: float | None = None,
+                      max_images: int | None = None, *, images: int | None = None, minutes: float | None = None,
+                      steps: int | None = None, batch_size: int | None = None, learning_rate: float | None = None,
                       kl_weight: float | None = None, train_crop: int | None = None,
                       holdout: float = 0.1, seed: int = 0, perceptual_weights: Path | str | None = None,
                       perceptual_weight: float | None = None, disc_weight: float | None = None,
-                      disc_start: int | None = None, checkpoint_seconds: float = 60.0) -> dict[str, Any]:
+                      disc_start: int | None = None, checkpoint_every: int | None = None,
+                      checkpoint_minutes: float = DEFAULT_CHECKPOINT_MINUTES,
+                      keep: int = DEFAULT_KEEP) -> dict[str, Any]:
     """Train (or resume, or return the finished) autoencoder `name`; returns the report.
-    `perceptual_weights`: an LPIPS-VGG16 file (components/lpips.py) turning on the LPIPS term
-    (`perceptual_weight`, default 1.0) and the PatchGAN (`disc_weight`, default 0.5; 0 turns it off)
-    from step `disc_start` (default: the preset's)."""
-    from diffusers import AutoencoderKL
 
-    refuse_nd_subset(ws.subset_path(subset), "autoencoder train")  # ND licenses forbid derivatives: no training on them
+    Budget: `images`, `steps` (of `batch_size` images) and/or `minutes` (converted to images
+    once, from a measured warm-up), whichever is least. `perceptual_weights`: an LPIPS-VGG16
+    file (components/lpips.py) turning on the LPIPS term (`perceptual_weight`, default 1.0) and
+    the PatchGAN (`disc_weight`, default 0.5; 0 turns it off) from step `disc_start` (default:
+    the preset's). Checkpoints: every `checkpoint_every` images (default: a twentieth of the run)
+    or `checkpoint_minutes`, whichever first; the newest `keep` are kept.
+    """
+    refuse_nd_subset(ws.subset_path(subset), "autoencoder train")  # ND licenses forbid derivatives
     spec = get_preset(AUTOENCODER_PRESETS, preset, "autoencoder")
+    identity = autoencoder_identity(spec, subset, preset, resolution, max_images, batch_size, learning_rate,
+                                    kl_weight, train_crop, holdout, seed, perceptual_weights, perceptual_weight,
+                                    disc_weight, disc_start)
+    budget = Budget(images, steps, minutes)
+    out_dir = ws.autoencoder_dir(name)
+    record = finished_record(out_dir)
+    if record is not None:
+        check_same_training(out_dir, "an autoencoder", record.get("training"), normalized(identity))
+        if finished_images(record, budget, identity["batch_size"]):
+            return json.loads((out_dir / "report.json").read_text())
+    check_same_training(out_dir, "an autoencoder", (stored_config(out_dir) or {}).get("training"),
+                        normalized(identity))
+
+    meta = subset_metadata(ws, subset)
+    loaded = load_subset_images(ws, subset, identity["resolution"], max_images)
+    train_idx, held_idx = holdout_split(loaded.keys, holdout)
+    task = AutoencoderTask.build(spec, identity, loaded.pixels[train_idx], perceptual_weights)
+    trained = train_component(task, out_dir, identity, budget, label=f"autoencoder {name}",
+                              batch=identity["batch_size"], lr=identity["learning_rate"],
+                              warmup_steps=spec.warmup_steps, checkpoint_every=checkpoint_every,
+                              checkpoint_minutes=checkpoint_minutes, keep=keep)
+    vae = task.model
+    shift, std = latent_statistics(vae, task.train_pixels[:STATS_IMAGES], seed)
+    # diffusers convention, so a pipeline that reads the config normalises the same way:
+    # (z - latents_mean) * scaling_factor / latents_std
+    vae.register_to_config(latents_mean=shift, latents_std=std, scaling_factor=1.0)
+    publish(out_dir, vae.save_pretrained)
+    metrics, originals, recons = reconstruction_metrics(vae, loaded.pixels[held_idx], spec.downscale)
+    perceptual, disc = (task.terms.describe(trained.state.steps) if task.terms is not None else
+                        ("off (no --lpips-weights given)", "off (needs --lpips-weights)"))
+    report = {
+        "name": name, **meta, "preset": preset, "resolution": identity["resolution"], "downscale": spec.downscale,
+        "latent_channels": spec.latent_channels, "images_train": len(train_idx), "images_heldout": len(held_idx),
+        "images_skipped": loaded.skipped, "steps": trained.state.steps, "images_seen": trained.state.images_seen,
+        "train_seconds": round(trained.state.wall_seconds, 1), "loss_first": trained.losses["first"],
+        "loss_last": trained.losses["last"], "heldout_psnr": metrics["psnr"], "heldout_ssim": metrics["ssim"],
+        "heldout_bicubic_psnr": metrics["bicubic_psnr"], "perceptual_loss": perceptual, "discriminator": disc,
+    }
+    write_report(out_dir, report, autoencoder_markdown(report, subset, meta["policy"], meta["catalog_hash"]),
+                 {"reconstructions.png": png_bytes(image_grid([originals[:GRID_IMAGES], recons[:GRID_IMAGES]]))})
+    write_record(out_dir, {
+        "component": "autoencoder", "name": name, **meta, "preset": preset_dict(spec), "training": identity,
+        "steps": trained.state.steps, "images_seen": trained.state.images_seen,
+        "train_seconds": trained.state.wall_seconds, "images": trained.config["images"], "minutes": minutes,
+        "measured_images_per_s": trained.config["measured_images_per_s"], "losses": trained.losses,
+        "latent_shift": shift,
+        "latent_scale": [1.0 / max(s, 1e-6) for s in std], "latent_std": std,
+        "latent_stats_images": int(min(STATS_IMAGES, len(task.train_pixels))),
+        "heldout_keys": [loaded.keys[i] for i in held_idx], "report": {k: report[k] for k in
+                                                                      ("heldout_psnr", "heldout_ssim")},
+        "checkpoint": CHECKPOINT_DIR,
+    })
+    return report
+
+
+def autoencoder_identity(spec: AutoencoderPreset, subset: str, preset: str, resolution: int | None,
+                         max_images: int | None, batch_size: int | None, learning_rate: float | None,
+                         kl_weight: float | None, train_crop: int | None, holdout: float, seed: int,
+                         perceptual_weights: Path | str | None, perceptual_weight: float | None,
+                         disc_weight: float | None, disc_start: int | None) -> dict[str, Any]:
+    """The resolved settings that identify a training (a resume must repeat them)."""
     resolution = resolution or spec.resolution
     spec.check_resolution(resolution)
     extra = _perceptual_identity(perceptual_weights, perceptual_weight, disc_weight, disc_start, spec.disc_start)
-    out_dir = ws.autoencoder_dir(name)
-    identity = {"subset": subset, "preset": preset, "resolution": resolution, "max_images": max_images,
+    identity: dict[str, Any] = {"subset": subset, "preset": preset, "resolution": resolution, "max_images": max_images,
                 "batch_size": batch_size or spec.batch_size, "learning_rate": learning_rate or spec.learning_rate,
                 "kl_weight": spec.kl_weight if kl_weight is None else kl_weight, "holdout": holdout, "seed": seed,
                 "train_crop": min(train_crop or spec.train_crop, resolution), "loss": "l1+kl", **extra}
     if identity["train_crop"] % spec.downscale:
         raise ValueError(f"--train-crop must be a multiple of the downscale {spec.downscale}")
-    if (report := _finished_report(out_dir, identity, steps, minutes)) is not None:
-        return report
+    return identity
 
-    meta = subset_metadata(ws, subset)
-    images = load_subset_images(ws, subset, resolution, max_images)
-    train_idx, held_idx = holdout_split(images.keys, holdout)
-    train_pixels = images.pixels[train_idx]                                    # uint8 (N, 3, H, W)
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**spec.diffusers_config(resolution))
-    if spec.initial_logvar is not None:
-        with torch.no_grad():  # quant_conv outputs (mean, logvar) per latent channel
-            vae.quant_conv.bias[spec.latent_channels:].fill_(spec.initial_logvar)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=identity["learning_rate"], betas=(0.9, 0.99),
-                                  weight_decay=0.0)
-    terms = None if perceptual_weights is None else perceptual_terms(
-        perceptual_weights, extra["perceptual_weight"], extra["disc_weight"], extra["disc_start"],
-        identity["learning_rate"])
-    optimizers = [optimizer] + ([terms.disc_optimizer] if terms is not None and terms.disc_optimizer else [])
-    bs, crop = identity["batch_size"], identity["train_crop"]
 
-    def step(index: int, generator: torch.Generator) -> float:
-        batch = train_pixels[torch.randint(len(train_pixels), (bs,), generator=generator)]
+class AutoencoderTask(TrainTask):
+    """One step: a random crop and flip of a random batch, autoencoder_loss, AdamW (and the discriminator's)."""
+
+    model: Any  # diffusers AutoencoderKL
+
+    def __init__(self, vae: Any, optimizer: torch.optim.Optimizer, terms: PerceptualTerms | None,
+                 train_pixels: torch.Tensor, identity: dict[str, Any]) -> None:
+        self.env, self.model, self.optimizer, self.ema = CPU, vae, optimizer, None
+        self.terms, self.train_pixels, self.identity = terms, train_pixels, identity   # pixels uint8 (N, 3, H, W)
+        self.extra = {} if terms is None or terms.disc is None or terms.disc_optimizer is None else {
+            "discriminator": (terms.disc, terms.disc_optimizer)}
+
+    @classmethod
+    def build(cls, spec: AutoencoderPreset, identity: dict[str, Any], train_pixels: torch.Tensor,
+              perceptual_weights: Path | str | None) -> AutoencoderTask:
+        """The seeded AutoencoderKL of the preset, its AdamW and the perceptual terms (if any)."""
+        from diffusers import AutoencoderKL
+
+        torch.manual_seed(identity["seed"])
+        vae = AutoencoderKL(**spec.diffusers_config(identity["resolution"]))
+        if spec.initial_logvar is not None:
+            with torch.no_grad():  # quant_conv outputs (mean, logvar) per latent channel
+                vae.quant_conv.bias[spec.latent_channels:].fill_(spec.initial_logvar)
+        optimizer = torch.optim.AdamW(vae.parameters(), lr=identity["learning_rate"], betas=(0.9, 0.99),
+                                      weight_decay=0.0)
+        terms = None if perceptual_weights is None else perceptual_terms(
+            perceptual_weights, identity["perceptual_weight"], identity["disc_weight"], identity["disc_start"],
+            identity["learning_rate"])
+        return cls(vae, optimizer, terms, train_pixels, identity)
+
+    def gradients(self, state: TrainState) -> dict[str, float]:
+        generator = step_seed_generator(self.identity["seed"], state.images_seen)
+        bs, crop, resolution = self.identity["batch_size"], self.identity["train_crop"], self.identity["resolution"]
+        batch = self.train_pixels[torch.randint(len(self.train_pixels), (bs,), generator=generator)]
         top, left = torch.randint(resolution - crop + 1, (2,), generator=generator).tolist()
         x = to_unit_range(batch[:, :, top:top + crop, left:left + crop])         # (B, 3, crop, crop)
         flip = torch.rand(bs, generator=generator) < 0.5                        # horizontal-flip augmentation
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        loss, parts = autoencoder_loss(vae, x, identity["kl_weight"], generator, terms, index)
-        for opt in optimizers:  # the discriminator's has no gradients (so does nothing) before disc_start
-            opt.zero_grad(set_to_none=True)
+        # The discriminator's optimizer has no gradients (so does nothing) before disc_start.
+        loss, parts = autoencoder_loss(self.model, x, self.identity["kl_weight"], generator, self.terms, state.steps)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        for opt in optimizers:
-            opt.step()
-        return parts["generator"]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0))
+        return {**parts, "loss": parts["generator"] if torch.isfinite(loss) else float("nan"),
+                "grad_norm": grad_norm}
 
-    checkpointed = {} if terms is None or terms.disc is None else {
-        "discriminator": terms.disc, "discriminator_optimizer": terms.disc_optimizer}
 
-    state = run_training(step, vae, optimizer, out_dir, identity, steps=steps, minutes=minutes, batch_size=bs,
-                         seed=seed, learning_rate=identity["learning_rate"], warmup_steps=spec.warmup_steps,
-                         checkpoint_seconds=checkpoint_seconds, description=f"autoencoder {name}",
-                         extra=checkpointed)
-
-    shift, std = latent_statistics(vae, train_pixels[:STATS_IMAGES], seed)
-    scale = [1.0 / max(s, 1e-6) for s in std]
-    # diffusers convention, so a pipeline that reads the config normalises the same way:
-    # (z - latents_mean) * scaling_factor / latents_std
-    vae.register_to_config(latents_mean=shift, latents_std=std, scaling_factor=1.0)
-    publish(out_dir, vae.save_pretrained)
-
-    held = images.pixels[held_idx]
-    metrics, originals, recons = reconstruction_metrics(vae, held, spec.downscale)
-    losses = loss_summary(state.losses)
-    perceptual, disc = (terms.describe(state.step) if terms is not None else
-                        ("off (no --lpips-weights given)", "off (needs --lpips-weights)"))
-    report = {
-        "name": name, **meta, "preset": preset, "resolution": resolution, "downscale": spec.downscale,
-        "latent_channels": spec.latent_channels, "images_train": len(train_idx), "images_heldout": len(held_idx),
-        "images_skipped": images.skipped, "steps": state.step, "images_seen": state.images_seen,
-        "train_seconds": round(state.seconds, 1), "loss_first": losses["first"], "loss_last": losses["last"],
-        "heldout_psnr": metrics["psnr"], "heldout_ssim": metrics["ssim"],
-        "heldout_bicubic_psnr": metrics["bicubic_psnr"],
-        "perceptual_loss": perceptual, "discriminator": disc,
-    }
-    markdown = (
-        f"# Autoencoder `{name}`\n\nTrained on subset `{subset}` (policy `{meta['policy']}`, catalog "
-        f"`{meta['catalog_hash']}`) with preset `{preset}` at {resolution} px: L1 + KL loss; perceptual term: "
-        f"{perceptual}; discriminator: {disc}.\n\n"
-        + markdown_table([("held-out PSNR (dB)", metrics["psnr"]), ("held-out SSIM", metrics["ssim"]),
-                          (f"bicubic x{spec.downscale} down/up PSNR (baseline)", metrics["bicubic_psnr"]),
-                          ("train / held-out images", f"{len(train_idx)} / {len(held_idx)}"),
-                          ("steps", state.step), ("images seen", state.images_seen),
-                          ("train seconds", round(state.seconds, 1)),
-                          ("loss first / last", f"{losses['first']:.4f} / {losses['last']:.4f}")])
+def autoencoder_markdown(report: dict[str, Any], subset: str, policy: str, catalog_hash: str) -> str:
+    r = report
+    return (
+        f"# Autoencoder `{r['name']}`\n\nTrained on subset `{subset}` (policy `{policy}`, catalog "
+        f"`{catalog_hash}`) with preset `{r['preset']}` at {r['resolution']} px: L1 + KL loss; perceptual term: "
+        f"{r['perceptual_loss']}; discriminator: {r['discriminator']}.\n\n"
+        + markdown_table([("held-out PSNR (dB)", r["heldout_psnr"]), ("held-out SSIM", r["heldout_ssim"]),
+                          (f"bicubic x{r['downscale']} down/up PSNR (baseline)", r["heldout_bicubic_psnr"]),
+                          ("train / held-out images", f"{r['images_train']} / {r['images_heldout']}"),
+                          ("steps", r["steps"]), ("images seen", r["images_seen"]),
+                          ("train seconds", r["train_seconds"]),
+                          ("loss first / last", f"{r['loss_first']:.4f} / {r['loss_last']:.4f}")])
         + "\n\n![originals (top) vs reconstructions (bottom)](reconstructions.png)\n")
-    grid = image_grid([originals[:GRID_IMAGES], recons[:GRID_IMAGES]])
-    write_report(out_dir, report, markdown, {"reconstructions.png": png_bytes(grid)})
-    write_record(out_dir, {
-        "component": "autoencoder", "name": name, **meta, "preset": preset_dict(spec), "training": identity,
-        "steps": state.step, "images_seen": state.images_seen, "train_seconds": state.seconds,
-        "losses": losses, "latent_shift": shift, "latent_scale": scale, "latent_std": std,
-        "latent_stats_images": int(min(STATS_IMAGES, len(train_pixels))),
-        "heldout_keys": [images.keys[i] for i in held_idx], "report": {k: report[k] for k in
-                                                                      ("heldout_psnr", "heldout_ssim")},
-        "checkpoint": CHECKPOINT_DIR,
-    })
-    return report

@@ -14,8 +14,15 @@ SubsetOption = Annotated[str, typer.Option("--subset", "-s", help="Subset whose 
 NameOption = Annotated[str, typer.Option("--name", help="Component name: the output folder under the workspace.")]
 MaxImagesOption = Annotated[int | None, typer.Option(help="Use at most this many images (default: all).", min=1)]
 MinutesOption = Annotated[float | None, typer.Option(
-    help="Training time budget in minutes (cumulative over resumes). Default 3 when --steps is not given.", min=0)]
-StepsOption = Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.", min=1)]
+    help="Training time budget in minutes (cumulative over resumes), converted once to images from a short "
+         "measured warm-up and recorded, so a re-run is exact. Default 3 when neither --images nor --steps is "
+         "given.", min=0)]
+ImagesOption = Annotated[int | None, typer.Option(help="Stop after this many training images.", min=1)]
+StepsOption = Annotated[int | None, typer.Option(help="Stop after this many optimizer steps (of --batch-size "
+                                                      "images).", min=1)]
+CheckpointEveryOption = Annotated[int | None, typer.Option(
+    "--checkpoint-every", min=0, help="Checkpoint every N images (default: a twentieth of the run; 0: only at the "
+    "end), and at least every 30 minutes.")]
 BatchOption = Annotated[int | None, typer.Option("--batch-size", help="Images per step (default: the preset's).",
                                                     min=1)]
 LrOption = Annotated[float | None, typer.Option("--learning-rate", help="Peak AdamW learning rate "
@@ -27,8 +34,10 @@ SeedOption = Annotated[int, typer.Option(help="Seed of the initial weights, batc
 
 def _train(title: str, workspace: Path, train: Any, **options: Any) -> dict[str, Any]:
     """Resolve the budget, print the settings, call `train(ws, **options)`; errors become messages."""
-    if options["minutes"] is None and options["steps"] is None:
+    if options["minutes"] is None and options["steps"] is None and options["images"] is None:
         options["minutes"] = 3.0
+    from opencanvas.training.loop import TrainingDiverged
+
     ws = open_workspace(workspace)
     (ws.autoencoder_dir if title.startswith("autoencoder") else ws.clip_dir)(options["name"])  # a bad name first
     require(ws, "fetched", options["subset"])
@@ -37,7 +46,7 @@ def _train(title: str, workspace: Path, train: Any, **options: Any) -> dict[str,
     print_settings(title, {"workspace": str(ws.root), **shown_settings(title, options)})
     try:
         return train(ws, **options)
-    except (FileNotFoundError, ValueError, NotImplementedError) as err:
+    except (FileNotFoundError, ValueError, NotImplementedError, TrainingDiverged) as err:
         raise fail(str(err)) from None
 
 
@@ -47,7 +56,9 @@ def shown_settings(title: str, options: dict[str, Any]) -> dict[str, Any]:
 
     table = AUTOENCODER_PRESETS if title.startswith("autoencoder") else CLIP_PRESETS
     preset = table.get(options.get("preset", ""))
-    words = {"max_images": "all", "minutes": "none (--steps decides)", "steps": "none (--minutes decides)",
+    words = {"max_images": "all", "images": "none (the least of --steps and --minutes decides)",
+             "minutes": "none (--images or --steps decides)", "steps": "none (--images or --minutes decides)",
+             "checkpoint_every": "a twentieth of the run",
              "tokenizer": "a BPE tokenizer trained on the captions", "perceptual_weights": "none (no LPIPS term)",
              "perceptual_weight": "1.0 with --lpips-weights", "disc_weight": "0.5 with --lpips-weights"}
     shown = {}
@@ -72,8 +83,10 @@ def autoencoder_train_cmd(
                                              "(opencanvas/components/presets.py).")] = "tiny",
     resolution: Annotated[int | None, typer.Option(help="Image side in px (default: the preset's).")] = None,
     max_images: MaxImagesOption = None,
+    images: ImagesOption = None,
     minutes: MinutesOption = None,
     steps: StepsOption = None,
+    checkpoint_every: CheckpointEveryOption = None,
     batch_size: BatchOption = None,
     learning_rate: LrOption = None,
     kl_weight: Annotated[float | None, typer.Option(help="KL weight, relative to SD's per-pixel-summed "
@@ -98,7 +111,8 @@ def autoencoder_train_cmd(
     from opencanvas.components.autoencoder import train_autoencoder
 
     report = _train("autoencoder train", workspace, train_autoencoder, subset=subset, name=name, preset=preset,
-                    resolution=resolution, max_images=max_images, minutes=minutes, steps=steps,
+                    resolution=resolution, max_images=max_images, images=images, minutes=minutes, steps=steps,
+                    checkpoint_every=checkpoint_every,
                     batch_size=batch_size, learning_rate=learning_rate, kl_weight=kl_weight,
                     train_crop=train_crop, holdout=holdout, seed=seed, perceptual_weights=lpips_weights,
                     perceptual_weight=perceptual_weight, disc_weight=disc_weight, disc_start=disc_start)
@@ -116,8 +130,10 @@ def clip_train_cmd(
     preset: Annotated[str, typer.Option(help=f"Preset: {' or '.join(CLIP_PRESETS)} "
                                              "(opencanvas/components/presets.py).")] = "tiny",
     max_images: MaxImagesOption = None,
+    images: ImagesOption = None,
     minutes: MinutesOption = None,
     steps: StepsOption = None,
+    checkpoint_every: CheckpointEveryOption = None,
     batch_size: BatchOption = None,
     learning_rate: LrOption = None,
     tokenizer: Annotated[str | None, typer.Option(help="Pretrained tokenizer (dir or hub id); default: "
@@ -132,7 +148,8 @@ def clip_train_cmd(
     from opencanvas.components.clip import train_clip
 
     report = _train("clip train", workspace, train_clip, subset=subset, captioner=captioner, name=name,
-                    preset=preset, max_images=max_images, minutes=minutes, steps=steps, batch_size=batch_size,
+                    preset=preset, max_images=max_images, images=images, minutes=minutes, steps=steps,
+                    checkpoint_every=checkpoint_every, batch_size=batch_size,
                     learning_rate=learning_rate, tokenizer=tokenizer, text_layer=text_layer, holdout=holdout,
                     seed=seed)
     console.print(

@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 
 from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings, require
+from opencanvas.dtypes import DTYPE_HELP, parse_dtype
 from opencanvas.licenses import refuse_nd_subset
-
-DTYPES = ("fp32", "fp16", "bf16")
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -42,7 +41,7 @@ def encode_command(
     = 16,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
     dtype: Annotated[str, typer.Option(
-        "--dtype", help="Model precision: fp32, fp16 or bf16 (outputs are stored as fp16 either way).")] = "fp32",
+        "--dtype", help=f"Model precision: {DTYPE_HELP} (outputs are stored as fp16 either way).")] = "fp32",
     decode_workers: Annotated[int, typer.Option(
         "--decode-workers", min=1, help="Threads decoding and resizing images ahead of the autoencoder.")] = 4,
     rank: Annotated[int, typer.Option("--rank", min=0, help="This process's share: shards rank, rank+world, ...")]
@@ -56,8 +55,10 @@ def encode_command(
     from opencanvas.encode.stage import encode
     from opencanvas.progress import progress_bar
 
-    if dtype not in DTYPES:
-        raise fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    try:
+        torch_dtype = parse_dtype(dtype, device)
+    except ValueError as err:
+        raise fail(str(err)) from None
     if rank >= world:
         raise fail(f"--rank must be below --world ({world}), got {rank}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -80,7 +81,6 @@ def encode_command(
         "rank/world": f"{rank}/{world}",
         "output": ws.relative(ws.latents_dir(name)) if ws.latents_dir(name).exists() else f"latents/{name}",
     })
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     with progress_bar() as bar:
         task = bar.add_task("encode", total=None, unit="img")
         try:

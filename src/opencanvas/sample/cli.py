@@ -9,6 +9,7 @@ import typer
 
 from opencanvas.cli_common import WorkspaceOption, fail, open_workspace, print_settings, require
 from opencanvas.diffusion.names import SAMPLER_NAMES, SPACINGS
+from opencanvas.dtypes import DTYPE_HELP, check_dtype_name
 from opencanvas.marking.options import C2paCertOption, C2paKeyOption, C2paOmitPromptOption, apply_marking
 
 RunOption = Annotated[str | None, typer.Option("--run", help="Training run under runs/ to sample from.")]
@@ -20,8 +21,7 @@ SamplerOption = Annotated[str, typer.Option("--sampler", help=f"One of: {', '.jo
 SpacingOption = Annotated[str | None, typer.Option(
     "--spacing", help=f"Sigma spacing: {', '.join(SPACINGS)}. Default: trailing for zero-terminal-SNR "
     "runs, else leading (as SD).")]
-DtypeOption = Annotated[str, typer.Option("--dtype", help="Model dtype: float32, bfloat16 or float16 (GPU).")]
-DTYPES = ("float32", "bfloat16", "float16")
+DtypeOption = Annotated[str, typer.Option("--dtype", help=f"Model dtype: {DTYPE_HELP}.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the first image; image i uses seed + i.")]
 NegativeOption = Annotated[str, typer.Option("--negative-prompt", help="Prompt to guide away from (CFG uncond).")]
 RescaleOption = Annotated[float, typer.Option(
@@ -51,8 +51,10 @@ def _check_choices(sampler: str, spacing: str | None, dtype: str) -> None:
         raise fail(f"unknown --sampler {sampler!r}: choose one of {', '.join(SAMPLER_NAMES)}")
     if spacing is not None and spacing not in SPACINGS:
         raise fail(f"unknown --spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
-    if dtype not in DTYPES:
-        raise fail(f"unknown --dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    try:
+        check_dtype_name(dtype)
+    except ValueError as err:
+        raise fail(str(err)) from None
 
 
 def sample_command(

@@ -1,8 +1,8 @@
 """Loading a model to sample from: a training run, or an exported diffusers folder.
 
 A diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) is
-wrapped into the same interface as `opencanvas.train.InferencePipeline`, so
-generation and evaluation never care where a model came from.
+wrapped into `FolderPipeline`, which shares the base class `opencanvas.train.pipeline.ModelPipeline`
+with a run's `InferencePipeline`, so generation and evaluation never care where a model came from.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from opencanvas.dtypes import parse_dtype
 from opencanvas.pixels import to_pil
+from opencanvas.train.pipeline import ModelPipeline
 from opencanvas.workspace import Workspace
 
 FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -57,8 +59,8 @@ class FolderAutoencoder:
 
 
 @dataclass
-class FolderPipeline:
-    """A diffusers pipeline folder behind the `InferencePipeline` interface."""
+class FolderPipeline(ModelPipeline):
+    """A diffusers pipeline folder behind the `ModelPipeline` interface."""
 
     denoiser: Any
     autoencoder: FolderAutoencoder
@@ -127,13 +129,17 @@ def load_folder_pipeline(path: Path, device: str = "cpu", dtype: torch.dtype = t
 
 
 def load_model(ws: Workspace, run: str | None, pipeline_dir: Path | None, ema: bool = True,
-               device: str = "cpu", dtype: str = "float32") -> Any:
-    """`--run NAME` (via opencanvas.train.load_pipeline) or `--pipeline DIR`; exactly one."""
+               device: str = "cpu", dtype: str = "float32") -> ModelPipeline:
+    """`--run NAME` (via opencanvas.train.load_pipeline) or `--pipeline DIR`; exactly one.
+
+    dtype: any name `opencanvas.dtypes.parse_dtype` takes (bf16, bfloat16, fp16, ..., auto).
+    """
     if (run is None) == (pipeline_dir is None):
         raise ValueError("give exactly one of --run NAME or --pipeline DIR")
-    torch_dtype = getattr(torch, dtype)
+    torch_dtype = parse_dtype(dtype, device)
     if pipeline_dir is not None:
         return load_folder_pipeline(pipeline_dir, device=device, dtype=torch_dtype)
+    assert run is not None  # exactly one of the two was given
     from opencanvas.train.pipeline import load_pipeline
 
     if not ws.run_dir(run).is_dir():
@@ -141,11 +147,11 @@ def load_model(ws: Workspace, run: str | None, pipeline_dir: Path | None, ema: b
     return load_pipeline(ws, run, ema=ema, device=device, dtype=torch_dtype)
 
 
-def model_name(pipeline: Any, run: str | None) -> str:
+def model_name(pipeline: object, run: str | None) -> str:
     return run or getattr(pipeline, "name", None) or "unknown"
 
 
-def training_provenance(pipeline: Any) -> dict[str, str]:
+def training_provenance(pipeline: object) -> dict[str, str]:
     """License policy and catalog hash of the training data, from the run config."""
     data = (getattr(pipeline, "config", {}) or {}).get("data", {})
     return {"license_policy": str(data.get("policy") or "unknown"),

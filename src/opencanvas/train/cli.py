@@ -37,6 +37,9 @@ def train_command(
     images: Annotated[int | None, typer.Option(
         "--images", min=1, help="Total training images over all ranks (default for a resume: the stored value).")]
     = None,
+    minutes: Annotated[float | None, typer.Option(
+        "--minutes", min=0, help="Instead of --images: a time budget, converted once to images from a short "
+        "measured warm-up and recorded in config.json, so the same command again trains exactly as far.")] = None,
     batch: Annotated[int | None, typer.Option(
         "--batch", min=1, help="Global batch per optimizer step (default: the preset's).")] = None,
     micro_batch: Annotated[int | None, typer.Option(
@@ -75,7 +78,11 @@ def train_command(
         "matches the exported diffusers pipeline).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of weights, data order and noise.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(
-        "--checkpoint-every", min=0, help="Checkpoint every N images (0: only at the end).")] = None,
+        "--checkpoint-every", min=0, help="Checkpoint every N images (default: a twentieth of the run; 0: only "
+        "at the end).")] = None,
+    checkpoint_minutes: Annotated[float | None, typer.Option(
+        "--checkpoint-minutes", min=0, help="Also checkpoint after this many minutes of wall time since the "
+        "last one (default 30; 0: off).")] = None,
     keep: Annotated[int | None, typer.Option(
         "--keep", min=0, help="Keep the N newest checkpoints (0: keep all).")] = None,
     validate_every: Annotated[int | None, typer.Option(
@@ -125,12 +132,12 @@ def train_command(
     ws.run_dir(run)   # a bad name fails before anything else is looked at
     require(ws, "latents", latents)
     options = dict(
-        micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
+        minutes=minutes, micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, prediction_type=prediction,
         min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
         caption_dropout=caption_dropout, holdout=holdout, use_text_mask=text_mask, seed=seed,
-        checkpoint_every=checkpoint_every, keep=keep, validate_every=validate_every, log_every=log_every,
-        max_bad_steps=max_bad_steps,
+        checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, keep=keep,
+        validate_every=validate_every, log_every=log_every, max_bad_steps=max_bad_steps,
         workers=workers, device=device, parallel=parallel, bf16=bf16, sdpa=sdpa,
         low_precision_norms=low_precision_norms, channels_last=channels_last, fused_adamw=fused_adamw,
         compile=compile,
@@ -208,9 +215,9 @@ def shown_settings(ws: Workspace, preset_name: str, run: str, images: int | None
     import json
 
     from opencanvas.train.config import TrainConfig
-    from opencanvas.train.distributed import pick_device
     from opencanvas.train.presets import get_preset
     from opencanvas.train.recipe import resolve_recipe
+    from opencanvas.training.distributed import pick_device
 
     preset = get_preset(preset_name)
     config_path = ws.run_dir(run) / "config.json"

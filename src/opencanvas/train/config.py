@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from opencanvas.train.presets import Preset
+from opencanvas.training import DEFAULT_CHECKPOINT_MINUTES
 
 LrSchedule = Literal["constant", "cosine"]
 
 # Fields that may change between a run and its resumption (they do not change the math).
 RESUMABLE_CHANGES = frozenset({
-    "images", "checkpoint_every", "keep", "validate_every", "log_every", "workers", "max_bad_steps",
-    "validation_prompts", "device", "bf16", "sdpa", "low_precision_norms", "channels_last", "fused_adamw",
-    "compile",
+    "images", "minutes", "measured_images_per_s", "checkpoint_every", "checkpoint_minutes", "keep",
+    "validate_every", "log_every", "workers", "max_bad_steps", "validation_prompts", "device", "bf16", "sdpa",
+    "low_precision_norms", "channels_last", "fused_adamw", "compile",
 })
 
 # What a run records of its latent set: enough to rebuild the pipeline and write the model card.
@@ -44,6 +45,10 @@ class TrainConfig:
     resolutions: tuple[tuple[int, int], ...]  # (resolution, from images seen), ascending
     data: dict[str, Any]  # the latent set's provenance and shapes (see DATA_KEYS)
     lr_schedule: LrSchedule = "constant"
+    # A budget in minutes instead of images: converted once, at the start, from a measured warm-up; the rate is
+    # recorded here so that the same command again trains exactly as far (`images` is then the result).
+    minutes: float | None = None
+    measured_images_per_s: float | None = None
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
@@ -63,7 +68,10 @@ class TrainConfig:
     # pipeline (which passes none) would see a different model, so the default is off.
     use_text_mask: bool = False
     seed: int = 0
-    checkpoint_every: int = 0  # images; 0: only at the end
+    # Checkpoints every checkpoint_every images (None: a twentieth of the run; 0: only at the end) or
+    # checkpoint_minutes of wall time (0: off), whichever comes first, so a killed run resumes by default.
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float = DEFAULT_CHECKPOINT_MINUTES
     keep: int = 3  # checkpoints kept (the newest); 0 keeps all
     validate_every: int = 0  # images; 0: no validation grids
     validation_prompts: tuple[str, ...] = ("a red circle", "a blue square", "a green triangle", "a yellow circle")

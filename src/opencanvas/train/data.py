@@ -1,33 +1,20 @@
 """Training inputs: latent batches by resolution phase, and the per-step random draws.
 
 Every random number of a micro-batch comes from one generator seeded by
-(seed, micro * world + rank, images seen), so a resumed run draws exactly what
-the uninterrupted run drew (EDM2 training_loop does the same), and a step is
-the same computation on 1 rank with accumulation 2 as on 2 ranks without.
+(seed, micro * world + rank, images seen): opencanvas.training.seeds.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from opencanvas.training.seeds import step_generator, step_seed
 from opencanvas.workspace import Workspace
 
-
-def step_seed(seed: int, micro_batch: int, images_seen: int) -> int:
-    """A 63-bit seed that is a pure function of (seed, global micro-batch index, images seen).
-
-    The micro-batch index is micro * world + rank, so it also tells the ranks apart.
-    """
-    digest = hashlib.sha256(f"opencanvas-train:{seed}:{micro_batch}:{images_seen}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def step_generator(device: torch.device, seed: int, micro_batch: int, images_seen: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(step_seed(seed, micro_batch, images_seen))
+__all__ = ["LatentStream", "phase_resolution", "step_generator", "step_seed", "training_inputs"]
 
 
 def phase_resolution(resolutions: tuple[tuple[int, int], ...], images_seen: int) -> int:

@@ -8,6 +8,7 @@ set was encoded with, so prompts are embedded exactly as in training.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,37 @@ if TYPE_CHECKING:
     from opencanvas.components.loading import LoadedAutoencoder, LoadedTextEncoder
 
 
+class ModelPipeline(ABC):
+    """What sampling and evaluation use of a model, wherever it came from.
+
+    Two kinds: a training run's checkpoint (`InferencePipeline`, here) and an exported
+    diffusers folder (`opencanvas.sample.loading.FolderPipeline`). `opencanvas.sample.loading.load_model`
+    returns one or the other as this type.
+    """
+
+    denoiser: Denoiser  # x0-prediction in sigma space (opencanvas.diffusion)
+    config: dict[str, Any]  # the run's resolved TrainConfig, or what an export recorded of it
+    weights_hash: str  # sha256 identifying the UNet weights sampled from
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states (B, L, D) float32 on the model's device, and the text mask the UNet expects (or None)."""
+
+    @abstractmethod
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(C, h, w) of the latents for an image of height x width pixels."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Normalised latents (B, C, h, w) -> PIL images."""
+
+
 @dataclass
-class InferencePipeline:
+class InferencePipeline(ModelPipeline):
     denoiser: Denoiser  # x0-prediction in sigma space (opencanvas.diffusion)
     autoencoder: LoadedAutoencoder
     text_encoder: LoadedTextEncoder
@@ -39,10 +69,6 @@ class InferencePipeline:
     weights_hash: str  # sha256 over the loaded UNet tensors (names, dtypes, bytes)
     checkpoint: Path
     ema: bool
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
 
     @property
     def use_text_mask(self) -> bool:

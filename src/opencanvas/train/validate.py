@@ -1,7 +1,13 @@
 """Validation grids during training: fixed prompts and seeds, so grids compare across time.
 
-They are drawn with the sampling stage's own pieces (Euler on trailing sigmas,
-classifier-free guidance), so a grid shows what `opencanvas sample` would give.
+They differ from `opencanvas sample` on purpose, and are not drawn by its function
+(`opencanvas.sample.generate.sample_latents`): `train` sits below `sample` in the layers,
+and a grid drawn every few thousand images must be cheap. So they use the diffusion core's
+pieces that `sample` also calls (`get_sigmas`, the samplers, classifier-free guidance) with
+settings of their own: 20 Euler steps on trailing sigmas at guidance 5, where `sample`'s
+defaults are 25 dpmpp-2m steps on leading sigmas (trailing for zero-terminal SNR) at
+guidance 7.5. A grid shows how training progresses, not what `sample` gives: sample a
+checkpoint (`opencanvas sample --run NAME`) for that.
 """
 
 from __future__ import annotations
