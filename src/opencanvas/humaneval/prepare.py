@@ -21,7 +21,7 @@ import numpy as np
 
 from opencanvas.humaneval.store import Study, open_study
 from opencanvas.storage import atomic_write_bytes
-from opencanvas.workspace import Workspace
+from opencanvas.workspace import Workspace, is_name
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,11 @@ def load_study_model(ws: Workspace, spec: str, device: str = "cpu") -> Any:
     """A run name under runs/, else a diffusers pipeline folder."""
     from opencanvas.sample.loading import load_model
 
-    if ws.run_dir(spec).is_dir():
+    if is_name(spec) and ws.run_dir(spec).is_dir():   # a path or hub id is not a run name
         return load_model(ws, spec, None, device=device)
     if Path(spec).is_dir():
         return load_model(ws, None, Path(spec), device=device)
-    raise FileNotFoundError(f"model {spec!r} is neither a run under {ws.run_dir('').as_posix()} nor a diffusers "
+    raise FileNotFoundError(f"model {spec!r} is neither a run under {(ws.root / 'runs').as_posix()} nor a diffusers "
                             "pipeline folder: train a run or `opencanvas export` one")
 
 
