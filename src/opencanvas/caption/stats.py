@@ -4,8 +4,9 @@ Per captioner: count and coverage of the subset's ok images, flags, length in
 words and tokens (PNG histogram), vocabulary size, share of duplicate captions,
 and a Markdown table of the metadata (alt-text) caption beside the synthetic
 ones for a sample of images, the comparison CommonCanvas makes in its Fig. 3.
+Where `caption score` has scored a captioner, its CLIP scores too (scores.png).
 
-    captions/stats/<subset>/stats.json  lengths.png  samples.md
+    captions/stats/<subset>/stats.json  lengths.png  samples.md  [scores.png]
 """
 
 from __future__ import annotations
@@ -30,6 +31,51 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 def report_dir(ws: Workspace, subset: str) -> Path:
     return ws.root / "captions" / "stats" / subset
+
+
+def scores_path(ws: Workspace, subset: str, captioner: str) -> Path:
+    """Where `caption score` writes a captioner's CLIP scores on `subset`."""
+    return report_dir(ws, subset) / "scores" / f"{captioner}.parquet"
+
+
+def clip_scores(ws: Workspace, subset: str, captioner: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """(the scored captions' CLIP scores, their summary) from `caption score`, or None where it has not run."""
+    import pyarrow.parquet as pq
+
+    path = scores_path(ws, subset, captioner)
+    if not path.exists():
+        return None
+    table = pq.read_table(path, columns=["clip_score", "error"])
+    values = np.asarray(table.column("clip_score").drop_null().to_numpy(), dtype=np.float64)
+    meta = pq.read_schema(path).metadata or {}
+    summary = {"clip": meta.get(b"clip", b"").decode(), "scored": len(values),
+               "quarantined": table.num_rows - len(values)}
+    if len(values):
+        summary.update(mean=round(float(values.mean()), 3), median=round(float(np.median(values)), 3),
+                       p10=round(float(np.percentile(values, 10)), 3), p90=round(float(np.percentile(values, 90)), 3))
+    return values, summary
+
+
+def _plot_scores(values: dict[str, np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    everything = np.concatenate(list(values.values()))
+    bins = np.linspace(float(everything.min()), float(everything.max()) + 1e-6, 31)
+    for name, v in values.items():
+        ax.hist(v, bins=bins, histtype="step", linewidth=1.5, label=f"{name} (mean {v.mean():.1f})")
+    ax.set_xlabel("CLIP score (100 x cosine)")
+    ax.set_ylabel("captions")
+    ax.legend(fontsize=8)
+    fig.suptitle("Image-text alignment by captioner")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def caption_tables(ws: Workspace) -> list[str]:
@@ -156,6 +202,16 @@ def caption_stats(ws: Workspace, subset: str, sample: int = 8, seed: int = 0,
     out = report_dir(ws, subset)
     paths = {"json": out / "stats.json", "histogram": out / "lengths.png", "samples": out / "samples.md"}
     _plot_lengths(per, paths["histogram"])
+    scored: dict[str, np.ndarray] = {}
+    for name in per:
+        found = clip_scores(ws, subset, name)
+        if found is not None:
+            per[name]["clip_score"] = found[1]
+            if len(found[0]):
+                scored[name] = found[0]
+    if scored:
+        paths["score_histogram"] = out / "scores.png"
+        _plot_scores(scored, paths["score_histogram"])
     atomic_write_text(paths["samples"], "\n".join(lines) + "\n")
     report = {"subset": subset, "ok_images": len(ok_keys), "token_counter": token_source,
               "captioners": {n: {k: v for k, v in s.items() if not k.startswith("_")} for n, s in per.items()},
