@@ -57,6 +57,27 @@ def test_score_is_the_clip_score_of_each_caption_with_its_own_image(scored) -> N
     assert rows[image.key]["error"] == "" and rows[image.key]["caption"] == captions[image.key]
 
 
+def test_round_trip_is_the_mean_image_cosine_of_generations_and_original(scored, tmp_path: Path) -> None:
+    from opencanvas.caption_quality import RoundTrip
+    from opencanvas.sample.generate import generate
+    from opencanvas.sample.loading import load_folder_pipeline
+    from opencanvas.sample.tiny import write_tiny_folder
+
+    ws, clip = scored
+    model = load_folder_pipeline(write_tiny_folder(tmp_path / "model"))
+    trip = RoundTrip(model, "tiny", seeds=2, steps=2, sampler="euler")
+    score_captions(ws, "shapes", "metadata", clip, round_trip=trip)
+    table = pq.read_table(scores_path(ws, "shapes", "metadata"))
+    assert table.schema.metadata[b"run"] == b"tiny" and table.column("round_trip").null_count == 0
+    row = table.to_pylist()[0]
+    original = next(img for img in iter_shard(ws.images_dir("shapes") / "shard-00000.tar") if img.key == row["key"])
+    made = generate(model, [row["caption"]], n=2, steps=2, guidance=5.0, sampler="euler", seed=0)
+    want = (clip.image_features(made) @ clip.image_features([load_rgb(original.data)])[0]).mean()
+    assert row["round_trip"] == pytest.approx(want, abs=1e-4)
+    summary = caption_stats(ws, "shapes")["captioners"]["metadata"]["clip_score"]["round_trip"]
+    assert summary["run"] == "tiny" and summary["scored"] == 32
+
+
 def test_a_damaged_shard_is_quarantined_and_the_rest_is_scored(scored) -> None:
     ws, clip = scored
     tar = ws.images_dir("shapes") / "shard-00001.tar"

@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
      "model_license", "tombstones", "dtypes"},
     {"shards", "captions", "cli_common", "marking"},
     {"diffusion", "training"},
-    {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"caption_quality"}, {"encode"}, {"train"}, {"sample"},
+    {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"}, {"caption_quality"},
     {"provenance"},
     {"cards"}, {"study"}, {"publish"}, {"demo"}, {"humaneval"},
     {"web"},

@@ -136,6 +136,10 @@ def stats_command(
             console.print(f"  CLIP score ({c['clip']}): mean {c['mean']:.2f}, median {c['median']:.2f}, "
                           f"p10-p90 {c['p10']:.2f}-{c['p90']:.2f} over {c['scored']} captions"
                           + (f", {c['quarantined']} quarantined" if c["quarantined"] else ""))
+            if "round_trip" in c:
+                r = c["round_trip"]
+                console.print(f"  round trip ({r['run']}): mean cosine {r['mean']:.3f}, median {r['median']:.3f} "
+                              f"over {r['scored']} captions")
     for kind, path in report["paths"].items():
         console.print(f"{kind}: {ws.root / path}")
 

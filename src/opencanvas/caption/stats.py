@@ -38,39 +38,55 @@ def scores_path(ws: Workspace, subset: str, captioner: str) -> Path:
     return report_dir(ws, subset) / "scores" / f"{captioner}.parquet"
 
 
-def clip_scores(ws: Workspace, subset: str, captioner: str) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """(the scored captions' CLIP scores, their summary) from `caption score`, or None where it has not run."""
+def _summary(values: np.ndarray, digits: int) -> dict[str, float]:
+    return {"mean": round(float(values.mean()), digits), "median": round(float(np.median(values)), digits),
+            "p10": round(float(np.percentile(values, 10)), digits),
+            "p90": round(float(np.percentile(values, 90)), digits)}
+
+
+def clip_scores(ws: Workspace, subset: str, captioner: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """({"clip_score": values, ["round_trip": values]}, summary) from `caption score`; None where it has not run."""
     import pyarrow.parquet as pq
 
     path = scores_path(ws, subset, captioner)
     if not path.exists():
         return None
-    table = pq.read_table(path, columns=["clip_score", "error"])
-    values = np.asarray(table.column("clip_score").drop_null().to_numpy(), dtype=np.float64)
+    table = pq.read_table(path)
     meta = pq.read_schema(path).metadata or {}
-    summary = {"clip": meta.get(b"clip", b"").decode(), "scored": len(values),
-               "quarantined": table.num_rows - len(values)}
-    if len(values):
-        summary.update(mean=round(float(values.mean()), 3), median=round(float(np.median(values)), 3),
-                       p10=round(float(np.percentile(values, 10)), 3), p90=round(float(np.percentile(values, 90)), 3))
+    values = {c: np.asarray(table.column(c).drop_null().to_numpy(), dtype=np.float64)
+              for c in ("clip_score", "round_trip") if c in table.column_names}
+    values = {c: v for c, v in values.items() if len(v) or c == "clip_score"}
+    summary: dict[str, Any] = {"clip": meta.get(b"clip", b"").decode(), "scored": len(values["clip_score"]),
+                               "quarantined": table.num_rows - len(values["clip_score"])}
+    if len(values["clip_score"]):
+        summary.update(_summary(values["clip_score"], 3))
+    if "round_trip" in values:
+        summary["round_trip"] = {"run": meta.get(b"run", b"").decode(), "scored": len(values["round_trip"]),
+                                 **_summary(values["round_trip"], 4)}
     return values, summary
 
 
-def _plot_scores(values: dict[str, np.ndarray], path: Path) -> None:
+def _plot_scores(values: dict[str, dict[str, np.ndarray]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    everything = np.concatenate(list(values.values()))
-    bins = np.linspace(float(everything.min()), float(everything.max()) + 1e-6, 31)
-    for name, v in values.items():
-        ax.hist(v, bins=bins, histtype="step", linewidth=1.5, label=f"{name} (mean {v.mean():.1f})")
-    ax.set_xlabel("CLIP score (100 x cosine)")
-    ax.set_ylabel("captions")
-    ax.legend(fontsize=8)
-    fig.suptitle("Image-text alignment by captioner")
+    panels = [(c, label) for c, label in (("clip_score", "CLIP score (100 x image-text cosine)"),
+                                          ("round_trip", "round trip (generated-original image cosine)"))
+              if any(c in v for v in values.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels):
+        everything = np.concatenate([v[column] for v in values.values() if column in v])
+        bins = np.linspace(float(everything.min()), float(everything.max()) + 1e-6, 31)
+        for name, v in values.items():
+            if column in v:
+                ax.hist(v[column], bins=bins, histtype="step", linewidth=1.5,
+                        label=f"{name} (mean {v[column].mean():.3g})")
+        ax.set_xlabel(label)
+        ax.set_ylabel("captions")
+        ax.legend(fontsize=8)
+    fig.suptitle("Caption quality by captioner")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -202,12 +218,12 @@ def caption_stats(ws: Workspace, subset: str, sample: int = 8, seed: int = 0,
     out = report_dir(ws, subset)
     paths = {"json": out / "stats.json", "histogram": out / "lengths.png", "samples": out / "samples.md"}
     _plot_lengths(per, paths["histogram"])
-    scored: dict[str, np.ndarray] = {}
+    scored: dict[str, dict[str, np.ndarray]] = {}
     for name in per:
         found = clip_scores(ws, subset, name)
         if found is not None:
             per[name]["clip_score"] = found[1]
-            if len(found[0]):
+            if len(found[0]["clip_score"]):
                 scored[name] = found[0]
     if scored:
         paths["score_histogram"] = out / "scores.png"

@@ -30,12 +30,20 @@ def score_command(
         help="CLIP to score with: a name under clips/, a local CLIPModel folder or a hub id (default: the "
              "workspace's only CLIP).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images and captions per CLIP forward.", min=1)] = 256,
+    run: Annotated[str | None, typer.Option(
+        help="Also the round-trip score: generate from each caption with this run (EMA weights) and take the CLIP "
+             "image cosine of generated and original, averaged over --seeds (slow: seeds x steps per caption).")]
+    = None,
+    seeds: Annotated[int, typer.Option(help="Generations per caption for the round-trip score.", min=1)] = 3,
+    steps: Annotated[int, typer.Option(help="Sampler steps of each round-trip generation.", min=1)] = 20,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance of the round-trip generations.")] = 5.0,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda or cuda:N.")] = "cpu",
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """CLIP score (100 x image-text cosine) of every caption, to captions/stats/<subset>/scores/<captioner>.parquet."""
-    from opencanvas.caption_quality.score import score_captions
+    from opencanvas.caption_quality.score import RoundTrip, score_captions
     from opencanvas.components.loading import load_clip_evaluator
+    from opencanvas.sample.loading import load_model
 
     ws = open_workspace(workspace)
     require(ws, "fetched", subset)
@@ -43,8 +51,12 @@ def score_command(
         ws.captions_dir(captioner)
         spec = clip or default_clip(ws)
         print_settings("caption score", {"subset": subset, "captioner": captioner, "clip": spec,
-                                         "batch_size": batch_size, "device": device})
-        stats = score_captions(ws, subset, captioner, load_clip_evaluator(ws, spec, device=device), batch_size)
+                                         "batch_size": batch_size, "device": device, "run": run,
+                                         **({"seeds": seeds, "steps": steps, "guidance": guidance} if run else {})})
+        trip = RoundTrip(load_model(ws, run, None, device=device), run, seeds=seeds, steps=steps,
+                         guidance=guidance) if run else None
+        stats = score_captions(ws, subset, captioner, load_clip_evaluator(ws, spec, device=device), batch_size,
+                               round_trip=trip)
     except (FileNotFoundError, ValueError) as e:
         raise fail(str(e)) from None
     console.print(f"scored {stats.scored} of {stats.captions} captions at {stats.captions_per_s:.0f} captions/s; "

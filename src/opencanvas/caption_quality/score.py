@@ -1,8 +1,11 @@
 """`caption score`: the CLIP score of every caption of one captioner against its own image.
 
-    captions/stats/<subset>/scores/<captioner>.parquet   key, caption, clip_score, error
+    captions/stats/<subset>/scores/<captioner>.parquet   key, caption, clip_score, round_trip, error
 
 clip_score is 100 * max(cos(image, text), 0) (torchmetrics' CLIPScore, as `eval` reports it).
+With a model (`--run`), round_trip is the round-trip score of "Do DALL-E and Flamingo understand each
+other?": generate from the caption with a few seeds, and average the cosine of each generated image and
+the original in CLIP image space; how much of the image the caption carries, as this model reads it.
 An image that does not decode, or a damaged shard, is quarantined: its rows keep a null score and
 the reason in `error`, and the other shards are still scored.
 """
@@ -13,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,6 +30,7 @@ SCORE_SCHEMA = pa.schema([
     ("key", pa.string()),
     ("caption", pa.string()),
     ("clip_score", pa.float32()),  # null where the image could not be scored (see `error`)
+    ("round_trip", pa.float32()),  # mean CLIP image cosine of generated vs original; null without a model
     ("error", pa.string()),        # "" when scored, else why the row is quarantined
 ])
 
@@ -79,8 +84,35 @@ def _shard_images(ws: Workspace, subset: str, shard: str, wanted: set[str], size
     return images, errors
 
 
-def score_captions(ws: Workspace, subset: str, captioner: str, clip: Any, batch_size: int = 256) -> ScoreStats:
-    """Score every usable caption of `captioner` on `subset` with `clip` (a ClipEvaluator); write the table."""
+@dataclass(frozen=True)
+class RoundTrip:
+    """Generation settings of the round-trip score: `seeds` images per caption from `model`."""
+
+    model: Any  # a sampling pipeline (opencanvas.sample.loading.load_model)
+    name: str  # the run, as recorded in the table
+    seeds: int = 3
+    steps: int = 20
+    guidance: float = 5.0
+    sampler: str = "euler"
+    batch_size: int = 16
+
+
+def round_trip_cosines(clip: Any, originals: list[Any], captions: list[str], settings: RoundTrip) -> np.ndarray:
+    """(N,) mean over seeds of cos(CLIP image of a generation from caption i, CLIP image of original i)."""
+    from opencanvas.sample.generate import generate
+
+    made = generate(settings.model, captions, n=settings.seeds, steps=settings.steps, guidance=settings.guidance,
+                    sampler=settings.sampler, seed=0, batch_size=settings.batch_size)  # prompt-major order
+    generated = clip.image_features(made).reshape(len(captions), settings.seeds, -1)  # (N, S, D), unit rows
+    return np.einsum("nsd,nd->ns", generated, clip.image_features(originals)).mean(axis=1)
+
+
+def score_captions(ws: Workspace, subset: str, captioner: str, clip: Any, batch_size: int = 256,
+                   round_trip: RoundTrip | None = None) -> ScoreStats:
+    """Score every usable caption of `captioner` on `subset` with `clip` (a ClipEvaluator); write the table.
+
+    With `round_trip`, also the round-trip score with its model (a few generations per caption: slow).
+    """
     start = time.perf_counter()
     captions, shard_of = _usable_captions(ws, subset, captioner)
     clip.batch_size = batch_size
@@ -95,10 +127,15 @@ def score_captions(ws: Workspace, subset: str, captioner: str, clip: Any, batch_
         good = [k for k in keys if k in images]
         scores = clip.clip_score([images[k] for k in good], [captions[k] for k in good]) if good else []
         score_of = dict(zip(good, scores))
+        trip_of: dict[str, float] = {}
+        if round_trip is not None and good:
+            trips = round_trip_cosines(clip, [images[k] for k in good], [captions[k] for k in good], round_trip)
+            trip_of = dict(zip(good, trips.tolist()))
         for key in keys:
             rows["key"].append(key)
             rows["caption"].append(captions[key])
             rows["clip_score"].append(float(score_of[key]) if key in score_of else None)
+            rows["round_trip"].append(trip_of.get(key))
             rows["error"].append(errors.get(key, ""))
         for reason in errors.values():
             kind = reason.split(":")[0]
@@ -106,7 +143,8 @@ def score_captions(ws: Workspace, subset: str, captioner: str, clip: Any, batch_
         stats.scored += len(good)
     table = pa.table(rows, schema=SCORE_SCHEMA)
     atomic_write_parquet(scores_path(ws, subset, captioner), table,
-                         metadata={"clip": str(clip.name), "subset": subset, "captioner": captioner})
+                         metadata={"clip": str(clip.name), "subset": subset, "captioner": captioner,
+                                   "run": round_trip.name if round_trip else ""})
     stats.seconds = time.perf_counter() - start
     return stats
 
