@@ -21,6 +21,7 @@ from opencanvas.encode.synthetic import write_random_latents
 from opencanvas.train import loop
 from opencanvas.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from opencanvas.train.config import caption_mix_text, parse_caption_mix
+from tests.test_train_pipeline import trained  # noqa: F401  (the tiny trained run, a module fixture)
 
 CAPTIONERS = ("metadata", "blip2")
 MIX = {"metadata": 0.05, "blip2": 0.95}
@@ -145,3 +146,17 @@ def test_sigkill_and_resume_with_a_mix_is_bit_identical(lat) -> None:
     assert resumed["session_images"] == args["images"] - at_kill
     assert resumed["weights_sha256"] == full["weights_sha256"]
     assert uniform["weights_sha256"] != full["weights_sha256"], "the mix changed nothing"
+
+
+def test_export_readme_states_the_mix(trained) -> None:  # noqa: F811
+    from opencanvas.model_license import model_license
+    from opencanvas.train.pipeline import load_pipeline
+    from opencanvas.train.to_diffusers import model_card
+
+    ws, _ = trained
+    pipe = load_pipeline(ws, "demo")
+    lic = model_license({"cc0"}, "commercial")
+    assert "(drawn" not in model_card(ws, "demo", pipe, "-", {}, lic, has_cards=False)
+    pipe.config["caption_mix"] = {"metadata": 1.0}  # as a run trained with --caption-mix metadata=1 records it
+    assert "- Captions from: metadata (drawn metadata 100%)." in model_card(ws, "demo", pipe, "-", {}, lic,
+                                                                             has_cards=False)
