@@ -66,6 +66,7 @@ def _root(
 
 def _register_stages() -> None:
     from opencanvas.caption import cli as caption_cli
+    from opencanvas.caption_quality import cli as caption_quality_cli
     from opencanvas.cards import cli as cards_cli
     from opencanvas.catalog import cli as catalog_cli
     from opencanvas.components import cli as components_cli
@@ -80,7 +81,7 @@ def _register_stages() -> None:
     from opencanvas.train import cli as train_cli
     from opencanvas.web import cli as web_cli
 
-    for module in (catalog_cli, fetch_cli, caption_cli, components_cli, encode_cli,
+    for module in (catalog_cli, fetch_cli, caption_cli, caption_quality_cli, components_cli, encode_cli,
                    train_cli, sample_cli, provenance_cli, study_cli, cards_cli, publish_cli, demo_cli,
                    humaneval_cli, web_cli):
         module.register(app)

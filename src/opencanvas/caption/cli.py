@@ -131,6 +131,15 @@ def stats_command(
         console.print(f"[bold]{name}[/]: {s['count']} captions, coverage {s['coverage']:.0%}, flagged "
                       f"{s['flagged'] or 'none'}, words median {s['words']['median']:.0f}, vocabulary "
                       f"{s['vocabulary']}, duplicates {s['duplicate_share']:.1%}")
+        if s.get("clip_score", {}).get("scored"):
+            c = s["clip_score"]
+            console.print(f"  CLIP score ({c['clip']}): mean {c['mean']:.2f}, median {c['median']:.2f}, "
+                          f"p10-p90 {c['p10']:.2f}-{c['p90']:.2f} over {c['scored']} captions"
+                          + (f", {c['quarantined']} quarantined" if c["quarantined"] else ""))
+            if "round_trip" in c:
+                r = c["round_trip"]
+                console.print(f"  round trip ({r['run']}): mean cosine {r['mean']:.3f}, median {r['median']:.3f} "
+                              f"over {r['scored']} captions")
     for kind, path in report["paths"].items():
         console.print(f"{kind}: {ws.root / path}")
 

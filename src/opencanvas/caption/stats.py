@@ -4,8 +4,9 @@ Per captioner: count and coverage of the subset's ok images, flags, length in
 words and tokens (PNG histogram), vocabulary size, share of duplicate captions,
 and a Markdown table of the metadata (alt-text) caption beside the synthetic
 ones for a sample of images, the comparison CommonCanvas makes in its Fig. 3.
+Where `caption score` has scored a captioner, its CLIP scores too (scores.png).
 
-    captions/stats/<subset>/stats.json  lengths.png  samples.md
+    captions/stats/<subset>/stats.json  lengths.png  samples.md  [scores.png]
 """
 
 from __future__ import annotations
@@ -30,6 +31,67 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 def report_dir(ws: Workspace, subset: str) -> Path:
     return ws.root / "captions" / "stats" / subset
+
+
+def scores_path(ws: Workspace, subset: str, captioner: str) -> Path:
+    """Where `caption score` writes a captioner's CLIP scores on `subset`."""
+    return report_dir(ws, subset) / "scores" / f"{captioner}.parquet"
+
+
+def _summary(values: np.ndarray, digits: int) -> dict[str, float]:
+    return {"mean": round(float(values.mean()), digits), "median": round(float(np.median(values)), digits),
+            "p10": round(float(np.percentile(values, 10)), digits),
+            "p90": round(float(np.percentile(values, 90)), digits)}
+
+
+def clip_scores(ws: Workspace, subset: str, captioner: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """({"clip_score": values, ["round_trip": values]}, summary) from `caption score`; None where it has not run."""
+    import pyarrow.parquet as pq
+
+    path = scores_path(ws, subset, captioner)
+    if not path.exists():
+        return None
+    table = pq.read_table(path)
+    meta = pq.read_schema(path).metadata or {}
+    values = {c: np.asarray(table.column(c).drop_null().to_numpy(), dtype=np.float64)
+              for c in ("clip_score", "round_trip") if c in table.column_names}
+    values = {c: v for c, v in values.items() if len(v) or c == "clip_score"}
+    summary: dict[str, Any] = {"clip": meta.get(b"clip", b"").decode(), "scored": len(values["clip_score"]),
+                               "quarantined": table.num_rows - len(values["clip_score"])}
+    if len(values["clip_score"]):
+        summary.update(_summary(values["clip_score"], 3))
+    if "round_trip" in values:
+        summary["round_trip"] = {"run": meta.get(b"run", b"").decode(), "scored": len(values["round_trip"]),
+                                 **_summary(values["round_trip"], 4)}
+    return values, summary
+
+
+def _plot_scores(values: dict[str, dict[str, np.ndarray]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(c, label) for c, label in (("clip_score", "CLIP score (100 x image-text cosine)"),
+                                          ("round_trip", "round trip (generated-original image cosine)"))
+              if any(c in v for v in values.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.6), squeeze=False)
+    for ax, (column, label) in zip(axes[0], panels):
+        everything = np.concatenate([v[column] for v in values.values() if column in v])
+        bins = np.linspace(float(everything.min()), float(everything.max()) + 1e-6, 31)
+        for name, v in values.items():
+            if column in v:
+                ax.hist(v[column], bins=bins, histtype="step", linewidth=1.5,
+                        label=f"{name} (mean {v[column].mean():.3g})")
+        ax.set_xlabel(label)
+        ax.set_ylabel("captions")
+        ax.legend(fontsize=8)
+    fig.suptitle("Caption quality by captioner")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def caption_tables(ws: Workspace) -> list[str]:
@@ -156,6 +218,16 @@ def caption_stats(ws: Workspace, subset: str, sample: int = 8, seed: int = 0,
     out = report_dir(ws, subset)
     paths = {"json": out / "stats.json", "histogram": out / "lengths.png", "samples": out / "samples.md"}
     _plot_lengths(per, paths["histogram"])
+    scored: dict[str, dict[str, np.ndarray]] = {}
+    for name in per:
+        found = clip_scores(ws, subset, name)
+        if found is not None:
+            per[name]["clip_score"] = found[1]
+            if len(found[0]["clip_score"]):
+                scored[name] = found[0]
+    if scored:
+        paths["score_histogram"] = out / "scores.png"
+        _plot_scores(scored, paths["score_histogram"])
     atomic_write_text(paths["samples"], "\n".join(lines) + "\n")
     report = {"subset": subset, "ok_images": len(ok_keys), "token_counter": token_source,
               "captioners": {n: {k: v for k, v in s.items() if not k.startswith("_")} for n, s in per.items()},

@@ -30,6 +30,7 @@ from opencanvas.cards.source_versions import source_version
 from opencanvas.cards.studies import study_sections
 from opencanvas.model_license import model_license, obligations
 from opencanvas.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
+from opencanvas.train.config import caption_mix_text
 from opencanvas.untrusted import markdown_text
 from opencanvas.workspace import Workspace
 
@@ -264,6 +265,7 @@ def model_card(facts: dict[str, Any]) -> str:
         ["throughput (last session)", f"{summ['images_per_s']:.1f} images/s" if summ.get("images_per_s") else None],
         ["global batch", cfg.get("batch")], ["learning rate", cfg.get("lr")],
         ["prediction", cfg.get("prediction_type")], ["caption dropout (for CFG)", cfg.get("caption_dropout")],
+        *([["caption mix", caption_mix_text(cfg["caption_mix"])]] if cfg.get("caption_mix") else []),
         ["resolutions", cfg.get("resolutions")], ["checkpoint", t["checkpoint"]],
         *_hash_rows(t),
     ])

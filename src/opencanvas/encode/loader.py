@@ -17,7 +17,9 @@ which is what training counts as images seen, so a checkpoint's position
 resumes the exact remaining batches: `LatentLoader(..., epoch=e, start=s)`.
 
 The caption of record i in epoch e is drawn among the captioners that gave it
-one by a hash of (seed, e, i), so it is the same on every rank, worker and resume.
+one by a hash of (seed, e, i), so it is the same on every rank, worker and resume:
+uniformly, or with a caption mix (per-captioner weights, e.g. 5% metadata and 95%
+BLIP-2 as in DALL-E 3) renormalised over the captions the record has.
 """
 
 from __future__ import annotations
@@ -43,19 +45,36 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def caption_slots(available: np.ndarray, seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
-    """(B,) captioner slot per record, uniform among its available ones; -1 if it has none.
+def caption_slots(available: np.ndarray, seed: int, epoch: int, indices: np.ndarray,
+                  weights: np.ndarray | None = None) -> np.ndarray:
+    """(B,) captioner slot per record, drawn among its available ones; -1 if it has none.
 
     available: (B, K) bool for the records `indices` (B,).
+    weights: (K,) non-negative per-captioner weights (a caption mix), or None for a uniform draw.
+    With weights, the draw is renormalised over a record's available captioners; a captioner with
+    weight 0 is never drawn, so a record with only such captions gets -1 (the empty prompt).
     """
     with np.errstate(over="ignore"):
         h = _splitmix64(np.asarray(np.uint64(seed & (2**64 - 1)) * _GOLDEN + np.uint64(epoch)))
         h = _splitmix64(h ^ np.asarray(indices, dtype=np.uint64))
+    if weights is not None:
+        return _weighted_slots(available, np.asarray(weights, dtype=np.float64), h)
     count = available.sum(axis=1)
     choice = (h % np.maximum(count, 1).astype(np.uint64)).astype(np.int64)  # (B,)
     # Slot of the choice-th available captioner: first column where the running count exceeds it.
     slots = np.argmax(np.cumsum(available, axis=1) > choice[:, None], axis=1)
     return np.where(count > 0, slots, -1)
+
+
+def _weighted_slots(available: np.ndarray, weights: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw of one slot per row from `available * weights`, with u from the hash `h`."""
+    mass = available * weights[None, :]  # (B, K)
+    cdf = np.cumsum(mass, axis=1)
+    total = cdf[:, -1]
+    u = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 * total  # uniform in [0, total), (B,)
+    # First slot whose running mass exceeds u: strict, so a zero-weight slot is never picked.
+    slots = np.argmax(cdf > u[:, None], axis=1)
+    return np.where(total > 0, slots, -1)
 
 
 def training_indices(latent_set: LatentSet, holdout: float = 0.0,
@@ -102,13 +121,14 @@ class LatentLoader:
     Iterating yields the remaining batches of the current epoch, then moves to the
     next epoch, so `for batch in loader` may be repeated for as many epochs as needed.
     `holdout` > 0 leaves out the held-out split, and `keys` keeps only those records (see `training_indices`).
+    `caption_weights` (K,), one per captioner of the set, replaces the uniform caption draw (see `caption_slots`).
     `workers` > 0 gathers batches ahead on that many threads (memory-map copies
     release the GIL, and threads avoid pickling batches between processes).
     """
 
     def __init__(self, latent_set: LatentSet, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  epoch: int = 0, start: int = 0, workers: int = 0, prefetch: int = 4, holdout: float = 0.0,
-                 keys: frozenset[str] | None = None) -> None:
+                 keys: frozenset[str] | None = None, caption_weights: np.ndarray | None = None) -> None:
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"need 0 <= rank < world, got rank={rank} world={world}")
         if batch_size < 1:
@@ -116,6 +136,11 @@ class LatentLoader:
         self.latent_set = latent_set
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.workers, self.prefetch = workers, max(1, prefetch)
+        k = len(latent_set.meta["captioners"])
+        if caption_weights is not None and np.shape(caption_weights) != (k,):
+            raise ValueError(f"caption_weights needs one weight per captioner of the set ({k}), "
+                             f"got shape {np.shape(caption_weights)}")
+        self.caption_weights = caption_weights
         self.indices = training_indices(latent_set, holdout, keys)
         full_batches = sum(len(ix) // batch_size for ix in self.indices.values())
         self.steps_per_epoch = full_batches // world
@@ -154,7 +179,7 @@ class LatentLoader:
         import torch
 
         available = self.latent_set.available_captions()[indices]  # (B, K)
-        slots = caption_slots(available, self.seed, epoch, indices)
+        slots = caption_slots(available, self.seed, epoch, indices, self.caption_weights)
         batch = self.latent_set.gather(indices, slots, out)
         return {
             "mean": torch.from_numpy(batch["mean"]), "std": torch.from_numpy(batch["std"]),

@@ -70,6 +70,10 @@ def train_command(
         "--offset-noise", min=0, help="Offset noise strength (per sample and channel), e.g. 0.05.")] = None,
     caption_dropout: Annotated[float | None, typer.Option(
         "--caption-dropout", min=0, max=0.99, help="Share of captions replaced by the empty prompt (CFG).")] = None,
+    caption_mix: Annotated[str | None, typer.Option(
+        "--caption-mix", help="Weights of each captioner's captions in the per-image draw, e.g. "
+        "metadata=0.05,blip2=0.95 (renormalised over the captions an image has; captioners left out are never "
+        "drawn). Default: uniform among an image's captions.")] = None,
     holdout: Annotated[float | None, typer.Option(
         "--holdout", min=0, max=0.5, help="Leave out the held-out split (key-hash fraction below this), whose "
         "captions `opencanvas eval --prompts heldout` scores; 0 trains on every image.")] = None,
@@ -126,16 +130,21 @@ def train_command(
         raise fail(missing_run_message())
     if nproc_per_node is not None or nnodes is not None or rdzv_endpoint is not None:
         _exec_torchrun(ctx, nproc_per_node, nnodes, rdzv_endpoint)
+    from opencanvas.train.config import parse_caption_mix
     from opencanvas.train.loop import TrainingDiverged, train
 
     ws = open_workspace(workspace)
     ws.run_dir(run)   # a bad name fails before anything else is looked at
     require(ws, "latents", latents)
+    try:
+        mix = parse_caption_mix(caption_mix) if caption_mix is not None else None
+    except ValueError as err:
+        raise fail(str(err)) from None
     options = dict(
         minutes=minutes, micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, prediction_type=prediction,
         min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
-        caption_dropout=caption_dropout, holdout=holdout, use_text_mask=text_mask, seed=seed,
+        caption_dropout=caption_dropout, caption_mix=mix, holdout=holdout, use_text_mask=text_mask, seed=seed,
         checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, keep=keep,
         validate_every=validate_every, log_every=log_every, max_bad_steps=max_bad_steps,
         workers=workers, device=device, parallel=parallel, bf16=bf16, sdpa=sdpa,

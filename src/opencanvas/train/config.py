@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
 
 from opencanvas.train.presets import Preset
 from opencanvas.training import DEFAULT_CHECKPOINT_MINUTES
@@ -58,6 +61,9 @@ class TrainConfig:
     zero_terminal_snr: bool = False  # Lin et al. 2023 (pairs with v-prediction)
     offset_noise: float = 0.0  # Guttenberg 2023: adds offset * N(0,1) per (sample, channel)
     caption_dropout: float = 0.1  # share of captions replaced by the empty prompt (for CFG)
+    # Captioner -> weight of its captions in the per-image draw (DALL-E 3 trains on ~95% long synthetic captions
+    # and ~5% short ones); captioners left out are never drawn. None: uniform among an image's captions.
+    caption_mix: dict[str, float] | None = None
     # Images whose key hash fraction is below this are never trained on: the held-out split that
     # the components and `eval --prompts heldout` use (splits.key_fraction).
     holdout: float = 0.1
@@ -120,6 +126,8 @@ class TrainConfig:
             raise ValueError("--images must be positive")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"--prediction must be epsilon or v_prediction, got {self.prediction_type!r}")
+        if self.caption_mix is not None:
+            check_caption_mix(self.caption_mix, list(self.data.get("captioners") or []))
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         return self
@@ -130,6 +138,51 @@ def check_known(options: dict[str, Any], cls: type = TrainConfig) -> None:
     unknown = sorted(set(options) - names)
     if unknown:
         raise ValueError(f"unknown training option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+
+
+def parse_caption_mix(text: str) -> dict[str, float]:
+    """'metadata=0.05,blip2=0.95' -> {'metadata': 0.05, 'blip2': 0.95} (weights, not necessarily summing to 1)."""
+    mix: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, value = (s.strip() for s in part.partition("="))
+        try:
+            weight = float(value) if eq and name else math.nan
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"bad --caption-mix part {part!r}: use CAPTIONER=WEIGHT with a weight >= 0, "
+                             "e.g. metadata=0.05,blip2=0.95")
+        if name in mix:
+            raise ValueError(f"--caption-mix names {name!r} twice")
+        mix[name] = weight
+    if not mix:
+        raise ValueError("empty --caption-mix: use e.g. metadata=0.05,blip2=0.95")
+    return mix
+
+
+def check_caption_mix(mix: dict[str, float], captioners: list[str]) -> None:
+    """A mix must name only captioners of the latent set, with weights summing to a positive number."""
+    unknown = sorted(set(mix) - set(captioners))
+    if unknown:
+        raise ValueError(f"--caption-mix names captioner(s) {', '.join(map(repr, unknown))} that the latent set "
+                         f"does not have (it has {', '.join(captioners)}): re-encode with --captioners that include "
+                         "them, or leave them out of the mix")
+    if not sum(mix.values()) > 0:
+        raise ValueError(f"--caption-mix weights {mix} sum to {sum(mix.values())}: give at least one positive weight")
+
+
+def caption_mix_text(mix: dict[str, float]) -> str:
+    """{'metadata': 0.05, 'blip2': 0.95} -> 'blip2 95%, metadata 5%' (shares of the total weight), for cards."""
+    total = sum(mix.values())
+    return ", ".join(f"{name} {weight / total:.0%}" for name, weight in sorted(mix.items(), key=lambda kv: -kv[1]))
+
+
+def caption_weights(mix: dict[str, float] | None, captioners: list[str]) -> np.ndarray | None:
+    """(K,) weight per captioner slot of the latent set (0 for one the mix leaves out); None for uniform."""
+    if mix is None:
+        return None
+    check_caption_mix(mix, captioners)
+    return np.array([mix.get(c, 0.0) for c in captioners], dtype=np.float64)
 
 
 def parse_resolutions(text: str) -> tuple[tuple[int, int], ...]:

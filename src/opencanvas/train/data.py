@@ -48,8 +48,10 @@ class LatentStream:
     @classmethod
     def open(cls, ws: Workspace, latents: str, resolution: int, micro_batch: int, seed: int, rank: int,
              world: int, device: torch.device, position: dict[str, int] | None = None,
-             workers: int = 0, holdout: float = 0.0, key_filter: str | None = None) -> LatentStream:
+             workers: int = 0, holdout: float = 0.0, key_filter: str | None = None,
+             caption_mix: dict[str, float] | None = None) -> LatentStream:
         from opencanvas.encode import LatentLoader, open_latents
+        from opencanvas.train.config import caption_weights
 
         latent_set = open_latents(ws, latents, resolution)
         keys = read_key_filter(ws, key_filter) if key_filter else None
@@ -57,7 +59,8 @@ class LatentStream:
         if position and position.get("resolution") == resolution:
             epoch, start = int(position["epoch"]), int(position["start"])
         loader = LatentLoader(latent_set, micro_batch, seed, rank=rank, world=world, epoch=epoch,
-                              start=start, workers=workers, holdout=holdout, keys=keys)
+                              start=start, workers=workers, holdout=holdout, keys=keys,
+                              caption_weights=caption_weights(caption_mix, list(latent_set.meta["captioners"])))
         meta = latent_set.meta
         null_text, null_mask = latent_set.null_text()
         view = (1, -1, 1, 1)

@@ -202,7 +202,8 @@ class UNetTask(TrainTask):
             self.stream = LatentStream.open(self.ws, self.cfg.latents, res, self.cfg.micro_batch, self.cfg.seed,
                                             self.env.rank, self.env.world, self.env.device,
                                             position=self.data_start, workers=self.cfg.workers,
-                                            holdout=self.cfg.holdout, key_filter=self.cfg.key_filter)
+                                            holdout=self.cfg.holdout, key_filter=self.cfg.key_filter,
+                                            caption_mix=self.cfg.caption_mix)
         return self.stream
 
     def _sync(self, last: bool) -> contextlib.AbstractContextManager:

@@ -32,6 +32,7 @@ import torch
 from opencanvas.model_license import ModelLicense, model_license, obligations
 from opencanvas.storage import atomic_write_json, atomic_write_text
 from opencanvas.train.checkpoint import load_checkpoint, tensors_hash
+from opencanvas.train.config import caption_mix_text
 from opencanvas.train.pipeline import InferencePipeline, load_pipeline
 from opencanvas.workspace import Workspace
 
@@ -184,6 +185,7 @@ def model_card(ws: Workspace, run: str, pipe: InferencePipeline, normalization: 
     params = sum(p.numel() for p in pipe.denoiser.unet.parameters())
     licenses, policy = training_licenses(ws, data)
     duties = "\n".join(f"  - {o}" for o in obligations(licenses, policy))
+    mix = f" (drawn {caption_mix_text(cfg['caption_mix'])})" if cfg.get("caption_mix") else ""
     cards = ("`cards/` holds the data card, model card and attribution list (`ATTRIBUTION.md`, "
              f"`attribution.csv`); `opencanvas card --run {run}` updates them here." if has_cards else
              f"Run `opencanvas card --run {run}` to write the data card, model card and attribution list "
@@ -219,7 +221,7 @@ Released under {lic.name} ({lic.url}), {lic.reason}
 
 ## Training data
 - Subset `{data.get('subset')}` under license policy `{policy}`, catalog snapshot `{data.get('catalog_hash')}`.
-- Captions from: {', '.join(data.get('captioners') or [])}.
+- Captions from: {', '.join(data.get('captioners') or [])}{mix}.
 - Obligations that follow from the training data:
 {duties}
 - {cards}
