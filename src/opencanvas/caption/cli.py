@@ -36,7 +36,8 @@ caption_app = typer.Typer(help=CAPTION_HELP, invoke_without_command=True, no_arg
 def caption_command(
     ctx: typer.Context,
     subset: Annotated[str | None, typer.Option(help="Subset whose fetched images to caption.")] = None,
-    captioner: Annotated[CaptionerName | None, typer.Option(metavar="NAME", help="Which captioner to run (the list above).")] = None,
+    captioner: Annotated[CaptionerName | None, typer.Option(
+        metavar="NAME", help="Which captioner to run (the list above).")] = None,
     model: Annotated[str | None, typer.Option(
         help="Local model directory (works offline) or hub id. Default for blip2: Salesforce/blip2-opt-2.7b; "
              "get it with `huggingface-cli download Salesforce/blip2-opt-2.7b --local-dir DIR`.")] = None,
