@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -109,3 +113,19 @@ def make_captions(ws: Workspace, subset: str = "shapes", captioner: str = "metad
                 for k in pq.read_table(idx, columns=["key"]).column("key").to_pylist()]
         atomic_write_parquet(ws.captions_dir(captioner) / f"part-{idx.stem.split('-')[1]}.parquet",
                              pa.Table.from_pylist(rows, schema=CAPTION_SCHEMA))
+
+
+def kill_when(cmd: Sequence[str], env: dict[str, str], ready: Callable[[], bool], timeout: float = 240,
+              poll: float = 0.02) -> None:
+    """Start `cmd`, SIGKILL it as soon as `ready()` holds (a real kill, no clean-up in the child)."""
+    proc = subprocess.Popen(list(cmd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"the process exited early: {proc.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, f"not ready within {timeout} s"
+            time.sleep(poll)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL

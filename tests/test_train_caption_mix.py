@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +18,7 @@ from opencanvas.encode.synthetic import write_random_latents
 from opencanvas.train import loop
 from opencanvas.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from opencanvas.train.config import caption_mix_text, parse_caption_mix
+from tests.factories import kill_when
 from tests.test_train_pipeline import trained  # noqa: F401  (the tiny trained run, a module fixture)
 
 CAPTIONERS = ("metadata", "blip2")
@@ -125,18 +123,8 @@ def test_sigkill_and_resume_with_a_mix_is_bit_identical(lat) -> None:
            "--images", "64", "--batch", "8", "--checkpoint-every", "16", "--keep", "2",
            "--caption-mix", "metadata=0.05,blip2=0.95", "-w", str(lat.root)]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "OPENCANVAS_PROGRESS": "0"}
-    proc = subprocess.Popen(cli, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = lat.run_dir("killed")
-    deadline = time.monotonic() + 240
-    try:
-        while not any(p.name == "ckpt-000000000032.safetensors" for p in list_checkpoints(run_dir)):
-            assert proc.poll() is None, f"training exited early: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(cli, env, lambda: any(p.name == "ckpt-000000000032.safetensors" for p in list_checkpoints(run_dir)))
     at_kill = load_checkpoint(latest_checkpoint(run_dir)).state.images_seen
     assert at_kill < args["images"], "the run finished before it could be killed"
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -22,6 +19,7 @@ from opencanvas.training.checkpoint import (
 )
 from opencanvas.training.loop import LoopSettings, RestartWarning
 from opencanvas.workspace import Workspace
+from tests.factories import kill_when
 
 
 def latents(ws: Workspace, n: int = 16) -> None:
@@ -109,17 +107,8 @@ def test_sigkill_with_default_settings_resumes_instead_of_restarting(ws):
     args = [sys.executable, "-m", "opencanvas", "train", "--latents", "lat", "--preset", "tiny", "--run", "r2",
             "--images", "960", "--batch", "16", "-w", str(ws.root)]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "OPENCANVAS_PROGRESS": "0"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = ws.run_dir("r2")
-    deadline = time.monotonic() + 240
-    try:
-        while latest_checkpoint(run_dir) is None:
-            assert proc.poll() is None, f"training exited early: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_when(args, env, lambda: latest_checkpoint(run_dir) is not None, poll=0.05)
     at_kill = load_checkpoint(latest_checkpoint(run_dir)).state.images_seen
     assert 0 < at_kill < 960
     resumed = loop.train(ws, "lat", "tiny", "r2", images=960, batch=16)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -15,6 +12,7 @@ import torch
 from opencanvas.encode.synthetic import write_random_latents
 from opencanvas.train import loop
 from opencanvas.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from tests.factories import kill_when
 
 ARGS = dict(images=96, batch=8, checkpoint_every=16, keep=2)
 
@@ -30,19 +28,9 @@ def test_sigkill_and_resume_is_bit_identical(ws):
     write_random_latents(ws, "lat", 24, resolution=64, text_len=8, text_dim=32, shard_size=8)
     # Same thread count in the child as here: float reductions depend on it.
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "OPENCANVAS_PROGRESS": "0"}
-    proc = subprocess.Popen(cli_args(ws.root, "killed"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
     run_dir = ws.run_dir("killed")
-    deadline = time.monotonic() + 240
-    try:
-        while not any(p.name == "ckpt-000000000032.safetensors" for p in list_checkpoints(run_dir)):
-            assert proc.poll() is None, f"training exited early: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(cli_args(ws.root, "killed"), env,
+              lambda: any(p.name == "ckpt-000000000032.safetensors" for p in list_checkpoints(run_dir)))
     at_kill = load_checkpoint(latest_checkpoint(run_dir)).state.images_seen
     assert at_kill < ARGS["images"], "the run finished before it could be killed"
 
