@@ -153,3 +153,13 @@ def test_card_cli_writes_and_names_a_damaged_record(cards: Path, tmp_path: Path)
     damaged = runner.invoke(app, ["card", "--run", "r1", "-w", str(root)])
     assert damaged.exit_code == 2 and "cannot read the workspace's Parquet records" in damaged.output
     assert "Traceback" not in damaged.output
+
+
+def test_data_card_names_the_fraction_and_seed_of_the_subset_and_of_a_study_key_filter() -> None:
+    from opencanvas.cards.writer import _fraction_lines
+
+    sub = {"fraction": "0.3", "seed": "7", "max_rows": "", "selection": "keys whose sha256('<seed>\\0<key>')..."}
+    lines = "\n".join(_fraction_lines(sub, {"path": "studies/s/keys/fraction-0.1-seed-0.parquet", "fraction": "0.1",
+                                            "seed": "0", "formula": "f"}))
+    assert "fraction 0.3, seed 7" in lines and "fraction 0.1 of the subset, seed 0" in lines
+    assert _fraction_lines({"fraction": "1.0", "seed": "0", "max_rows": ""}, None) == []

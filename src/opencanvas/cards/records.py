@@ -112,7 +112,21 @@ def subset_facts(ws: Workspace, subset: str, images: UsedImages, src: Sources) -
     by_license = dict(images.rows("SELECT license_id, count(*) FROM subset GROUP BY 1 ORDER BY 1"))
     return {"name": subset, "count": sum(by_license.values()), "by_license": by_license,
             "policy": meta.get("policy", ""), "policy_text": meta.get("policy_text", ""),
-            "catalog_hash": meta.get("catalog_hash", "")}
+            "catalog_hash": meta.get("catalog_hash", ""), "fraction": meta.get("fraction", ""),
+            "seed": meta.get("seed", ""), "max_rows": meta.get("max_rows", ""), "selection": meta.get("selection", "")}
+
+
+def key_filter_facts(ws: Workspace, key_filter: str | None, src: Sources) -> dict[str, Any] | None:
+    """The data fraction a run trained on through a key filter (a study cell), from the key file's metadata."""
+    if not key_filter:
+        return None
+    path = ws.root / key_filter
+    if not path.exists():
+        return {"path": key_filter, "missing": True}
+    src.add(ws, path)
+    meta = parquet_metadata(path)
+    return {"path": key_filter, "fraction": meta.get("fraction", ""), "seed": meta.get("seed", ""),
+            "formula": meta.get("formula", "")}
 
 
 def fetch_facts(ws: Workspace, subset: str, images: UsedImages, src: Sources) -> dict[str, Any]:

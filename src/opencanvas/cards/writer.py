@@ -22,6 +22,7 @@ from opencanvas.cards.records import (
     UsedImages,
     caption_facts,
     fetch_facts,
+    key_filter_facts,
     split_facts,
     subset_facts,
     trained_license_facts,
@@ -68,6 +69,7 @@ def gather(ws: Workspace, run: str, images: UsedImages, src: Sources, runf: dict
         "catalog": catalog,
         "source_versions": {s: source_version(s) for s in catalog["sources"]},
         "subset": subset_facts(ws, subset, images, src),
+        "key_filter": key_filter_facts(ws, runf["config"].get("key_filter"), src),
         "trained": trained_license_facts(images),
         "fetch": fetch_facts(ws, subset, images, src),
         "captions": [caption_facts(ws, c, images, src) for c in data.get("captioners") or []],
@@ -102,12 +104,30 @@ def license_origin_notes(trained: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _fraction_lines(sub: dict[str, Any], key_filter: dict[str, Any] | None) -> list[str]:
+    """How much of the policy's images the run could see: a nested fraction of the subset and/or of a study."""
+    lines = []
+    if sub.get("fraction") not in ("", "1.0", None) or sub.get("max_rows"):
+        lines += [f"The subset is a nested random fraction of the policy's images: fraction {sub['fraction']}, "
+                  f"seed {sub['seed']}" + (f", at most {sub['max_rows']} rows" if sub.get("max_rows") else "")
+                  + f" ({markdown_text(sub.get('selection', ''))}).", ""]
+    if key_filter:
+        if key_filter.get("missing"):
+            lines += [f"Training read only the keys in `{key_filter['path']}`, which no longer exists.", ""]
+        else:
+            lines += [f"Training read only the keys in `{key_filter['path']}`: fraction {key_filter['fraction']} "
+                      f"of the subset, seed {key_filter['seed']} ({markdown_text(key_filter['formula'])}); "
+                      "the counts below are the subset's.", ""]
+    return lines
+
+
 def data_card(facts: dict[str, Any], chart: str) -> str:
     cat, sub, fetch, trained = facts["catalog"], facts["subset"], facts["fetch"], facts["trained"]
     versions = facts["source_versions"]
     lines = [f"# Data card: training data of `{facts['run']}`", "",
              f"Policy **{sub['policy']}**: {markdown_text(sub['policy_text'])}", "",
              f"Catalog snapshot `{sub['catalog_hash']}`; subset `{sub['name']}`.", "",
+             *_fraction_lines(sub, facts.get("key_filter")),
              "## Sources and how each was read", ""]
     lines += _table(["source", "version", "inputs", "records read", "ingested", "quarantined",
                      "read = ingested + quarantined"],

@@ -72,7 +72,8 @@ def key_filter(ws: Workspace, spec: StudySpec, fraction: float, seed: int) -> st
         chosen = fraction_keys(keys, seed, fraction)
         atomic_write_parquet(path, pa.table({"key": pa.array(chosen, pa.string())}),
                              metadata={"fraction": f"{fraction:g}", "seed": str(seed), "subset": spec.subset,
-                                       "formula": "sha256(f'{seed}:{key}')[:8] big-endian / 2**64 < fraction"})
+                                       "formula": "sha256('<seed>\\0<key>')[:8] big-endian < fraction * 2**64 "
+                                                  "(catalog.subset.key_position)"})
     return ws.relative(path)
 
 
