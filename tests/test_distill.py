@@ -1,0 +1,158 @@
+"""`opencanvas distill`: a tiny teacher run -> a guidance-conditioned few-step student run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from opencanvas.cli import app
+from opencanvas.diffusion.distilled import DistilledStepsWarning, GuidedStudent, distilled_sigmas
+from opencanvas.distill import DistillSettings, distill
+from opencanvas.distill.stage import _student, student_config
+from opencanvas.distill.task import ddim_step, two_step_target
+from opencanvas.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from opencanvas.workspace import Workspace
+
+SMALL = dict(base_steps=8, target_steps=2, images_per_round=16, batch=8)
+
+
+def _teacher(root: Path, caption_dropout: float = 0.1) -> Workspace:
+    from opencanvas.encode.synthetic import write_random_latents
+    from opencanvas.sample.tiny import tiny_text_model, tiny_tokenizer, tiny_vae
+    from opencanvas.train import loop
+
+    ws = Workspace.open(root)
+    write_random_latents(ws, "lat", 16, resolution=16, downscale=2, text_len=8, text_dim=32, shard_size=8)
+    tiny_vae(1).save_pretrained(ws.autoencoder_dir("synthetic"))
+    tiny_text_model(2).save_pretrained(ws.clip_dir("synthetic"))
+    tiny_tokenizer().save_pretrained(ws.clip_dir("synthetic"))
+    loop.train(ws, "lat", "tiny", "teacher", images=16, batch=8, caption_dropout=caption_dropout)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def teacher_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return _teacher(tmp_path_factory.mktemp("distill") / "ws")
+
+
+def test_student_starts_as_the_teacher_and_takes_guidance(teacher_ws: Workspace) -> None:
+    """The guidance projection starts at zero: the student is the teacher's conditional model at any w."""
+    from opencanvas.train.pipeline import load_denoiser
+
+    ckpt = load_checkpoint(latest_checkpoint(teacher_ws.run_dir("teacher")), parts=("ema",))
+    settings = DistillSettings(teacher="teacher", student="s", **SMALL)
+    student = GuidedStudent(_student(student_config(ckpt.config, settings, 2, "guided"), ckpt.ema,
+                                     torch.device("cpu")))
+    teacher = load_denoiser(ckpt.config, ckpt.ema)
+    gen = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 8, 32, generator=gen)
+    sigma = torch.tensor([1.0, 5.0])
+    with torch.no_grad():
+        expected = teacher(x, sigma, text)
+        for w in (1.0, 7.5):
+            assert torch.allclose(student(x, sigma, text, None, guidance=torch.full((2,), w)), expected, atol=1e-5)
+        torch.nn.init.normal_(student.inner.unet.time_embedding.cond_proj.weight)
+        a = student(x, sigma, text, None, guidance=torch.full((2,), 1.0))
+        b = student(x, sigma, text, None, guidance=torch.full((2,), 7.5))
+    assert not torch.allclose(a, b), "the guidance embedding does not reach the UNet"
+
+
+def test_two_step_target_lands_on_the_teachers_two_steps() -> None:
+    """One DDIM step with the Salimans & Ho target goes where two teacher steps went."""
+    gen = torch.Generator().manual_seed(1)
+    x, x2 = torch.randn(3, 4, 2, 2, generator=gen), torch.randn(3, 4, 2, 2, generator=gen)
+    s0, s2 = torch.tensor([8.0, 2.0, 0.5]).view(-1, 1, 1, 1), torch.tensor([3.0, 0.0, 0.1]).view(-1, 1, 1, 1)
+    assert torch.allclose(ddim_step(x, two_step_target(x, x2, s0, s2), s0, s2), x2, atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guidance-range", "0,8"], "guidance-range"),
+    (["--guidance-range", "1,31"], "guidance-range"),
+    (["--target-steps", "3"], "not reachable by halving"),
+    (["--target-steps", "64"], "not reachable by halving"),
+])
+def test_bad_settings_fail_before_any_work(teacher_ws: Workspace, args: list[str], message: str) -> None:
+    r = CliRunner().invoke(app, ["distill", "--run", "teacher", "--name", "bad", *args, "-w", str(teacher_ws.root)])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not teacher_ws.run_dir("bad").exists() or not any(teacher_ws.run_dir("bad").iterdir())
+
+
+def test_teacher_without_caption_dropout_is_refused(tmp_path: Path) -> None:
+    ws = _teacher(tmp_path / "ws", caption_dropout=0.0)
+    r = CliRunner().invoke(app, ["distill", "--run", "teacher", "--name", "s", "-w", str(ws.root)])
+    assert r.exit_code == 2 and "without caption dropout" in r.output, r.output
+    assert not (ws.run_dir("s") / "phases").exists()
+
+
+def test_student_samples_in_one_unet_call_per_step(teacher_ws: Workspace, tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["distill", "--run", "teacher", "--name", "student", "--base-steps", "8",
+                                 "--target-steps", "2", "--images-per-round", "16", "--batch", "8",
+                                 "-w", str(teacher_ws.root)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((teacher_ws.run_dir("student") / "distill.json").read_text())
+    assert [p["phase"] for p in summary["phases"]] == ["guided", "round-4", "round-2"]
+    assert all(p["images"] == 16 for p in summary["phases"])
+
+    from opencanvas.sample.generate import SampleSettings, sample_latents
+    from opencanvas.train.pipeline import load_pipeline
+
+    pipe = load_pipeline(teacher_ws, "student")
+    assert pipe.config["distilled"]["teacher"] == "teacher" and pipe.config["distilled"]["steps"] == 2
+    batches: list[int] = []
+    pipe.denoiser.unet.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    settings = SampleSettings(steps=2, guidance=5.0, width=16, height=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DistilledStepsWarning)
+        a = sample_latents(pipe, ["a red circle"], [0], settings)
+    assert batches == [1, 1], "a student step is one UNet call on the batch itself (no CFG doubling)"
+    b = sample_latents(pipe, ["a red circle"], [0], SampleSettings(steps=2, guidance=2.0, width=16, height=16))
+    assert not torch.equal(a, b)
+    with pytest.warns(DistilledStepsWarning, match="distilled for 2 steps"):
+        distilled_sigmas(pipe.denoiser, 8, 2, 3)
+    out = tmp_path / "samples"
+    r = CliRunner().invoke(app, ["sample", "--run", "student", "a red circle", "--steps", "2", "--guidance", "5",
+                                 "--out", str(out), "-w", str(teacher_ws.root)])
+    assert r.exit_code == 0, r.output
+    assert (out / "00000-s0.png").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bit_identical(teacher_ws: Workspace) -> None:
+    args = ["--run", "teacher", "--base-steps", "8", "--target-steps", "2", "--images-per-round", "48",
+            "--batch", "8", "--checkpoint-every", "8", "--keep", "2", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "OPENCANVAS_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "opencanvas", "distill", *args, "--name", "killed",
+                             "-w", str(teacher_ws.root)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    phase = teacher_ws.run_dir("killed") / "phases" / "round-4"
+    deadline = time.monotonic() + 240
+    try:
+        while not any(p.name == "ckpt-000000000016.safetensors" for p in list_checkpoints(phase)):
+            assert proc.poll() is None, f"distill exited early: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(latest_checkpoint(phase)).state.images_seen < 48, "round-4 finished before the kill"
+
+    settings = dict(teacher="teacher", base_steps=8, target_steps=2, images_per_round=48, batch=8,
+                    checkpoint_every=8, keep=2)
+    distill(teacher_ws, DistillSettings(student="killed", **settings), device="cpu")
+    distill(teacher_ws, DistillSettings(student="full", **settings), device="cpu")
+    a = load_checkpoint(latest_checkpoint(teacher_ws.run_dir("killed")))
+    b = load_checkpoint(latest_checkpoint(teacher_ws.run_dir("full")))
+    assert a.state.images_seen == b.state.images_seen == 48
+    for name in b.model:
+        assert torch.equal(a.model[name], b.model[name]), name
+        assert torch.equal(a.ema[name], b.ema[name]), name
