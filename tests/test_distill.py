@@ -156,3 +156,27 @@ def test_sigkill_and_resume_is_bit_identical(teacher_ws: Workspace) -> None:
     for name in b.model:
         assert torch.equal(a.model[name], b.model[name]), name
         assert torch.equal(a.ema[name], b.ema[name]), name
+
+
+def test_export_loads_in_diffusers_and_samples_in_the_distilled_steps(teacher_ws: Workspace, tmp_path: Path) -> None:
+    from diffusers import DiffusionPipeline
+
+    from opencanvas.sample.generate import SampleSettings, initial_noise, sample_latents
+    from opencanvas.train.pipeline import load_pipeline
+    from opencanvas.train.to_diffusers import export
+
+    if not (teacher_ws.run_dir("student") / "distill.json").exists():
+        distill(teacher_ws, DistillSettings(teacher="teacher", student="student", **SMALL), device="cpu")
+    folder = export(teacher_ws, "student", tmp_path / "student")
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)  # ships pipeline_distilled.py
+    assert type(pipe).__name__ == "DistilledGuidancePipeline"
+    calls: list[int] = []
+    pipe.unet.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    latents = initial_noise((4, 8, 8), [0])
+    got = pipe("a red circle", num_inference_steps=2, guidance_scale=5.0, latents=latents.clone(),
+               output_type="latent").images
+    assert calls == [1, 1]
+    # The same student sampled by opencanvas: the same latents (the same DDIM grid and guidance embedding).
+    ours = load_pipeline(teacher_ws, "student")
+    want = sample_latents(ours, ["a red circle"], [0], SampleSettings(steps=2, guidance=5.0, width=16, height=16))
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
