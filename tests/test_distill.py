@@ -180,3 +180,18 @@ def test_export_loads_in_diffusers_and_samples_in_the_distilled_steps(teacher_ws
     ours = load_pipeline(teacher_ws, "student")
     want = sample_latents(ours, ["a red circle"], [0], SampleSettings(steps=2, guidance=5.0, width=16, height=16))
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+def test_model_card_names_the_teacher_rounds_and_images(teacher_ws: Workspace) -> None:
+    from opencanvas.cards.model_facts import run_facts
+    from opencanvas.cards.records import Sources
+    from opencanvas.cards.writer import _distill_lines
+
+    if not (teacher_ws.run_dir("student") / "distill.json").exists():
+        distill(teacher_ws, DistillSettings(teacher="teacher", student="student", **SMALL), device="cpu")
+    src = Sources()
+    text = "\n".join(_distill_lines({"run": "student", "train": run_facts(teacher_ws, "student", src)}))
+    assert "`teacher`" in text and "from 8 DDIM steps down to 2" in text and "--steps 2" in text
+    assert "| round-4 | 4 | 16 |" in text and "| guided | (guided) | 16 |" in text
+    assert "runs/student/distill.json" in src.paths
+    assert _distill_lines({"run": "teacher", "train": run_facts(teacher_ws, "teacher", src)}) == []
