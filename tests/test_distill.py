@@ -195,3 +195,21 @@ def test_model_card_names_the_teacher_rounds_and_images(teacher_ws: Workspace) -
     assert "| round-4 | 4 | 16 |" in text and "| guided | (guided) | 16 |" in text
     assert "runs/student/distill.json" in src.paths
     assert _distill_lines({"run": "teacher", "train": run_facts(teacher_ws, "teacher", src)}) == []
+
+
+def test_comparison_report_has_teacher_and_each_student(teacher_ws: Workspace, tmp_path: Path) -> None:
+    from opencanvas.distill.report import compare
+    from opencanvas.sample.tiny import write_tiny_clip
+    from tests.factories import make_image_subset
+
+    if not (teacher_ws.run_dir("student") / "distill.json").exists():
+        distill(teacher_ws, DistillSettings(teacher="teacher", student="student", **SMALL), device="cpu")
+    make_image_subset(teacher_ws, "shapes", n=8, size=16, shard_size=8)
+    report = compare(teacher_ws, "student", ["a red circle", "a blue square"], "shapes", (3.0,), n=2,
+                     clip=str(write_tiny_clip(tmp_path / "clip")))
+    assert [(r["model"], r["steps"], r["unet_calls"]) for r in report["rows"]] == [
+        ("teacher", 25, 50), ("student-4", 4, 4), ("student-2", 2, 2)]
+    assert all(r["seconds_per_image"] > 0 and "clip_score" in r and report["fd_metric"] in r for r in report["rows"])
+    root = teacher_ws.run_dir("student") / "distill_report"
+    assert (root / "tradeoff.png").stat().st_size > 0
+    assert "| student-2 | 2 | 2 | 3 |" in (root / "report.md").read_text()

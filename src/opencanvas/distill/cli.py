@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from opencanvas.cli_common import WorkspaceOption, fail, open_workspace, print_settings
+from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
 
 DISTILL_HELP = """Distil a classifier-free guided teacher run into a few-step student run (Meng et al. 2023).
 
@@ -43,6 +43,19 @@ def distill_command(
         "--checkpoint-every", min=0, help="Images between checkpoints (default: a twentieth of a phase).")] = None,
     keep: Annotated[int, typer.Option("--keep", min=0, help="Newest checkpoints kept per phase (0: all).")] = 2,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
+    reference: Annotated[str | None, typer.Option(
+        "--reference", help="After distilling, compare teacher (25 CFG steps) and student (8/4/2/1 steps) against "
+        "this subset or image folder: CLIP score, FD, memorization, wall time (runs/<name>/distill_report/).")]
+    = None,
+    prompts: Annotated[str, typer.Option(
+        "--prompts", help="Prompts of the comparison: heldout (the run's held-out captions) or a prompt file.")]
+    = "heldout",
+    report_n: Annotated[int, typer.Option("--report-n", min=2, help="Images per comparison cell.")] = 16,
+    report_guidance: Annotated[str, typer.Option(
+        "--report-guidance", help="Guidance scales of the comparison, comma-separated.")] = "3,5",
+    clip: Annotated[str | None, typer.Option(
+        "--clip", help="CLIP for the comparison's scores (a component name or folder; default: the run's).")]
+    = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Distil a teacher run into a student run (see `opencanvas distill --help`)."""
@@ -69,6 +82,22 @@ def distill_command(
         raise fail(str(err)) from None
     if main:
         print_settings("distill summary", summary)
+    if reference is not None and main:
+        from opencanvas.distill.report import compare
+        from opencanvas.sample.evaluate import resolve_prompts
+        from opencanvas.train.pipeline import load_pipeline
+
+        try:
+            scales = [float(g) for g in report_guidance.split(",")]
+            config = load_pipeline(ws, run, device="cpu").config
+            prompt_list, _ = resolve_prompts(ws, prompts, config)
+            report = compare(ws, name, prompt_list, reference, scales, report_n, clip=clip,
+                             device="cpu" if device == "auto" else device)
+        except (FileNotFoundError, ValueError) as err:
+            raise fail(str(err)) from None
+        from opencanvas.distill.report import markdown
+
+        console.print(markdown(report))
 
 
 def register(app: typer.Typer) -> None:
