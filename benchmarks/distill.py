@@ -18,6 +18,9 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+from tests.factories import draw_shape  # the test shapes, as a reference folder
+
 from opencanvas.distill import DistillSettings, distill
 from opencanvas.distill.report import compare, markdown
 from opencanvas.encode.synthetic import write_random_latents
@@ -50,9 +53,6 @@ def main() -> None:
     distill_s = time.perf_counter() - t0
     reference = ws.root / "reference"
     reference.mkdir()
-    from tests.factories import draw_shape  # noqa: PLC0415  (the test shapes as a reference folder)
-    import numpy as np
-
     rng = np.random.default_rng(0)
     for i, (color, shape) in enumerate((c, s) for c in ("red", "blue", "green", "yellow")
                                        for s in ("circle", "square", "triangle")):
