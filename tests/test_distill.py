@@ -213,3 +213,24 @@ def test_comparison_report_has_teacher_and_each_student(teacher_ws: Workspace, t
     root = teacher_ws.run_dir("student") / "distill_report"
     assert (root / "tradeoff.png").stat().st_size > 0
     assert "| student-2 | 2 | 2 | 3 |" in (root / "report.md").read_text()
+
+
+def test_sample_cli_warns_off_the_distilled_count_and_eval_runs(teacher_ws: Workspace, tmp_path: Path) -> None:
+    from opencanvas.sample.tiny import write_tiny_clip
+    from tests.factories import make_image_subset
+
+    if not (teacher_ws.run_dir("student") / "distill.json").exists():
+        distill(teacher_ws, DistillSettings(teacher="teacher", student="student", **SMALL), device="cpu")
+    with pytest.warns(DistilledStepsWarning, match="distilled for 2 steps, sampling at 3"):
+        r = CliRunner().invoke(app, ["sample", "--run", "student", "a red circle", "--steps", "3", "--out",
+                                     str(tmp_path / "s3"), "-w", str(teacher_ws.root)])
+    assert r.exit_code == 0, r.output
+    if "shapes" not in teacher_ws.names("subset"):
+        make_image_subset(teacher_ws, "shapes", n=8, size=16, shard_size=8)
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
+    r = CliRunner().invoke(app, ["eval", "--run", "student", "--prompts", str(tmp_path / "p.txt"), "--reference",
+                                 "shapes", "--metrics", "clip,fid", "--guidance", "3", "-n", "2", "--steps", "2",
+                                 "--clip", str(write_tiny_clip(tmp_path / "clip")), "-w", str(teacher_ws.root)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(next((teacher_ws.run_dir("student") / "eval").glob("*/report.json")).read_text())
+    assert [row["guidance"] for row in report["rows"]] == [0.0, 3.0]
