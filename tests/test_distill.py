@@ -234,3 +234,13 @@ def test_sample_cli_warns_off_the_distilled_count_and_eval_runs(teacher_ws: Work
     assert r.exit_code == 0, r.output
     report = json.loads(next((teacher_ws.run_dir("student") / "eval").glob("*/report.json")).read_text())
     assert [row["guidance"] for row in report["rows"]] == [0.0, 3.0]
+
+
+def test_changed_settings_on_an_existing_student_are_refused(teacher_ws: Workspace) -> None:
+    if not (teacher_ws.run_dir("student") / "distill.json").exists():
+        distill(teacher_ws, DistillSettings(teacher="teacher", student="student", **SMALL), device="cpu")
+    before = sorted(p.name for p in (teacher_ws.run_dir("student") / "phases").iterdir())
+    with pytest.raises(ValueError, match="exists with other settings .*images_per_round"):
+        distill(teacher_ws, DistillSettings(teacher="teacher", student="student", **{**SMALL, "images_per_round": 32}),
+                device="cpu")
+    assert sorted(p.name for p in (teacher_ws.run_dir("student") / "phases").iterdir()) == before
