@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from opencanvas.diffusion.denoiser import Denoiser
 from opencanvas.diffusion.samplers import HasSigmas, get_sigmas
 
 GUIDANCE_EMBED_DIM = 256  # time_cond_proj_dim of a student
@@ -47,14 +49,12 @@ class GuidedStudent(nn.Module):
     uncond/uncond_mask are accepted and ignored, so samplers and generation code need no second path.
     """
 
-    def __init__(self, denoiser: nn.Module, guidance: float = 1.0) -> None:
+    inner: Denoiser
+
+    def __init__(self, denoiser: Denoiser, guidance: float = 1.0) -> None:
         super().__init__()
         self.inner = denoiser
         self.guidance = float(guidance)
-
-    @property
-    def sigmas(self) -> torch.Tensor:
-        return self.inner.sigmas
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None,
                 uncond: torch.Tensor | None = None, uncond_mask: torch.Tensor | None = None,
@@ -62,7 +62,7 @@ class GuidedStudent(nn.Module):
         """x: (B, C, h, w); sigma: (B,); cond: (B, L, D); guidance: (B,) (default: self.guidance)."""
         if guidance is None:
             guidance = torch.full((x.shape[0],), self.guidance, device=x.device)
-        dim = int(self.inner.unet.config.time_cond_proj_dim)
+        dim = int(cast(Any, self.inner.unet).config.time_cond_proj_dim)
         return self.inner(x, sigma, cond, cond_mask, timestep_cond=guidance_embedding(guidance.to(x.device), dim))
 
 

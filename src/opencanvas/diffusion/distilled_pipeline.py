@@ -61,5 +61,5 @@ class DistilledGuidancePipeline(StableDiffusionPipeline):
             images = self.image_processor.postprocess(decoded, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (images, None)  # type: ignore[return-value]
+            return (images, None)
         return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=None)

@@ -72,10 +72,11 @@ def compare(ws: Workspace, student: str, prompts: Sequence[str], reference: str,
         ("teacher", load_pipeline(ws, teacher, device=device), TEACHER_STEPS, "ddim", 2)]
     for steps, path in sorted(student_checkpoints(ws, student).items(), reverse=True):
         if steps in STUDENT_STEPS:
-            models.append((f"student-{steps}", load_pipeline(ws, student, device=device, checkpoint=path), steps,
+            models.append((f"student-{steps}", load_pipeline(ws, student, device=device, checkpoint=str(path)), steps,
                            "ddim", 1))
     scorers = build_scorers(ws, models[0][1].config, ("clip", "fid", "memorization"), None, clip, device)
     ref = load_reference(ws, reference, 2000)
+    assert scorers.features is not None  # FD and memorization were asked for
     ref_features = scorers.features(ref.images)
     ref_hashes = phash_ints(ref.images)
     rows = []

@@ -12,7 +12,7 @@ x' = x0 + sigma' * (x - x0) / sigma and Salimans & Ho's target is unchanged by t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -61,7 +61,7 @@ class StudentLoss(nn.Module):
 class DistillTask(TrainTask):
     """A student UNet learning from a frozen teacher on the teacher's latent stream."""
 
-    def __init__(self, *, env: D.DistEnv, student: Denoiser, teacher: nn.Module, stream: Any, settings: Any,
+    def __init__(self, *, env: D.DistEnv, student: Denoiser, teacher: Any, stream: Any, settings: Any,
                  phase_steps: int | None, grid: torch.Tensor | None, use_text_mask: bool) -> None:
         self.env, self.stream, self.settings = env, stream, settings
         self.model = student.unet
@@ -76,16 +76,15 @@ class DistillTask(TrainTask):
         self.state = TrainState()
         self.data_start: dict[str, int] = {}
 
-    def _inputs(self, state: TrainState) -> dict[str, torch.Tensor | None]:
+    def _inputs(self, state: TrainState) -> dict[str, Any]:
         from opencanvas.train.data import training_inputs
 
         device = self.env.device
         gen = step_generator(device, self.settings.seed, self.env.rank, state.images_seen)
-        inputs = training_inputs(self.stream.next_batch(), self.stream, gen, device, num_timesteps=1000,
-                                 caption_dropout=0.0, offset_noise=0.0, use_text_mask=self.use_text_mask)
-        x0 = inputs["x0"]
-        assert x0 is not None
-        b = x0.shape[0]
+        inputs: dict[str, Any] = dict(training_inputs(
+            self.stream.next_batch(), self.stream, gen, device, num_timesteps=1000, caption_dropout=0.0,
+            offset_noise=0.0, use_text_mask=self.use_text_mask))
+        b = cast(torch.Tensor, inputs["x0"]).shape[0]
         lo, hi = self.settings.guidance_range
         inputs["guidance"] = lo + (hi - lo) * torch.rand(b, generator=gen, device=device)  # w ~ U(range)
         if self.grid is None:
@@ -100,12 +99,12 @@ class DistillTask(TrainTask):
         """(x at sigma, the x0 the student must predict there)."""
         x0, noise, text, mask, g = inputs["x0"], inputs["noise"], inputs["text"], inputs["mask"], inputs["guidance"]
         uncond = self.stream.null_text.expand_as(text)
-        uncond_mask = None if mask is None else self.stream.null_mask.expand_as(mask)
         if self.grid is None:  # stage 1: x0_w = x0_uncond + w (x0_cond - x0_uncond), per-sample w
             sigma = inputs["sigma"]
             x = x0 + sigma.view(-1, 1, 1, 1) * noise
+            both_mask = None if mask is None else torch.cat([self.stream.null_mask.expand_as(mask), mask])
             both = self.teacher.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond, text]),
-                                      None if mask is None else torch.cat([uncond_mask, mask]))
+                                      both_mask)
             x0_u, x0_c = both.chunk(2)
             return x, x0_u + g.view(-1, 1, 1, 1) * (x0_c - x0_u)
         i = inputs["index"]
@@ -121,7 +120,7 @@ class DistillTask(TrainTask):
     def gradients(self, state: TrainState) -> dict[str, float]:
         inputs = self._inputs(state)
         x, target = self._target(inputs)
-        sigma = inputs["sigma"] if self.grid is None else self.grid[2 * inputs["index"]]
+        sigma = inputs["sigma"] if self.grid is None else self.grid[2 * inputs["index"]]  # (B,)
         loss = self.step_module(x, sigma, inputs["text"], inputs["mask"], inputs["guidance"], target)
         loss.backward()
         loss_mean = float(D.all_reduce_sum(self.env, loss.detach())) / self.env.world
