@@ -244,3 +244,36 @@ def test_changed_settings_on_an_existing_student_are_refused(teacher_ws: Workspa
         distill(teacher_ws, DistillSettings(teacher="teacher", student="student", **{**SMALL, "images_per_round": 32}),
                 device="cpu")
     assert sorted(p.name for p in (teacher_ws.run_dir("student") / "phases").iterdir()) == before
+
+
+def test_stage_one_moves_the_student_towards_the_teachers_guided_output(teacher_ws: Workspace) -> None:
+    """On the teacher's own data, the trained guided student is closer to CFG at w ~ U(1, 8) than its start."""
+    from opencanvas.diffusion.guidance import CFGDenoiser
+    from opencanvas.train.data import LatentStream, training_inputs
+    from opencanvas.train.pipeline import load_denoiser
+
+    settings = DistillSettings(teacher="teacher", student="learner", base_steps=2, target_steps=1,
+                               images_per_round=64, batch=8, lr=1e-4)
+    distill(teacher_ws, settings, device="cpu")
+    t = load_checkpoint(latest_checkpoint(teacher_ws.run_dir("teacher")), parts=("ema",))
+    guided = load_checkpoint(latest_checkpoint(teacher_ws.run_dir("learner") / "phases" / "guided"), parts=("ema",))
+    config = student_config(t.config, settings, 2, "guided")
+    cpu = torch.device("cpu")
+    start, trained = (GuidedStudent(_student(config, w, cpu)) for w in (t.ema, guided.ema))
+    teacher = CFGDenoiser(load_denoiser(t.config, t.ema), 1.0).inner
+    stream = LatentStream.open(teacher_ws, "lat", 16, 16, 7, 0, 1, cpu)
+    errors = {"start": 0.0, "trained": 0.0}
+    with torch.no_grad():
+        for k in range(3):
+            gen = torch.Generator().manual_seed(100 + k)
+            inp = training_inputs(stream.next_batch(), stream, gen, cpu, num_timesteps=1000, caption_dropout=0.0,
+                                  offset_noise=0.0, use_text_mask=False)
+            sigma = teacher.sigmas[inp["timesteps"]]
+            x = inp["x0"] + sigma.view(-1, 1, 1, 1) * inp["noise"]
+            w = 1 + 7 * torch.rand(x.shape[0], generator=gen)
+            u, c = teacher(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                           torch.cat([stream.null_text.expand_as(inp["text"]), inp["text"]])).chunk(2)
+            want = u + w.view(-1, 1, 1, 1) * (c - u)
+            for name, model in (("start", start), ("trained", trained)):
+                errors[name] += float((model(x, sigma, inp["text"], None, guidance=w) - want).pow(2).mean())
+    assert errors["trained"] < 0.9 * errors["start"], errors
