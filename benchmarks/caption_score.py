@@ -25,7 +25,7 @@ def main() -> None:
 
     import torch
 
-    from opencanvas.caption_quality import score_captions
+    from opencanvas.caption_quality.score import score_captions
     from opencanvas.components.loading import load_clip_evaluator
     from opencanvas.sample.tiny import write_tiny_clip
     from opencanvas.workspace import Workspace

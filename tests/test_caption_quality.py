@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from opencanvas.caption.stats import caption_stats, scores_path
-from opencanvas.caption_quality import score_captions, select_captions
+from opencanvas.caption_quality.score import score_captions
+from opencanvas.caption_quality.select import select_captions
 from opencanvas.captions import CAPTION_SCHEMA, read_captions
 from opencanvas.cli import app
 from opencanvas.components.loading import load_clip_evaluator
@@ -58,7 +59,7 @@ def test_score_is_the_clip_score_of_each_caption_with_its_own_image(scored) -> N
 
 
 def test_round_trip_is_the_mean_image_cosine_of_generations_and_original(scored, tmp_path: Path) -> None:
-    from opencanvas.caption_quality import RoundTrip
+    from opencanvas.caption_quality.score import RoundTrip
     from opencanvas.sample.generate import generate
     from opencanvas.sample.loading import load_folder_pipeline
     from opencanvas.sample.tiny import write_tiny_folder

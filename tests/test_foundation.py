@@ -58,7 +58,8 @@ def test_map_shards_process_pool_matches_serial() -> None:
 # Every verb of docs/architecture.md's pipeline, plus the component trainers, export, the demo,
 # studies, human evaluation and the web app.
 STAGE_VERBS = {"catalog", "fetch", "caption", "autoencoder", "clip", "encode", "train", "export", "sample", "eval",
-               "card", "demo", "humaneval", "serve", "study", "verify", "takedown", "trace", "publish", "c2pa"}
+               "card", "demo", "humaneval", "serve", "study", "verify", "takedown", "trace", "publish", "c2pa",
+               "distill"}
 
 
 def test_cli_help_lists_stage_verbs() -> None:

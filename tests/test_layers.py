@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"shards", "captions", "cli_common", "marking"},
     {"diffusion", "training"},
     {"catalog"}, {"fetch"}, {"caption"}, {"components"}, {"encode"}, {"train"}, {"sample"}, {"caption_quality"},
-    {"provenance"},
+    {"provenance"}, {"distill"},
     {"cards"}, {"study"}, {"publish"}, {"demo"}, {"humaneval"},
     {"web"},
     {"cli"},

@@ -71,6 +71,7 @@ def _register_stages() -> None:
     from opencanvas.catalog import cli as catalog_cli
     from opencanvas.components import cli as components_cli
     from opencanvas.demo import cli as demo_cli
+    from opencanvas.distill import cli as distill_cli
     from opencanvas.encode import cli as encode_cli
     from opencanvas.fetch import cli as fetch_cli
     from opencanvas.humaneval import cli as humaneval_cli
@@ -82,7 +83,7 @@ def _register_stages() -> None:
     from opencanvas.web import cli as web_cli
 
     for module in (catalog_cli, fetch_cli, caption_cli, caption_quality_cli, components_cli, encode_cli,
-                   train_cli, sample_cli, provenance_cli, study_cli, cards_cli, publish_cli, demo_cli,
+                   train_cli, sample_cli, provenance_cli, distill_cli, study_cli, cards_cli, publish_cli, demo_cli,
                    humaneval_cli, web_cli):
         module.register(app)
 

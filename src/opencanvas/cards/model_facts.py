@@ -56,7 +56,10 @@ def run_facts(ws: Workspace, run: str, src: Sources) -> dict[str, Any]:
     summary = json.loads(src.add(ws, summary_path).read_text()) if summary_path.exists() else {}
     ckpt = latest_checkpoint(run_dir)
     unet_params = count_parameters([src.add(ws, ckpt)], "model/") if ckpt else None
-    return {"config": config, "summary": summary, "checkpoint": ws.relative(ckpt) if ckpt else None,
+    distill_path = run_dir / "distill.json"  # a guidance-distilled student (opencanvas distill)
+    distilled = json.loads(src.add(ws, distill_path).read_text()) if distill_path.exists() else {}
+    return {"config": config, "summary": summary, "distill": distilled,
+            "checkpoint": ws.relative(ckpt) if ckpt else None,
             "unet_parameters": unet_params, "weights_sha256": weights_hashes(ckpt) if ckpt else {}}
 
 

@@ -264,6 +264,25 @@ def _eval_lines(facts: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _distill_lines(facts: dict[str, Any]) -> list[str]:
+    """A guidance-distilled student: its teacher, the rounds and the images each took (empty for other runs)."""
+    t = facts["train"]
+    d = t["config"].get("distilled")
+    if not d:
+        return []
+    phases = t.get("distill", {}).get("phases", [])
+    lines = ["## Distillation", "",
+             f"Distilled from the run `{markdown_text(str(d['teacher']))}` by guided distillation (Meng et al. 2023, "
+             f"arXiv 2210.03142): a guidance-conditioned student (w ~ U{tuple(d['guidance_range'])}), then "
+             f"progressive distillation (Salimans & Ho 2022) from {d['base_steps']} DDIM steps down to "
+             f"{d['steps']}. Sample it with `opencanvas sample --run {facts['run']} --steps {d['steps']} --guidance 5`"
+             ": one UNet call per step, no classifier-free guidance batch.", ""]
+    lines += _table(["phase", "student steps", "images", "minutes"],
+                    [[p["phase"], p["steps"] or "(guided)", p["images"], f"{p['minutes']:.1f}"] for p in phases]
+                    or [["(per phase)", d["rounds"], d["images_per_round"], None]])
+    return lines
+
+
 def model_card(facts: dict[str, Any]) -> str:
     t, sub = facts["train"], facts["subset"]
     cfg, summ = t["config"], t["summary"]
@@ -289,6 +308,7 @@ def model_card(facts: dict[str, Any]) -> str:
         ["resolutions", cfg.get("resolutions")], ["checkpoint", t["checkpoint"]],
         *_hash_rows(t),
     ])
+    lines += _distill_lines(facts)
     lines += ["## Sampling defaults", "",
               f"`opencanvas sample --run {facts['run']} PROMPT` uses sampler {SAMPLING_DEFAULTS['sampler']}, "
               f"{SAMPLING_DEFAULTS['steps']} steps, classifier-free guidance {SAMPLING_DEFAULTS['guidance']}, "

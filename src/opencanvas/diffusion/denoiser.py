@@ -107,8 +107,12 @@ class Denoiser(nn.Module):
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                encoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, C, h, w) = x0 + sigma * eps; sigma: (B,) or scalar. Returns x0 estimate."""
+                encoder_attention_mask: torch.Tensor | None = None,
+                timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, h, w) = x0 + sigma * eps; sigma: (B,) or scalar. Returns x0 estimate.
+
+        timestep_cond: (B, time_cond_proj_dim), a guidance-distilled UNet's guidance embedding.
+        """
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).expand(x.shape[0])
         s = sigma.view(-1, 1, 1, 1)
         c_in = 1.0 / (s**2 + 1).sqrt()  # back to the DDPM input scale, sqrt(alpha_bar) * x
@@ -117,6 +121,7 @@ class Denoiser(nn.Module):
             self.sigma_to_t(sigma),
             encoder_hidden_states=encoder_hidden_states.to(self._unet_dtype()),
             encoder_attention_mask=encoder_attention_mask,
+            **({} if timestep_cond is None else {"timestep_cond": timestep_cond.to(self._unet_dtype())}),
         ).sample.float()
         if self.prediction_type == "epsilon":
             return x - s * out

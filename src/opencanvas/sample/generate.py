@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from opencanvas.diffusion.distilled import GuidedStudent, distilled_sigmas
 from opencanvas.diffusion.guidance import CFGDenoiser
 from opencanvas.diffusion.samplers import Spacing, get_sampler, get_sigmas, initial_noise_scale
 from opencanvas.storage import atomic_write_bytes
@@ -97,14 +98,22 @@ def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Se
     # The pipeline decides whether the UNet sees a text mask (it must match training).
     cond, cond_mask = pipeline.encode_prompts(list(prompts))                 # (B, L, D), (B, L) | None
     uncond, uncond_mask = pipeline.encode_prompts([settings.negative_prompt] * len(prompts))
-    sigmas = get_sigmas(pipeline.denoiser, settings.steps, settings.spacing).to(device)
+    distilled = (getattr(pipeline, "config", None) or {}).get("distilled")
+    model: torch.nn.Module
+    sampler = settings.sampler
+    if distilled:  # a guidance-distilled student: one UNet call per step on its own DDIM grid
+        sigmas = distilled_sigmas(pipeline.denoiser, int(distilled["base_steps"]), int(distilled["steps"]),
+                                  settings.steps).to(device)
+        model, sampler = GuidedStudent(pipeline.denoiser, settings.guidance), "ddim"
+    else:
+        sigmas = get_sigmas(pipeline.denoiser, settings.steps, settings.spacing).to(device)
+        model = CFGDenoiser(pipeline.denoiser, settings.guidance, settings.guidance_rescale)
     shape = pipeline.latent_shape(settings.height, settings.width)          # (C, h, w)
     x = initial_noise(shape, seeds).to(device) * initial_noise_scale(sigmas)
-    model = CFGDenoiser(pipeline.denoiser, settings.guidance, settings.guidance_rescale)
     extra = {"cond": cond.to(device), "cond_mask": _to(cond_mask, device),
              "uncond": uncond.to(device), "uncond_mask": _to(uncond_mask, device)}
     callback = None if on_step is None else (lambda i, sigma, denoised: on_step())
-    return get_sampler(settings.sampler)(model, x, sigmas, extra_args=extra, callback=callback)
+    return get_sampler(sampler)(model, x, sigmas, extra_args=extra, callback=callback)
 
 
 def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:

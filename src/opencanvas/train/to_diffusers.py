@@ -84,10 +84,30 @@ def scheduler_for(config: dict[str, Any]) -> Any:
         timestep_spacing="trailing" if ns.zero_terminal_snr else "leading")
 
 
+def ship_distilled_pipeline(folder: Path) -> None:
+    """A guidance-distilled student: its own pipeline class (one UNet call per step, w as an input) in the folder,
+    named in model_index.json so that DiffusionPipeline.from_pretrained loads it."""
+    from opencanvas.diffusion import distilled_pipeline
+
+    shutil.copyfile(distilled_pipeline.__file__, folder / "pipeline_distilled.py")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = ["pipeline_distilled", "DistilledGuidancePipeline"]
+    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    # Deterministic DDIM on trailing timesteps to x0 at the end: the grid the student was distilled on.
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
+            "rescale_betas_zero_snr")
+    ddim = {"_class_name": "DDIMScheduler", **{k: scheduler[k] for k in keep if k in scheduler},
+            "timestep_spacing": "trailing", "set_alpha_to_one": True, "clip_sample": False, "steps_offset": 0}
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(ddim, indent=2, sort_keys=True) + "\n")
+
+
 def _text_encoder(pipe: InferencePipeline) -> tuple[Any, Any]:
     te: Any = copy.deepcopy(pipe.text_encoder.model)  # a transformers CLIPTextModel
     if pipe.text_encoder.layer == "penultimate":
-        te.text_model.encoder.layers = te.text_model.encoder.layers[:-1]
+        inner = getattr(te, "text_model", te)  # transformers 5 flattened CLIPTextModel (no .text_model)
+        inner.encoder.layers = inner.encoder.layers[:-1]
         te.config.num_hidden_layers -= 1
     te.config.use_attention_mask = True  # the SD pipeline then passes the tokenizer's mask, as encode did
     tokenizer = copy.deepcopy(pipe.text_encoder.tokenizer)
@@ -123,6 +143,8 @@ def export(ws: Workspace, run: str, out: Path, ema: bool = True, checkpoint: str
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     sd.save_pretrained(tmp, safe_serialization=True)
+    if pipe.config.get("distilled"):
+        ship_distilled_pipeline(tmp)
     hashes = published_hashes(pipe)
     lic = model_license(*training_licenses(ws, pipe.config["data"]))
     cards = ws.run_dir(run) / CARDS_DIR
