@@ -252,25 +252,28 @@ def _near_table(con: duckdb.DuckDBPyConnection, max_distance: int) -> None:
         SELECT r.key, h.* EXCLUDE (key, phash) FROM r JOIN hashes h USING (phash) WHERE r.key = r.first_key""")
     edges = _band_edges(max_distance)
 
-    def bands(table: str) -> str:
-        return " UNION ALL ".join(
-            f"SELECT key, {i} AS band, "
-            + ("value" if hi - lo == HASH_BITS else f"(value >> {lo}) & {(1 << (hi - lo)) - 1}::UBIGINT")
-            + f" AS part FROM {table}" for i, (lo, hi) in enumerate(zip(edges, edges[1:], strict=False)))
+    def band(table: str, lo: int, hi: int) -> str:
+        part = "value" if hi - lo == HASH_BITS else f"(value >> {lo}) & {(1 << (hi - lo)) - 1}::UBIGINT"
+        return f"SELECT key, {part} AS part FROM {table}"
 
+    # One band at a time: each join's hash table holds one band of the hashes, not all of them at
+    # once, which keeps the join within DuckDB's memory limit at 10^7 rows (it spills the rest).
+    con.execute("CREATE OR REPLACE TEMP TABLE pairs (key VARCHAR, other VARCHAR)")
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        con.execute(f"""
+            INSERT INTO pairs SELECT x.key, y.key FROM ({band("searched", lo, hi)}) x
+            JOIN ({band("hashes", lo, hi)}) y ON x.part = y.part AND y.key < x.key""")
     # A layout without a grid (older or foreign indexes) is compared on pHash alone, as _same_layout does.
     same = " AND ".join(f"(a.c{i} IS NULL OR abs(a.c{i} - b.c{i}) <= {LAYOUT_TOLERANCE})" for i in range(cells))
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE near AS
-        WITH pairs AS (SELECT DISTINCT x.key AS key, y.key AS other
-                       FROM ({bands("searched")}) x JOIN ({bands("hashes")}) y
-                         ON x.band = y.band AND x.part = y.part AND y.key < x.key),
-             close AS (SELECT p.key, p.other, bit_count(xor(a.value, b.value)) AS distance
+        WITH close AS (SELECT DISTINCT p.key, p.other, bit_count(xor(a.value, b.value)) AS distance
                        FROM pairs p JOIN searched a ON a.key = p.key JOIN hashes b ON b.key = p.other
                        WHERE bit_count(xor(a.value, b.value)) <= {max_distance}
                          AND (a.layout_len <> b.layout_len OR ({same})))
         SELECT key, arg_min(other, other) AS other, arg_min(distance, other) AS distance
         FROM close GROUP BY key""")
+    con.execute("DROP TABLE pairs")
 
 
 def _drop_members(tar_path: Path, keys: set[str]) -> None:
