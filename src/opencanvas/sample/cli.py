@@ -218,7 +218,8 @@ def _print_rows(report: dict) -> None:
 
     from opencanvas.cli_common import console
 
-    keys = [k for k in ("clip_score", "prompt_retrieval_top1", report.get("fd_metric"), report.get("kid_metric"), "precision", "recall")
+    keys = [k for k in ("clip_score", "prompt_retrieval_top1", report.get("fd_metric"), report.get("kid_metric"),
+                        "precision", "recall")
             if k and k in report["rows"][0]]
     table = Table("guidance", *keys, "memorized", title=f"eval {report['eval_id']}")
     for row in report["rows"]:
