@@ -63,6 +63,8 @@ def train_variant(ws: Workspace, run: str, options: dict[str, Any], images: int 
                   minutes: float | None, batch: int) -> dict[str, Any]:
     options = dict(options)
     preset = str(options.pop("preset", "tiny"))
+    if "images" in options or "minutes" in options:   # a variant that changes the budget itself
+        images, minutes = options.pop("images", None), options.pop("minutes", None)
     budget = {"images": images} if images is not None else {"minutes": minutes}
     t0 = time.perf_counter()
     summary = train(ws, LATENTS, preset, run, batch=int(options.pop("batch", batch)), **budget, **options)
@@ -118,7 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-w", "--workspace", type=Path, required=True)
     parser.add_argument("--variant", action="append", required=True, help="name[:key=value,...] (TrainConfig "
-                        "options, plus preset and batch); the first is the reference")
+                        "options, plus preset, batch, images and minutes); the first is the reference")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--images", type=int, help="UNet training images per variant")
     budget.add_argument("--minutes", type=float, help="UNet training minutes per variant (measured warm-up)")
