@@ -53,6 +53,7 @@ def test_demo_pipeline_on_a_slice(clipart_root: Path, tmp_path: Path) -> None:
     config = json.loads((ws.run_dir(RUN) / "config.json").read_text())
     assert config["measured_images_per_s"] == results["train"]["measured_images_per_s"] > 0
     assert config["images"] == results["train"]["images"] == summary["images_seen"]
+    assert config["prediction_type"] == "v_prediction" and config["zero_terminal_snr"]   # the measured better recipe
     assert (ws.root / results["sample"]["grid"]).exists()
     # Eval reports a guided and an unconditional CLIP score.
     rows = results["eval"]["rows"]

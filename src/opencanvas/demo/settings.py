@@ -41,3 +41,7 @@ class DemoSettings:
     eval_prompts: int = 32
     grid_eval_images: int = 32      # 4 per grid prompt: prompt retrieval among the 8 grid prompts
     train_batch: int = 16
+    # v-prediction with zero-terminal SNR: FD-CLIP 0.90x and 0.84x of epsilon's at 6000 and 12000 images
+    # (benchmarks/RESULTS.md, "Demo quality per CPU-minute").
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = True

@@ -103,7 +103,8 @@ def train_unet(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
 
     from opencanvas.train.loop import train
 
-    summary = train(ws, LATENTS, "tiny", RUN, minutes=s.minutes * s.train_share, batch=s.train_batch)
+    summary = train(ws, LATENTS, "tiny", RUN, minutes=s.minutes * s.train_share, batch=s.train_batch,
+                    prediction_type=s.prediction_type, zero_terminal_snr=s.zero_terminal_snr)
     config = json.loads((ws.run_dir(RUN) / "config.json").read_text())
     return {**{k: summary[k] for k in ("images_seen", "steps", "images_per_s", "wall_seconds") if k in summary},
             "images": config["images"], "measured_images_per_s": config["measured_images_per_s"]}
