@@ -15,7 +15,7 @@ import pytest
 
 from opencanvas.catalog.ingest import done_records
 from opencanvas.demo.pipeline import run_demo
-from opencanvas.demo.settings import CAPTIONER, RUN, SUBSET, DemoSettings
+from opencanvas.demo.settings import CAPTIONER, EVAL_CLIP, PROMPTS, RUN, SUBSET, DemoSettings
 from opencanvas.shards import read_index
 from opencanvas.workspace import Workspace
 
@@ -28,10 +28,10 @@ def _mtimes(root: Path) -> dict[str, int]:
 def test_demo_pipeline_on_a_slice(clipart_root: Path, tmp_path: Path) -> None:
     ws = Workspace.open(tmp_path / "demo")
     settings = DemoSettings(minutes=1.5, categories=("food",), clipart_root=clipart_root, eval_prompts=8,
-                            train_images_per_s=40.0)
+                            grid_eval_images=8)
     results = run_demo(ws, settings)
-    assert list(results) == ["ingest", "subset", "fetch", "caption", "autoencoder", "clip", "encode", "train",
-                             "sample", "eval", "card"]
+    assert list(results) == ["ingest", "subset", "fetch", "caption", "autoencoder", "clip", "eval-clip", "encode",
+                             "train", "sample", "eval", "card"]
 
     # Catalog: nothing lost.
     (record,) = done_records(ws, "openclipart")
@@ -49,10 +49,20 @@ def test_demo_pipeline_on_a_slice(clipart_root: Path, tmp_path: Path) -> None:
     # Training ran and the grid exists.
     summary = json.loads((ws.run_dir(RUN) / "summary.json").read_text())
     assert summary["images_seen"] == results["train"]["images_seen"] > 0
+    # The UNet's budget came from a measured warm-up, and the image count is recorded for exact re-runs.
+    config = json.loads((ws.run_dir(RUN) / "config.json").read_text())
+    assert config["measured_images_per_s"] == results["train"]["measured_images_per_s"] > 0
+    assert config["images"] == results["train"]["images"] == summary["images_seen"]
+    assert config["prediction_type"] == "v_prediction" and config["zero_terminal_snr"]   # the measured better recipe
     assert (ws.root / results["sample"]["grid"]).exists()
     # Eval reports a guided and an unconditional CLIP score.
     rows = results["eval"]["rows"]
     assert any(r["baseline"] for r in rows) and any(not r["baseline"] for r in rows)
+    # ... scored by the evaluation-only CLIP, trained apart from the one the model conditions on.
+    assert results["eval"]["clip"] == EVAL_CLIP and ws.clip_dir(EVAL_CLIP).is_dir()
+    assert all(0 <= r["prompt_retrieval_top1"] <= r["prompt_retrieval_top5"] <= 1 for r in rows)
+    assert results["eval"]["grid_chance"]["top1"] == pytest.approx(1 / len(PROMPTS))
+    assert [r["guidance"] for r in results["eval"]["grid_rows"]] == [0.0, 5.0]
 
     # Cards: numbers traced to the records above.
     cards = ws.run_dir(RUN) / "cards"
@@ -74,3 +84,10 @@ def test_demo_pipeline_on_a_slice(clipart_root: Path, tmp_path: Path) -> None:
     again = run_demo(ws, settings)
     assert again == results
     assert _mtimes(ws.root) == before
+
+
+def test_stop_after_names_the_stages_when_unknown(tmp_path: Path) -> None:
+    (tmp_path / "clipart" / "svg").mkdir(parents=True)
+    with pytest.raises(ValueError, match="unknown demo stage 'latents': choose from ingest, .*encode"):
+        run_demo(Workspace.open(tmp_path / "ws"), DemoSettings(clipart_root=tmp_path / "clipart"),
+                 stop_after="latents")

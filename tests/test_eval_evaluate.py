@@ -191,3 +191,12 @@ def test_small_n_errors_say_what_to_do(eval_ws: Workspace, models: dict[str, Pat
                                        message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         _evaluate(eval_ws, models, metrics=metrics, n=n)
+
+
+def test_prompt_retrieval_per_guidance_with_chance(eval_ws: Workspace, models: dict[str, Path]) -> None:
+    report = _evaluate(eval_ws, models, metrics=("clip", "retrieval"))
+    assert report["prompt_retrieval_chance"] == {"top1": pytest.approx(1 / 3), "top5": 1.0, "prompts": 3}
+    for row in report["rows"]:
+        assert 0 <= row["prompt_retrieval_top1"] <= 1 and row["prompt_retrieval_top5"] == 1.0   # 3 prompts < 5
+    md = (eval_ws.run_dir("tiny") / "eval" / report["eval_id"] / "report.md").read_text()
+    assert "retrieval top-1" in md and "chance is 0.333 / 1.000" in md

@@ -146,3 +146,17 @@ def test_pair_cosines_never_pair_an_image_with_itself() -> None:
     assert np.all(pair_cosines(eye[:20]) == 0) and len(pair_cosines(eye[:20])) == 190   # all pairs
     same = np.tile([[1.0, 0.0]], (10, 1))
     assert feature_separation(same, 0.95) == {"pairs": 45, "median_cosine": 1.0, "share_above_threshold": 1.0}
+
+
+def test_prompt_retrieval_counts_ties_against_the_image() -> None:
+    from opencanvas.sample.metrics import prompt_retrieval, retrieval_chance
+
+    prompts = np.eye(6)                              # six orthogonal prompt directions
+    images = np.eye(6)[[0, 1, 2, 3, 4, 5, 0]]        # image 6 looks like prompt 0 ...
+    targets = np.array([0, 1, 2, 3, 4, 5, 5])        # ... but was asked for prompt 5
+    hits = prompt_retrieval(images, prompts, targets)
+    assert hits[1] == pytest.approx(6 / 7)
+    assert hits[5] == pytest.approx(6 / 7)          # prompt 5 ties with four others at 0: rank 5, outside the top 5
+    same = prompt_retrieval(np.ones((4, 6)) / np.sqrt(6), prompts[:4], np.arange(4))   # all images alike
+    assert same[1] == 0.0                            # a tie is never a hit
+    assert retrieval_chance(8) == {1: 1 / 8, 5: 5 / 8} and retrieval_chance(3)[5] == 1.0

@@ -1,7 +1,7 @@
 """`opencanvas demo`: the whole pipeline on the Open Clip Art Library, offline, on a CPU.
 
 ingest → commercial subset → fetch (local files) → caption (metadata) →
-autoencoder (tiny) → CLIP (tiny) → encode → train (tiny) → sample grid →
+autoencoder (tiny) → CLIP (tiny) → evaluation-only CLIP → encode → train (tiny) → sample grid →
 eval on held-out prompts → cards.
 
 Each stage is the library function a user would call; the demo only picks
@@ -35,8 +35,12 @@ def _stage(state: DemoState, name: str, fn: Callable[[], dict[str, Any]]) -> dic
     return summary
 
 
-def run_demo(ws: Workspace, settings: DemoSettings | None = None, fresh: bool = False) -> dict[str, Any]:
-    """Run (or finish) the demo in `ws`; returns each stage's summary."""
+def run_demo(ws: Workspace, settings: DemoSettings | None = None, fresh: bool = False,
+             stop_after: str | None = None) -> dict[str, Any]:
+    """Run (or finish) the demo in `ws`; returns each stage's summary.
+
+    `stop_after` ends after that stage (benchmarks prepare a workspace once: everything up to `encode`).
+    """
     settings = settings or DemoSettings()
     if fresh:
         removed = ws.clear()   # stage folders only; refuses when the workspace holds the user's files
@@ -53,10 +57,19 @@ def run_demo(ws: Workspace, settings: DemoSettings | None = None, fresh: bool = 
         ("caption", lambda: stages.caption_metadata(ws)),
         ("autoencoder", lambda: stages.train_autoencoder(ws, settings)),
         ("clip", lambda: stages.train_clip(ws, settings)),
+        ("eval-clip", lambda: stages.train_eval_clip(ws, settings)),
         ("encode", lambda: stages.encode_latents(ws, settings)),
         ("train", lambda: stages.train_unet(ws, settings)),
         ("sample", lambda: stages.sample_grid(ws, settings)),
         ("eval", lambda: stages.evaluate_run(ws, settings)),
         ("card", lambda: stages.write_run_cards(ws)),
     ]
-    return {name: _stage(state, name, fn) for name, fn in plan}
+    names = [name for name, _ in plan]
+    if stop_after is not None and stop_after not in names:
+        raise ValueError(f"unknown demo stage {stop_after!r}: choose from {', '.join(names)}")
+    done: dict[str, Any] = {}
+    for name, fn in plan:
+        done[name] = _stage(state, name, fn)
+        if name == stop_after:
+            break
+    return done

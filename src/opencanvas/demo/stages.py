@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from opencanvas.demo.settings import AUTOENCODER, CAPTIONER, CLIP, LATENTS, PROMPTS, RUN, SUBSET
+from opencanvas.demo.settings import (
+    AUTOENCODER,
+    CAPTIONER,
+    CLIP,
+    EVAL_CLIP,
+    EVAL_CLIP_SEED,
+    LATENTS,
+    PROMPTS,
+    RUN,
+    SUBSET,
+)
 from opencanvas.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -66,12 +76,19 @@ def train_autoencoder(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
             if k in report}
 
 
-def train_clip(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
+def train_clip(ws: Workspace, s: DemoSettings, name: str = CLIP, seed: int = 0,
+               share: float | None = None) -> dict[str, Any]:
     from opencanvas.components.clip import train_clip as train_c
 
-    report = train_c(ws, SUBSET, CAPTIONER, CLIP, preset="tiny", minutes=s.minutes * s.clip_share)
+    minutes = s.minutes * (s.clip_share if share is None else share)
+    report = train_c(ws, SUBSET, CAPTIONER, name, preset="tiny", minutes=minutes, seed=seed)
     return {k: report[k] for k in ("image_to_text_recall@5", "text_to_image_recall@5", "chance_recall@5",
                                    "clip_score_matching", "clip_score_non_matching", "images_seen") if k in report}
+
+
+def train_eval_clip(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
+    """The evaluation-only CLIP: other seed, own budget; finished once, then returned as recorded."""
+    return train_clip(ws, s, EVAL_CLIP, EVAL_CLIP_SEED, s.eval_clip_share)
 
 
 def encode_latents(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
@@ -81,12 +98,16 @@ def encode_latents(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
 
 
 def train_unet(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
+    # Minutes, converted once to images from a measured warm-up and recorded: a re-run resumes bit-identically.
+    import json
+
     from opencanvas.train.loop import train
 
-    # Images, not minutes: a run counted in images resumes bit-identically (see train/).
-    images = int(s.minutes * s.train_share * 60 * s.train_images_per_s)
-    summary = train(ws, LATENTS, "tiny", RUN, images=images, batch=s.train_batch)
-    return {k: summary[k] for k in ("images_seen", "steps", "images_per_s", "wall_seconds") if k in summary}
+    summary = train(ws, LATENTS, "tiny", RUN, minutes=s.minutes * s.train_share, batch=s.train_batch,
+                    prediction_type=s.prediction_type, zero_terminal_snr=s.zero_terminal_snr)
+    config = json.loads((ws.run_dir(RUN) / "config.json").read_text())
+    return {**{k: summary[k] for k in ("images_seen", "steps", "images_per_s", "wall_seconds") if k in summary},
+            "images": config["images"], "measured_images_per_s": config["measured_images_per_s"]}
 
 
 def sample_grid(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
@@ -105,10 +126,16 @@ def sample_grid(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
 def evaluate_run(ws: Workspace, s: DemoSettings) -> dict[str, Any]:
     from opencanvas.sample.evaluate import evaluate
 
-    report = evaluate(ws, RUN, "heldout", SUBSET, metrics=("fid", "kid", "clip", "pr", "memorization"),
-                      guidance_scales=(1.5, 3.0, 5.0), n=s.eval_prompts, steps=20)
-    return {"eval_id": report.get("eval_id"), "rows": [
-        {k: r.get(k) for k in ("guidance", "baseline", "clip_score")} for r in report.get("rows", [])]}
+    keys = ("guidance", "baseline", "clip_score", "prompt_retrieval_top1", "prompt_retrieval_top5")
+    report = evaluate(ws, RUN, "heldout", SUBSET, metrics=("fid", "kid", "clip", "pr", "memorization", "retrieval"),
+                      guidance_scales=(1.5, 3.0, 5.0), n=s.eval_prompts, steps=20, clip=EVAL_CLIP)
+    grid = evaluate(ws, RUN, list(PROMPTS), SUBSET, metrics=("clip", "retrieval"), guidance_scales=(5.0,),
+                    n=s.grid_eval_images, steps=20, clip=EVAL_CLIP)
+    return {"eval_id": report.get("eval_id"), "clip": EVAL_CLIP,
+            "rows": [{k: r.get(k) for k in keys} for r in report.get("rows", [])],
+            "chance": report.get("prompt_retrieval_chance"), "grid_eval_id": grid.get("eval_id"),
+            "grid_rows": [{k: r.get(k) for k in keys} for r in grid.get("rows", [])],
+            "grid_chance": grid.get("prompt_retrieval_chance")}
 
 
 def write_run_cards(ws: Workspace) -> dict[str, Any]:

@@ -27,6 +27,13 @@ def print_summary(ws: Workspace, results: dict[str, dict[str, Any]]) -> None:
         best = max(guided, key=lambda r: r["clip_score"])
         console.print(f"CLIP score on held-out prompts: guided (g={best['guidance']:g}) "
                       f"{best['clip_score']:.2f} vs unconditional {uncond[0]['clip_score']:.2f}")
+    for what, key in (("held-out captions", "rows"), ("the 8 grid prompts", "grid_rows")):
+        scored = [r for r in results.get("eval", {}).get(key, []) if r.get("prompt_retrieval_top1") is not None]
+        if scored:
+            chance = results["eval"].get("grid_chance" if key == "grid_rows" else "chance") or {}
+            cells = ", ".join(f"g={r['guidance']:g} {r['prompt_retrieval_top1']:.0%}" for r in scored)
+            console.print(f"Prompt retrieval top-1 on {what} ({results['eval'].get('clip')}): {cells}; "
+                          f"chance {chance.get('top1', 0):.0%}")
     for what, rel in (("sample grid", results.get("sample", {}).get("grid")),
                       ("cards", results.get("card", {}).get("cards"))):
         if rel:

@@ -149,8 +149,9 @@ def eval_command(
     = ...,  # type: ignore[assignment]
     run: RunOption = None,
     pipeline: PipelineOption = None,
-    metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated: fid,kid,clip,pr,memorization.")]
-    = "fid,kid,clip,pr,memorization",
+    metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated: fid,kid,clip,pr,memorization,"
+                                          "retrieval (prompt retrieval top-1/top-5 by the CLIP).")]
+    = "fid,kid,clip,pr,memorization,retrieval",
     guidance: Annotated[str, typer.Option("--guidance", help="Comma-separated guidance scales; g=0 "
                                           "(unconditional) is always added as a baseline.")] = "1.5,3,5,7.5",
     n: Annotated[int, typer.Option("-n", "--num-images", min=1, help="Images per guidance scale.")] = 64,
@@ -217,7 +218,8 @@ def _print_rows(report: dict) -> None:
 
     from opencanvas.cli_common import console
 
-    keys = [k for k in ("clip_score", report.get("fd_metric"), report.get("kid_metric"), "precision", "recall")
+    keys = [k for k in ("clip_score", "prompt_retrieval_top1", report.get("fd_metric"), report.get("kid_metric"),
+                        "precision", "recall")
             if k and k in report["rows"][0]]
     table = Table("guidance", *keys, "memorized", title=f"eval {report['eval_id']}")
     for row in report["rows"]:

@@ -31,11 +31,13 @@ from opencanvas.sample.metrics import (
     memorization,
     phash_ints,
     precision_recall,
+    prompt_retrieval,
+    retrieval_chance,
 )
 from opencanvas.storage import atomic_write_json
 from opencanvas.workspace import Workspace, is_name
 
-METRICS = ("fid", "kid", "clip", "pr", "memorization")
+METRICS = ("fid", "kid", "clip", "pr", "memorization", "retrieval")
 BASELINE_GUIDANCE = 0.0
 SMALL_N = 50                  # below this many images per scale, say the numbers are noise
 UNSEPARATED_MEDIAN = 0.75     # median cosine of different reference images above which features cannot tell them apart
@@ -121,6 +123,9 @@ def score_guidance(images: list[Image.Image], texts: list[str], ref_features: np
         scores = np.asarray(scorers.clip.clip_score(images, texts), dtype=np.float64)
         row["clip_score"] = float(scores.mean())
         row["clip_score_std"] = float(scores.std())
+    if "retrieval" in wanted:
+        assert scorers.clip is not None, "build_scorers gives a CLIP evaluator when 'retrieval' is asked for"
+        row.update(retrieval_row(scorers.clip, images, texts))
     mem = None
     if scorers.features is not None and ref_features is not None and wanted & {"fid", "kid", "pr", "memorization"}:
         feats = scorers.features(images)
@@ -136,6 +141,14 @@ def score_guidance(images: list[Image.Image], texts: list[str], ref_features: np
             mem = memorization(_unit(feats), _unit(ref_features), phash_ints(images), ref_hashes)
             row["memorization"] = mem.summary(options.cosine_threshold, options.phash_threshold)
     return row, mem
+
+
+def retrieval_row(clip: Any, images: list[Image.Image], texts: list[str]) -> dict[str, float]:
+    """Prompt retrieval: does the CLIP pick each image's own prompt out of all the distinct prompts?"""
+    prompts = list(dict.fromkeys(texts))   # a caption given twice is one candidate, not two
+    targets = np.array([prompts.index(t) for t in texts])
+    hits = prompt_retrieval(clip.image_features(images), clip.text_features(prompts), targets)
+    return {"prompt_retrieval_top1": hits[1], "prompt_retrieval_top5": hits[5]}
 
 
 def caveats(options: EvalOptions, ref_features: np.ndarray | None, report: dict[str, Any]) -> list[str]:
@@ -206,6 +219,9 @@ def run_evaluation(ws: Workspace, run: str, prompts: Sequence[str], reference: s
     report["notes"] = scorers.notes + caveats(options, ref_features, report)
     if mems:
         report["memorization_reference"] = memorization_reference(ref, getattr(pipeline, "config", {}) or {})
+    if "retrieval" in options.metrics:
+        chance = retrieval_chance(len(set(texts)))
+        report["prompt_retrieval_chance"] = {"top1": chance[1], "top5": chance[5], "prompts": len(set(texts))}
     if "clip_score" in rows[0] and len(rows) > 1:
         # The check a demo makes: guidance must buy prompt alignment over the unconditional model.
         report["clip_gain_over_unconditional"] = max(r["clip_score"] for r in rows[1:]) - rows[0]["clip_score"]
@@ -253,7 +269,7 @@ def build_scorers(ws: Workspace, config: dict[str, Any], metrics: Sequence[str],
     from opencanvas.sample.features import ClipFeatures, InceptionFeatures
 
     distribution = set(metrics) & {"fid", "kid", "pr", "memorization"}
-    needs_clip = "clip" in metrics or (bool(distribution) and inception is None)
+    needs_clip = bool(set(metrics) & {"clip", "retrieval"}) or (bool(distribution) and inception is None)
     evaluator: Any = None  # a ClipEvaluator whenever needs_clip
     if needs_clip:
         evaluator = clip if clip is not None and not isinstance(clip, (str, Path)) else \

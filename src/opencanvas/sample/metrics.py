@@ -156,6 +156,27 @@ def memorization(gen_features: np.ndarray, ref_features: np.ndarray, gen_hashes:
     return Memorization(nearest, sims[rows, nearest], phash_nearest, dists[rows, phash_nearest])
 
 
+# ---- prompt retrieval -------------------------------------------------------------------
+
+def prompt_retrieval(image_features: np.ndarray, prompt_features: np.ndarray, targets: np.ndarray,
+                     ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Share of images whose own prompt is among the k prompts closest to them, per k.
+
+    Features L2-normalised; `targets[i]` is the row of image i's prompt in `prompt_features`.
+    Ties count against the image (its prompt must beat every other to rank first), so a
+    model whose images all look alike scores chance or below, never above.
+    """
+    sims = np.asarray(image_features, np.float64) @ np.asarray(prompt_features, np.float64).T   # (N, P)
+    own = sims[np.arange(len(sims)), targets]
+    rank = (sims >= own[:, None]).sum(axis=1) - 1    # prompts at least as close as the own one, itself excluded
+    return {k: float((rank < k).mean()) for k in ks}
+
+
+def retrieval_chance(prompts: int, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+    """Top-k accuracy of a random ranking of `prompts` prompts."""
+    return {k: min(k, prompts) / prompts for k in ks}
+
+
 # ---- caveats -----------------------------------------------------------------------------
 
 def pair_cosines(unit_features: np.ndarray, max_pairs: int = 20_000, seed: int = 0) -> np.ndarray:

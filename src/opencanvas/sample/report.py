@@ -82,6 +82,8 @@ def _fmt(value: Any) -> str:
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
     fd, kid = report.get("fd_metric"), report.get("kid_metric")
     columns: list[tuple[Any, Any]] = [("guidance", "guidance"), ("CLIP score", "clip_score")]
+    if "prompt_retrieval_chance" in report:
+        columns += [("retrieval top-1", "prompt_retrieval_top1"), ("retrieval top-5", "prompt_retrieval_top5")]
     if fd:
         columns += [(fd, fd), (kid, kid), ("precision", "precision"), ("recall", "recall")]
     header = [name for name, _ in columns] + ["memorized (cos)", "memorized (phash)"]
@@ -107,6 +109,10 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     if "clip_gain_over_unconditional" in report:
         lines += ["", f"Best guided CLIP score minus unconditional (g=0): "
                   f"{report['clip_gain_over_unconditional']:+.3f}."]
+    if chance := report.get("prompt_retrieval_chance"):
+        lines += ["", f"Prompt retrieval: share of images whose own prompt the CLIP ranks first (top-1) or in the "
+                  f"first five (top-5) of the {chance['prompts']} distinct prompts; chance is "
+                  f"{chance['top1']:.3f} / {chance['top5']:.3f}."]
     if report.get("tradeoff_plot"):
         lines += ["", f"![trade-off]({report['tradeoff_plot']})"]
     if report.get("memorization_gallery"):
