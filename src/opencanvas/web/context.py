@@ -22,9 +22,9 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from opencanvas.humaneval.store import Study, StudyError, check_name, open_study, study_names
+from opencanvas.untrusted import safe_url
 from opencanvas.web import gallery
 from opencanvas.web.security import ADMIN_COOKIE, MAX_BODY, SESSION_COOKIE, Secrets, bearer, is_local
-from opencanvas.web.text import safe_url
 from opencanvas.workspace import Workspace
 
 HERE = Path(__file__).parent

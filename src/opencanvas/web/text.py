@@ -1,30 +1,12 @@
-"""Untrusted text into HTML: links only to http(s) addresses, Markdown without raw HTML.
+"""Untrusted Markdown into HTML, without raw HTML.
 
-Jinja2 autoescaping escapes every string put into a page; what it cannot judge is whether an escaped
-string is a safe *address* (`javascript:` survives escaping), so links from catalog records pass here.
+Jinja2 autoescaping escapes every string put into a page; links from catalog records go through the
+shared `opencanvas.untrusted.safe_url` (only http(s) addresses), as in the cards.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from markupsafe import Markup
-
-
-def safe_url(url: object) -> str | None:
-    """The address when it is an absolute http(s) URL, else None (rendered as plain text, not a link)."""
-    if not isinstance(url, str) or not url.strip():
-        return None
-    text = url.strip()
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return None
-    if any(c in text for c in "\x00\r\n\t<>\"'` "):
-        return None
-    return text
 
 
 def markdown_html(text: str) -> Markup:
