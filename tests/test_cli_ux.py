@@ -201,3 +201,10 @@ def test_help_says_what_a_relative_out_is_relative_to() -> None:
     for verb in ("export", "sample"):
         text = " ".join(runner.invoke(app, [verb, "--help"]).output.split())
         assert "relative path is taken from the current directory, not from" in text, verb
+
+
+def test_error_messages_keep_square_brackets(tmp_path: Path) -> None:
+    """fail() prints plain text: a subset named like Rich markup is shown, not swallowed as a style tag."""
+    result = runner.invoke(app, ["--workspace", str(tmp_path), "fetch", "--subset", "[red]x"])
+    assert result.exit_code == 2
+    assert "[red]x" in result.output

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from opencanvas.workspace import Workspace, check_name
@@ -100,6 +101,10 @@ def require(ws: Workspace, kind: str, name: str) -> None:
 
 
 def fail(message: str) -> typer.Exit:
-    """Print an error that says what to do, and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)   # one line, whatever the width
+    """Print an error that says what to do, and return the Exit to raise.
+
+    The message is printed as plain text: errors quote user input and paths, whose `[...]` Rich would
+    otherwise read as markup and drop.
+    """
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)   # one line, whatever the width
     return typer.Exit(code=2)

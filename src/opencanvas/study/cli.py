@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from opencanvas.cli_common import WorkspaceOption, console, fail, open_workspace, print_settings
 
@@ -54,7 +53,7 @@ def run_command(
         result = run_study(ws, spec, cell=cell, nproc=nproc, prepare_only=prepare, retry_failed=retry_failed,
                            engine=engine)
     except (StudyError, FileNotFoundError, ValueError) as err:
-        raise fail(escape(str(err))) from None
+        raise fail(str(err)) from None
     failed = [r for r in result["cells"].values() if r["status"] != "ok"]
     for r in failed:
         console.print(f"[red]cell {r['cell']} ({r['label']}) failed:[/] {r['reason']}")
@@ -76,7 +75,7 @@ def plan_command(
         spec = load_study(study)
         check_workspace(ws, spec)
     except StudyError as err:
-        raise fail(escape(str(err))) from None
+        raise fail(str(err)) from None
     for command, comment in plan_commands(spec, str(ws.root), nproc):
         typer.echo(f"{command}  # {comment}")
 
