@@ -117,7 +117,8 @@ def epoch_batches(latent_set: LatentSet, batch_size: int, seed: int, epoch: int,
 class LatentLoader:
     """Batches {"mean", "std", "text", "mask", "keys"} of a LatentSet as torch tensors.
 
-    mean/std (B, C, h, w) fp16, text (B, L, D) fp16, mask (B, L) bool, keys list[str].
+    mean/std (B, C, h, w) fp16, text (B, L, D) fp16, mask (B, L) bool, keys list[str], and the
+    set's other arrays where it has them (text2, mask2, pooled, pooled2, image: see LatentSet.gather).
     Iterating yields the remaining batches of the current epoch, then moves to the
     next epoch, so `for batch in loader` may be repeated for as many epochs as needed.
     `holdout` > 0 leaves out the held-out split, and `keys` keeps only those records (see `training_indices`).
@@ -181,11 +182,9 @@ class LatentLoader:
         available = self.latent_set.available_captions()[indices]  # (B, K)
         slots = caption_slots(available, self.seed, epoch, indices, self.caption_weights)
         batch = self.latent_set.gather(indices, slots, out)
-        return {
-            "mean": torch.from_numpy(batch["mean"]), "std": torch.from_numpy(batch["std"]),
-            "text": torch.from_numpy(batch["text"]), "mask": torch.from_numpy(batch["mask"]),
-            "keys": batch["keys"],
-        }
+        # Every array the set stores (second encoder, image embeddings) passes through as a tensor.
+        return {name: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+                for name, value in batch.items()}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self._epoch
