@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from opencanvas.diffusion.conditioning import Conditioning
 from opencanvas.diffusion.distilled import GuidedStudent, distilled_sigmas
 from opencanvas.diffusion.guidance import CFGDenoiser
 from opencanvas.diffusion.samplers import Spacing, get_sampler, get_sigmas, initial_noise_scale
@@ -35,7 +36,7 @@ class SamplingPipeline(Protocol):
     config: dict
     weights_hash: str
 
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def conditioning(self, prompts: list[str]) -> Conditioning: ...
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]: ...
 
@@ -95,9 +96,9 @@ def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Se
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds differ in length")
     device = _device(pipeline)
-    # The pipeline decides whether the UNet sees a text mask (it must match training).
-    cond, cond_mask = pipeline.encode_prompts(list(prompts))                 # (B, L, D), (B, L) | None
-    uncond, uncond_mask = pipeline.encode_prompts([settings.negative_prompt] * len(prompts))
+    # The pipeline decides what the UNet sees (a text mask or not, class labels...): it must match training.
+    cond = pipeline.conditioning(list(prompts)).to(device)                  # text (B, L, D), mask (B, L) | None
+    uncond = pipeline.conditioning([settings.negative_prompt] * len(prompts)).to(device)
     distilled = (getattr(pipeline, "config", None) or {}).get("distilled")
     model: torch.nn.Module
     sampler = settings.sampler
@@ -110,14 +111,9 @@ def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Se
         model = CFGDenoiser(pipeline.denoiser, settings.guidance, settings.guidance_rescale)
     shape = pipeline.latent_shape(settings.height, settings.width)          # (C, h, w)
     x = initial_noise(shape, seeds).to(device) * initial_noise_scale(sigmas)
-    extra = {"cond": cond.to(device), "cond_mask": _to(cond_mask, device),
-             "uncond": uncond.to(device), "uncond_mask": _to(uncond_mask, device)}
+    extra = {"cond": cond, "uncond": uncond}
     callback = None if on_step is None else (lambda i, sigma, denoised: on_step())
     return get_sampler(sampler)(model, x, sigmas, extra_args=extra, callback=callback)
-
-
-def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if mask is None else mask.to(device)
 
 
 def generate_specs(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings,

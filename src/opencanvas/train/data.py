@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from opencanvas.diffusion.conditioning import Conditioning
 from opencanvas.training.seeds import step_generator, step_seed
 from opencanvas.workspace import Workspace
 
@@ -72,6 +73,15 @@ class LatentStream:
     def __post_init__(self) -> None:
         self._it = iter(self.loader)
 
+    def null_conditioning(self, use_text_mask: bool) -> Conditioning:
+        """The unconditional value of every field, batch 1: what caption dropout puts in."""
+        return Conditioning(self.null_text[None], self.null_mask[None] if use_text_mask else None)
+
+    def conditioning(self, batch: dict[str, Any], device: torch.device, use_text_mask: bool) -> Conditioning:
+        """The conditioning of a loader batch, on `device` (text as float32)."""
+        return Conditioning(batch["text"].to(device, torch.float32),  # (B, L, D)
+                            batch["mask"].to(device) if use_text_mask else None)  # (B, L)
+
     def next_batch(self) -> dict[str, Any]:
         try:
             return next(self._it)
@@ -87,21 +97,21 @@ class LatentStream:
 
 def training_inputs(batch: dict[str, Any], stream: LatentStream, gen: torch.Generator, device: torch.device, *,
                     num_timesteps: int, caption_dropout: float, offset_noise: float,
-                    use_text_mask: bool) -> dict[str, torch.Tensor | None]:
-    """Draw the latents, caption dropout, timesteps and noise of one micro-batch."""
+                    use_text_mask: bool) -> dict[str, Any]:
+    """Draw the latents, caption dropout, timesteps and noise of one micro-batch.
+
+    Returns x0, noise, timesteps (tensors) and cond (a Conditioning, every field dropped together).
+    """
     mean = batch["mean"].to(device, torch.float32)  # (B, C, h, w)
     std = batch["std"].to(device, torch.float32)
     b = mean.shape[0]
     z = mean + std * torch.randn(mean.shape, generator=gen, device=device)  # a sample of the posterior
     x0 = (z - stream.shift) * stream.scale  # normalised, unit-variance latents
-    text = batch["text"].to(device, torch.float32)  # (B, L, D)
-    mask = batch["mask"].to(device)  # (B, L)
+    cond = stream.conditioning(batch, device, use_text_mask)
     drop = torch.rand(b, generator=gen, device=device) < caption_dropout  # (B,)
-    text = torch.where(drop.view(-1, 1, 1), stream.null_text.expand_as(text), text)
-    mask = torch.where(drop.view(-1, 1), stream.null_mask.expand_as(mask), mask)
+    cond = cond.where(drop, stream.null_conditioning(use_text_mask))
     timesteps = torch.randint(0, num_timesteps, (b,), generator=gen, device=device)
     noise = torch.randn(x0.shape, generator=gen, device=device)
     if offset_noise:
         noise = noise + offset_noise * torch.randn((b, x0.shape[1], 1, 1), generator=gen, device=device)
-    return {"x0": x0, "noise": noise, "timesteps": timesteps, "text": text,
-            "mask": mask if use_text_mask else None}
+    return {"x0": x0, "noise": noise, "timesteps": timesteps, "cond": cond}

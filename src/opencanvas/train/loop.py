@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from opencanvas.diffusion.conditioning import Conditioning
 from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.licenses import refuse_no_derivatives
 from opencanvas.storage import atomic_write_json
@@ -61,9 +62,9 @@ class DiffusionLoss(nn.Module):
         self.denoiser = denoiser
         self.min_snr_gamma = min_snr_gamma or None
 
-    def forward(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        return self.denoiser.loss(x0, noise, timesteps, text, mask, self.min_snr_gamma)
+    def forward(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                cond: Conditioning) -> torch.Tensor:
+        return self.denoiser.loss(x0, noise, timesteps, cond, min_snr_gamma=self.min_snr_gamma)
 
 
 def train(ws: Workspace, latents: str, preset: str, run: str, images: int | None = None,
@@ -234,7 +235,7 @@ class UNetTask(TrainTask):
             noise = to_memory_format(cast(torch.Tensor, inputs["noise"]), self.recipe)
             with self._sync(last=micro == accumulation - 1):
                 with autocast(env.device, self.recipe):
-                    loss = self.step_module(x0, noise, inputs["timesteps"], inputs["text"], inputs["mask"]).mean()
+                    loss = self.step_module(x0, noise, inputs["timesteps"], inputs["cond"]).mean()
                 (loss / accumulation).backward()
             loss_sum += loss.detach()
         # Mean loss over ranks; every rank sees the same value, so all skip (or step) together.

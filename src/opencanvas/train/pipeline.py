@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from opencanvas.diffusion.conditioning import Conditioning
 from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.train.checkpoint import (
     CHECKPOINT_RE,
@@ -50,6 +51,14 @@ class ModelPipeline(ABC):
     @abstractmethod
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states (B, L, D) float32 on the model's device, and the text mask the UNet expects (or None)."""
+
+    def conditioning(self, prompts: list[str]) -> Conditioning:
+        """The UNet's conditioning for one prompt per image (B rows), on the model's device.
+
+        A run conditioned on more than text (class labels, several captions) overrides this.
+        """
+        text, mask = self.encode_prompts(prompts)
+        return Conditioning(text, mask)
 
     @abstractmethod
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from opencanvas.components.reports import image_grid
+from opencanvas.diffusion.conditioning import Conditioning
 from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.diffusion.guidance import cfg_denoiser
 from opencanvas.diffusion.samplers import get_sigmas, initial_noise_scale, sample_euler
@@ -28,17 +29,15 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def sample_euler_cfg(denoiser: Denoiser, text: torch.Tensor, mask: torch.Tensor | None, null_text: torch.Tensor,
-                     null_mask: torch.Tensor | None, latent_shape: tuple[int, int, int], seeds: list[int],
-                     steps: int = 20, guidance: float = 5.0) -> torch.Tensor:
-    """Normalised latents (B, C, h, w) for text (B, L, D), one fixed seed per image."""
-    device = text.device
+def sample_euler_cfg(denoiser: Denoiser, cond: Conditioning, null: Conditioning,
+                     latent_shape: tuple[int, int, int], seeds: list[int], steps: int = 20,
+                     guidance: float = 5.0) -> torch.Tensor:
+    """Normalised latents (B, C, h, w) for `cond` (B rows; `null` of batch 1), one fixed seed per image."""
+    device = cond.text.device
     sigmas = get_sigmas(denoiser, steps, "trailing").to(device)
     noise = [torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
     x = torch.stack(noise).to(device) * initial_noise_scale(sigmas)  # (B, C, h, w)
-    b = x.shape[0]
-    extra = {"cond": text, "cond_mask": mask, "uncond": null_text.expand(b, -1, -1),
-             "uncond_mask": None if null_mask is None else null_mask.expand(b, -1)}
+    extra = {"cond": cond, "uncond": null.expand(x.shape[0])}
     return sample_euler(cfg_denoiser(denoiser, guidance), x, sigmas, extra)
 
 
@@ -79,12 +78,12 @@ class Validator:
         denoiser = Denoiser(self.unet, NoiseSchedule(zero_terminal_snr=self.cfg.zero_terminal_snr),
                             self.cfg.prediction_type).to(self.device)
         seeds = [0, 1]
-        text = self.text.repeat_interleave(len(seeds), dim=0)  # (P*S, L, D)
-        masks = (self.mask.repeat_interleave(len(seeds), dim=0), self.null_mask) if self.cfg.use_text_mask \
-            else (None, None)
+        use_mask = self.cfg.use_text_mask
+        cond = Conditioning(self.text, self.mask if use_mask else None).repeat_interleave(len(seeds))  # P*S rows
+        null = Conditioning(self.null_text, self.null_mask if use_mask else None)
         size = resolution // self.autoencoder.downscale
         shape = (int(self.cfg.unet["in_channels"]), size, size)
-        latents = sample_euler_cfg(denoiser, text, masks[0], self.null_text, masks[1], shape,
-                                   seeds * len(self.text), steps=steps, guidance=guidance)
+        latents = sample_euler_cfg(denoiser, cond, null, shape, seeds * len(self.text), steps=steps,
+                                   guidance=guidance)
         images = to_pil(self.autoencoder.decode(latents))
         return image_grid([images[i:i + len(seeds)] for i in range(0, len(images), len(seeds))], pad=0)
