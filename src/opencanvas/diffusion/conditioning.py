@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from opencanvas.diffusion.image_conditioning import ImageTokens
+
 ADAPTER_KEY = "conditioning_adapter"  # UNet-config key (and submodule name) of the adapter
 FIELDS = ("text", "mask", "class_labels", "added", "image")
 NO_IMAGE_CONDITIONING = ("this run was trained without image conditioning: leave out --image, or train a run "
@@ -126,19 +128,27 @@ class ConditioningAdapter(nn.Module):
     multi-caption (`slots` K > 1): text is K captions' hidden states concatenated along the sequence,
     (B, K*L, D); a learned embedding per slot (K, D) is added to each caption's tokens, so cross-attention
     can tell the captioners apart (as positional embeddings tell tokens apart).
+
+    text+image (`image_dim` E > 0): the image embedding (B, E) becomes `image_tokens` extra tokens after
+    the text ones (image_conditioning.ImageTokens) and is appended to the `added` vector, which
+    diffusers adds to the timestep embedding (class_embed_type="projection").
     """
 
-    def __init__(self, text_dim: int, slots: int = 1) -> None:
+    def __init__(self, text_dim: int, slots: int = 1, image_dim: int = 0, image_tokens: int = 0) -> None:
         super().__init__()
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.text_dim, self.slots = int(text_dim), int(slots)
+        self.image_dim, self.image_token_count = int(image_dim), int(image_tokens)
         # Small init: at the start each slot reads (almost) as the single-caption model would.
         self.slot_embedding = nn.Parameter(torch.randn(self.slots, self.text_dim) * 0.02) if self.slots > 1 else None
+        self.image_tokens = ImageTokens(self.image_dim, self.text_dim, self.image_token_count) \
+            if self.image_dim and self.image_token_count else None
 
     def settings(self) -> dict[str, Any]:
         """What `build_adapter` needs to rebuild this module (stored in the UNet config)."""
-        return {"text_dim": self.text_dim, "slots": self.slots}
+        return {"text_dim": self.text_dim, "slots": self.slots, "image_dim": self.image_dim,
+                "image_tokens": self.image_token_count}
 
     def forward(self, cond: Conditioning) -> Conditioning:
         text = cond.text
@@ -148,8 +158,16 @@ class ConditioningAdapter(nn.Module):
                 raise ValueError(f"multi-caption text of {length} tokens is not {self.slots} equal slots")
             per_slot = text.view(b, self.slots, length // self.slots, d) + self.slot_embedding.to(text)[:, None, :]
             text = per_slot.view(b, length, d)
-        # An image embedding is left in place: a mode that reads it projects it and sets image=None.
-        return cond.replace(text=text)
+        if self.image_tokens is None or cond.image is None:
+            # An image embedding is left in place: unet_inputs refuses one that nothing consumed.
+            return cond.replace(text=text)
+        image = cond.image.to(text.dtype)  # (B, E)
+        tokens = self.image_tokens(image).to(text.dtype)  # (B, N, D)
+        mask = cond.mask
+        if mask is not None:  # the image tokens are always attended
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], tokens.shape[1])], dim=1)
+        added = image if cond.added is None else torch.cat([cond.added, image.to(cond.added.dtype)], dim=-1)
+        return cond.replace(text=torch.cat([text, tokens], dim=1), mask=mask, added=added, image=None)
 
 
 def build_adapter(settings: dict[str, Any] | None) -> ConditioningAdapter | None:

@@ -46,7 +46,7 @@ class TextImageCFGDenoiser(nn.Module):
         self.text_scale, self.image_scale = float(text_scale), float(image_scale)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any, image_cond: Any, uncond: Any) -> torch.Tensor:
-        from opencanvas.diffusion.conditioning import Conditioning
+        from opencanvas.diffusion.conditioning import Conditioning  # conditioning imports ImageTokens from here
 
         both = self.inner(torch.cat([x, x, x]), torch.cat([sigma, sigma, sigma]),
                           Conditioning.cat([uncond, image_cond, cond]))

@@ -74,6 +74,12 @@ def sample_command(
         "--seed", help="Seed of each prompt's first image: image j of every prompt uses seed + j (the seeds "
         "restart per prompt, so one prompt's images do not depend on the others).")] = 0,
     negative_prompt: NegativeOption = "",
+    image: Annotated[Path | None, typer.Option(
+        "--image", help="Reference image for image variations (a run trained with --conditioning text+image); "
+        "with prompts, text and image mix with separate guidance scales.", dir_okay=False)] = None,
+    image_guidance: Annotated[float, typer.Option(
+        "--image-guidance", min=0.0, help="With --image: the image's guidance scale (--guidance is the text's).")]
+    = 3.0,
     size: Annotated[str | None, typer.Option("--size", help="WxH in pixels; default: the run's resolution.")]
     = None,
     no_ema: NoEmaOption = False,
@@ -90,6 +96,7 @@ def sample_command(
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Generate images with classifier-free guidance; each PNG carries its prompt, seed and provenance."""
+    from opencanvas.diffusion.conditioning import NO_IMAGE_CONDITIONING
     from opencanvas.sample.generate import SampleSettings, default_size, default_spacing, plan, sample_to_dir
     from opencanvas.sample.loading import load_model, model_name, training_provenance
     from opencanvas.sample.prompts import read_prompts
@@ -104,8 +111,12 @@ def sample_command(
         wh = parse_size(size)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from None
+    if image is not None and not all_prompts:
+        all_prompts = [""]  # an image variation: the empty prompt, guided by the image alone
     if not all_prompts:
         raise fail("no prompts: pass PROMPT arguments or --prompts-file F")
+    if image is not None and not image.is_file():
+        raise fail(f"--image {image} is not a file")
     ws = open_workspace(workspace)
     if run is not None and pipeline is None:
         require(ws, "run", run)
@@ -114,10 +125,13 @@ def sample_command(
         model = load_model(ws, run, pipeline, ema=not no_ema, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise fail(str(e)) from None
+    if image is not None and model.config.get("conditioning") != "text+image":
+        raise fail(NO_IMAGE_CONDITIONING)  # before any image
     width, height = wh or default_size(model)
     settings = SampleSettings(steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, sampler=sampler,
                               spacing=spacing or default_spacing(model),  # type: ignore[arg-type]
-                              negative_prompt=negative_prompt, width=width, height=height)
+                              negative_prompt=negative_prompt, width=width, height=height,
+                              image=None if image is None else str(image), image_guidance=image_guidance)
     name, provenance = model_name(model, run), training_provenance(model)
     print_settings("sample", {"model": name, "weights_hash": model.weights_hash[:16], **settings.to_dict(),
                               "prompts": len(all_prompts), "images": len(all_prompts) * n, "seed": seed,

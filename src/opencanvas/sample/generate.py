@@ -23,6 +23,7 @@ from PIL import Image
 from opencanvas.diffusion.conditioning import Conditioning
 from opencanvas.diffusion.distilled import GuidedStudent, distilled_sigmas
 from opencanvas.diffusion.guidance import CFGDenoiser
+from opencanvas.diffusion.image_conditioning import TextImageCFGDenoiser
 from opencanvas.diffusion.samplers import Spacing, get_sampler, get_sigmas, initial_noise_scale
 from opencanvas.storage import atomic_write_bytes
 
@@ -36,7 +37,9 @@ class SamplingPipeline(Protocol):
     config: dict
     weights_hash: str
 
-    def conditioning(self, prompts: list[str]) -> Conditioning: ...
+    def conditioning(self, prompts: list[str], *, image: torch.Tensor | None = None) -> Conditioning: ...
+
+    def image_embedding(self, path: Path) -> torch.Tensor: ...
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]: ...
 
@@ -55,6 +58,10 @@ class SampleSettings:
     negative_prompt: str = ""
     width: int = 256
     height: int = 256
+    # A reference image (image variations) for a run trained with --conditioning text+image, guided with its
+    # own scale: opencanvas.diffusion.image_conditioning.TextImageCFGDenoiser.
+    image: str | None = None
+    image_guidance: float = 3.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +104,8 @@ def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Se
         raise ValueError("prompts and seeds differ in length")
     device = _device(pipeline)
     # The pipeline decides what the UNet sees (a text mask or not, class labels...): it must match training.
-    cond = pipeline.conditioning(list(prompts)).to(device)                  # text (B, L, D), mask (B, L) | None
+    image = None if settings.image is None else pipeline.image_embedding(Path(settings.image))  # (1, E)
+    cond = pipeline.conditioning(list(prompts), image=image).to(device)  # text (B, L, D), mask (B, L) | None
     uncond = pipeline.conditioning([settings.negative_prompt] * len(prompts)).to(device)
     distilled = (getattr(pipeline, "config", None) or {}).get("distilled")
     model: torch.nn.Module
@@ -109,9 +117,14 @@ def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Se
     else:
         sigmas = get_sigmas(pipeline.denoiser, settings.steps, settings.spacing).to(device)
         model = CFGDenoiser(pipeline.denoiser, settings.guidance, settings.guidance_rescale)
+    extra = {"cond": cond, "uncond": uncond}
+    if image is not None:  # text and image guided with their own scales (InstructPix2Pix's Eq. 3)
+        if distilled:
+            raise ValueError("--image needs a run trained with --conditioning text+image, not a distilled student")
+        model = TextImageCFGDenoiser(pipeline.denoiser, settings.guidance, settings.image_guidance)
+        extra["image_cond"] = pipeline.conditioning([settings.negative_prompt] * len(prompts), image=image).to(device)
     shape = pipeline.latent_shape(settings.height, settings.width)          # (C, h, w)
     x = initial_noise(shape, seeds).to(device) * initial_noise_scale(sigmas)
-    extra = {"cond": cond, "uncond": uncond}
     callback = None if on_step is None else (lambda i, sigma, denoised: on_step())
     return get_sampler(sampler)(model, x, sigmas, extra_args=extra, callback=callback)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -74,6 +75,19 @@ def train_command(
         "--caption-mix", help="Weights of each captioner's captions in the per-image draw, e.g. "
         "metadata=0.05,blip2=0.95 (renormalised over the captions an image has; captioners left out are never "
         "drawn). Default: uniform among an image's captions.")] = None,
+    conditioning: Annotated[str | None, typer.Option(
+        "--conditioning", help="text (the default) or text+image: the latent set's CLIP image embeddings "
+        "(encode --image-embeddings) as extra tokens and in the timestep embedding, with their own "
+        "--image-dropout. A set with two text encoders trains on both (feature-axis concatenation).")] = None,
+    encoder_dropout: Annotated[float | None, typer.Option(
+        "--encoder-dropout", min=0, max=0.99, help="With two text encoders: each one's own dropout (eDiff-I), so "
+        "the model works with either alone (default 0.1).")] = None,
+    image_dropout: Annotated[float | None, typer.Option(
+        "--image-dropout", min=0, max=0.99, help="text+image: the image embedding's own dropout (default 0.1).")]
+    = None,
+    image_tokens: Annotated[int | None, typer.Option(
+        "--image-tokens", min=1, help="text+image: cross-attention tokens made from the image embedding (4).")]
+    = None,
     holdout: Annotated[float | None, typer.Option(
         "--holdout", min=0, max=0.5, help="Leave out the held-out split (key-hash fraction below this), whose "
         "captions `opencanvas eval --prompts heldout` scores; 0 trains on every image.")] = None,
@@ -144,7 +158,8 @@ def train_command(
         minutes=minutes, micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, prediction_type=prediction,
         min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
-        caption_dropout=caption_dropout, caption_mix=mix, holdout=holdout, use_text_mask=text_mask, seed=seed,
+        caption_dropout=caption_dropout, caption_mix=mix, conditioning=conditioning, encoder_dropout=encoder_dropout,
+        image_dropout=image_dropout, image_tokens=image_tokens, holdout=holdout, use_text_mask=text_mask, seed=seed,
         checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, keep=keep,
         validate_every=validate_every, log_every=log_every, max_bad_steps=max_bad_steps,
         workers=workers, device=device, parallel=parallel, bf16=bf16, sdpa=sdpa,
@@ -293,6 +308,11 @@ def export_command(
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         raise fail(str(err)) from None
     console.print(f"exported [bold]{run}[/] to {path}")
+    from opencanvas.train.encoders import export_note
+
+    note = export_note(json.loads((path / "opencanvas.json").read_text())["config"])
+    if note:
+        console.print(f"[yellow]{note}")
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,12 @@ RESUMABLE_CHANGES = frozenset({
 
 # What a run records of its latent set: enough to rebuild the pipeline and write the model card.
 DATA_KEYS = ("autoencoder", "text_encoder", "text_layer", "text_len", "text_dim", "shift", "scale",
-             "latent_channels", "downscale", "captioners", "subset", "policy", "catalog_hash", "resolutions")
+             "latent_channels", "downscale", "captioners", "subset", "policy", "catalog_hash", "resolutions",
+             # a second text encoder and image embeddings (issue 14; absent from older latent sets)
+             "text_encoders", "text2_len", "text2_dim", "text2_layer", "pooled_dims", "image_embeddings",
+             "image_dim", "image_size")
+ConditioningMode = Literal["text", "text+image"]
+CONDITIONING_MODES = ("text", "text+image")
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,10 @@ class TrainConfig:
     # Captioner -> weight of its captions in the per-image draw (DALL-E 3 trains on ~95% long synthetic captions
     # and ~5% short ones); captioners left out are never drawn. None: uniform among an image's captions.
     caption_mix: dict[str, float] | None = None
+    # What the UNet is conditioned on besides one caption (opencanvas.diffusion.conditioning). text+image: the
+    # latent set's CLIP image embedding as `image_tokens` extra tokens and in the timestep embedding
+    # (opencanvas.train.encoders), dropped on its own with `image_dropout`.
+    conditioning: ConditioningMode = "text"
     # Images whose key hash fraction is below this are never trained on: the held-out split that
     # the components and `eval --prompts heldout` use (splits.key_fraction).
     holdout: float = 0.1
@@ -73,6 +82,11 @@ class TrainConfig:
     # Stable Diffusion pipelines attend to padding tokens; with a mask the exported diffusers
     # pipeline (which passes none) would see a different model, so the default is off.
     use_text_mask: bool = False
+    # A latent set with two text encoders trains on both (opencanvas.train.encoders); each is dropped on its
+    # own with this probability (eDiff-I), so the model also works with either alone.
+    encoder_dropout: float = 0.1
+    image_dropout: float = 0.1
+    image_tokens: int = 4
     seed: int = 0
     # Checkpoints every checkpoint_every images (None: a twentieth of the run; 0: only at the end) or
     # checkpoint_minutes of wall time (0: off), whichever comes first, so a killed run resumes by default.
@@ -130,7 +144,21 @@ class TrainConfig:
             check_caption_mix(self.caption_mix, list(self.data.get("captioners") or []))
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
+        self._validate_encoders()
         return self
+
+    def _validate_encoders(self) -> None:
+        from opencanvas.train.encoders import check_modes
+
+        if self.conditioning not in CONDITIONING_MODES:
+            raise ValueError(f"--conditioning must be one of {', '.join(CONDITIONING_MODES)}, "
+                             f"got {self.conditioning!r}")
+        for name in ("encoder_dropout", "image_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.image_tokens < 1:
+            raise ValueError(f"--image-tokens must be >= 1, got {self.image_tokens}")
+        check_modes(self.data, self.latents, self.conditioning, None)
 
 
 def check_known(options: dict[str, Any], cls: type = TrainConfig) -> None:
@@ -219,12 +247,16 @@ def resolve_config(*, run: str, latents: str, preset: Preset, latent_meta: dict[
     data = {k: latent_meta[k] for k in DATA_KEYS if k in latent_meta}
     unet = preset.unet.unet_config(int(latent_meta["latent_channels"]), int(latent_meta["text_dim"]),
                                    int(latent_meta["latent_size"]))
-    return TrainConfig(
+    cfg = TrainConfig(
         run=run, latents=latents, preset=preset.name, images=images, batch=batch, micro_batch=micro_batch,
         lr=options.pop("lr", preset.lr), warmup_images=options.pop("warmup_images", preset.warmup_images),
         ema_decay=options.pop("ema_decay", preset.ema_decay), parallel=options.pop("parallel", preset.parallel),
         unet=unet, resolutions=resolutions, data=data, **options,
     )
+    from opencanvas.train.encoders import encoder_unet  # torch, only when a run is configured
+
+    cfg._validate_encoders()  # before the UNet config reads the latent set's extra dimensions
+    return dataclasses.replace(cfg, unet=encoder_unet(cfg.unet, data, cfg.conditioning, cfg.image_tokens))
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from opencanvas.diffusion.conditioning import Conditioning
+from opencanvas.train.encoders import ExtraConditioning
 from opencanvas.training.seeds import step_generator, step_seed
 from opencanvas.workspace import Workspace
 
@@ -45,12 +46,13 @@ class LatentStream:
     scale: torch.Tensor  # (1, C, 1, 1)
     null_text: torch.Tensor  # (L, D) float32
     null_mask: torch.Tensor  # (L,) bool
+    extra: ExtraConditioning | None = None  # a second text encoder, an image embedding (opencanvas.train.encoders)
 
     @classmethod
     def open(cls, ws: Workspace, latents: str, resolution: int, micro_batch: int, seed: int, rank: int,
              world: int, device: torch.device, position: dict[str, int] | None = None,
              workers: int = 0, holdout: float = 0.0, key_filter: str | None = None,
-             caption_mix: dict[str, float] | None = None) -> LatentStream:
+             caption_mix: dict[str, float] | None = None, image: bool = False) -> LatentStream:
         from opencanvas.encode import LatentLoader, open_latents
         from opencanvas.train.config import caption_weights
 
@@ -68,19 +70,24 @@ class LatentStream:
         return cls(resolution, latent_set, loader,
                    torch.tensor(meta["shift"], dtype=torch.float32, device=device).view(view),
                    torch.tensor(meta["scale"], dtype=torch.float32, device=device).view(view),
-                   torch.from_numpy(null_text).float().to(device), torch.from_numpy(null_mask).to(device))
+                   torch.from_numpy(null_text).float().to(device), torch.from_numpy(null_mask).to(device),
+                   ExtraConditioning.open(latent_set, device, image))
 
     def __post_init__(self) -> None:
         self._it = iter(self.loader)
 
     def null_conditioning(self, use_text_mask: bool) -> Conditioning:
         """The unconditional value of every field, batch 1: what caption dropout puts in."""
-        return Conditioning(self.null_text[None], self.null_mask[None] if use_text_mask else None)
+        null = Conditioning(self.null_text[None], self.null_mask[None] if use_text_mask else None)
+        return null if self.extra is None else self.extra.null_conditioning(null, use_text_mask)
 
-    def conditioning(self, batch: dict[str, Any], device: torch.device, use_text_mask: bool) -> Conditioning:
-        """The conditioning of a loader batch, on `device` (text as float32)."""
-        return Conditioning(batch["text"].to(device, torch.float32),  # (B, L, D)
+    def conditioning(self, batch: dict[str, Any], device: torch.device, use_text_mask: bool,
+                     **drops: torch.Tensor) -> Conditioning:
+        """The conditioning of a loader batch, on `device` (text as float32); `drops` are the extra inputs'
+        own dropouts (ExtraConditioning.draw_drops)."""
+        cond = Conditioning(batch["text"].to(device, torch.float32),  # (B, L, D)
                             batch["mask"].to(device) if use_text_mask else None)  # (B, L)
+        return cond if self.extra is None else self.extra.batch(cond, batch, use_text_mask, **drops)
 
     def next_batch(self) -> dict[str, Any]:
         try:
@@ -97,7 +104,7 @@ class LatentStream:
 
 def training_inputs(batch: dict[str, Any], stream: LatentStream, gen: torch.Generator, device: torch.device, *,
                     num_timesteps: int, caption_dropout: float, offset_noise: float,
-                    use_text_mask: bool) -> dict[str, Any]:
+                    use_text_mask: bool, encoder_dropout: float = 0.0, image_dropout: float = 0.0) -> dict[str, Any]:
     """Draw the latents, caption dropout, timesteps and noise of one micro-batch.
 
     Returns x0, noise, timesteps (tensors) and cond (a Conditioning, every field dropped together).
@@ -107,7 +114,9 @@ def training_inputs(batch: dict[str, Any], stream: LatentStream, gen: torch.Gene
     b = mean.shape[0]
     z = mean + std * torch.randn(mean.shape, generator=gen, device=device)  # a sample of the posterior
     x0 = (z - stream.shift) * stream.scale  # normalised, unit-variance latents
-    cond = stream.conditioning(batch, device, use_text_mask)
+    # A second encoder's and an image's own dropouts: drawn only by runs that have them (older runs keep their draws).
+    drops = {} if stream.extra is None else stream.extra.draw_drops(gen, b, device, encoder_dropout, image_dropout)
+    cond = stream.conditioning(batch, device, use_text_mask, **drops)
     drop = torch.rand(b, generator=gen, device=device) < caption_dropout  # (B,)
     cond = cond.where(drop, stream.null_conditioning(use_text_mask))
     timesteps = torch.randint(0, num_timesteps, (b,), generator=gen, device=device)

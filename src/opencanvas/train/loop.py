@@ -204,7 +204,8 @@ class UNetTask(TrainTask):
                                             self.env.rank, self.env.world, self.env.device,
                                             position=self.data_start, workers=self.cfg.workers,
                                             holdout=self.cfg.holdout, key_filter=self.cfg.key_filter,
-                                            caption_mix=self.cfg.caption_mix)
+                                            caption_mix=self.cfg.caption_mix,
+                                            image=self.cfg.conditioning == "text+image")
         return self.stream
 
     def _sync(self, last: bool) -> contextlib.AbstractContextManager:
@@ -230,7 +231,8 @@ class UNetTask(TrainTask):
             inputs = training_inputs(stream.next_batch(), stream, gen, env.device,
                                      num_timesteps=self.denoiser.schedule.num_train_timesteps,
                                      caption_dropout=cfg.caption_dropout, offset_noise=cfg.offset_noise,
-                                     use_text_mask=cfg.use_text_mask)
+                                     use_text_mask=cfg.use_text_mask, encoder_dropout=cfg.encoder_dropout,
+                                     image_dropout=cfg.image_dropout)
             x0 = to_memory_format(cast(torch.Tensor, inputs["x0"]), self.recipe)
             noise = to_memory_format(cast(torch.Tensor, inputs["noise"]), self.recipe)
             with self._sync(last=micro == accumulation - 1):
@@ -255,7 +257,7 @@ class UNetTask(TrainTask):
             with autocast(self.env.device, self.recipe):
                 self.flops[res] = train_flops_per_image(
                     self.model, (c, size, size), (int(self.cfg.data["text_len"]), int(self.cfg.data["text_dim"])),
-                    self.env.device)
+                    self.env.device, cond=self._stream(state.images_seen).null_conditioning(self.cfg.use_text_mask))
 
     def log_extras(self, state: TrainState, images_per_s: float) -> dict[str, float]:
         res = phase_resolution(self.cfg.resolutions, state.images_seen - self.cfg.batch)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from opencanvas.diffusion.conditioning import Conditioning
+from opencanvas.diffusion.conditioning import NO_IMAGE_CONDITIONING, Conditioning
 from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.train.checkpoint import (
     CHECKPOINT_RE,
@@ -52,13 +52,23 @@ class ModelPipeline(ABC):
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states (B, L, D) float32 on the model's device, and the text mask the UNet expects (or None)."""
 
-    def conditioning(self, prompts: list[str]) -> Conditioning:
+    def conditioning(self, prompts: list[str], *, image: torch.Tensor | None = None) -> Conditioning:
         """The UNet's conditioning for one prompt per image (B rows), on the model's device.
 
-        A run conditioned on more than text (class labels, several captions) overrides this.
+        image: (1, E) or (B, E) image embedding (`image_embedding`) of a text+image run; None: the null image.
         """
         text, mask = self.encode_prompts(prompts)
-        return Conditioning(text, mask)
+        return self.with_extras(prompts, Conditioning(text, mask), image)
+
+    def with_extras(self, prompts: list[str], cond: Conditioning, image: torch.Tensor | None) -> Conditioning:
+        """A second text encoder's and an image's fields (InferencePipeline); nothing for other models."""
+        if image is not None:
+            raise ValueError(NO_IMAGE_CONDITIONING)
+        return cond
+
+    def image_embedding(self, path: Path) -> torch.Tensor:
+        """(1, E) the reference image's embedding, for a run trained with image conditioning."""
+        raise ValueError(NO_IMAGE_CONDITIONING)
 
     @abstractmethod
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
@@ -78,10 +88,43 @@ class InferencePipeline(ModelPipeline):
     weights_hash: str  # sha256 over the loaded UNet tensors (names, dtypes, bytes)
     checkpoint: Path
     ema: bool
+    text_encoder_2: LoadedTextEncoder | None = None  # a run on two text encoders (opencanvas.train.encoders)
+    workspace: Workspace | None = None  # where the image-embedding CLIP of a text+image run resolves
 
     @property
     def use_text_mask(self) -> bool:
         return bool(self.config.get("use_text_mask", False))
+
+    def with_extras(self, prompts: list[str], cond: Conditioning, image: torch.Tensor | None) -> Conditioning:
+        """Both encoders' hidden states and pooled embeddings (feature axis, as trained), and the image."""
+        from opencanvas.train.encoders import TEXT_IMAGE, combine
+
+        arrays: dict[str, torch.Tensor] = {}
+        if self.text_encoder_2 is not None:
+            _, _, pooled = self.text_encoder.encode_pooled(prompts)            # (B, P_A)
+            text2, mask2, pooled2 = self.text_encoder_2.encode_pooled(prompts)  # (B, L_B, D_B), (B, L_B), (B, P_B)
+            arrays = {"text2": text2, "mask2": mask2, "pooled": pooled, "pooled2": pooled2}
+        if self.config.get("conditioning") == TEXT_IMAGE:
+            dim = int(self.config["data"]["image_dim"])
+            null = torch.zeros(1, dim, device=self.device)  # the null image, what image dropout trained on
+            arrays["image"] = (null if image is None else image.to(self.device)).expand(len(prompts), -1)
+        elif image is not None:
+            raise ValueError(NO_IMAGE_CONDITIONING)
+        arrays = {name: a.to(self.device) if name == "mask2" else a.to(self.device, torch.float32)
+                  for name, a in arrays.items()}
+        return combine(cond, use_text_mask=self.use_text_mask, **arrays)
+
+    def image_embedding(self, path: Path) -> torch.Tensor:
+        """(1, E) the CLIP image embedding of the picture at `path`, with the CLIP the latent set used."""
+        from opencanvas.components.loading import load_clip_evaluator
+        from opencanvas.fetch.decode import load_rgb
+        from opencanvas.train.encoders import TEXT_IMAGE
+
+        if self.config.get("conditioning") != TEXT_IMAGE:
+            raise ValueError(NO_IMAGE_CONDITIONING)
+        clip = load_clip_evaluator(self.workspace, str(self.config["data"]["image_embeddings"]), self.device)
+        features = clip.image_features([load_rgb(Path(path).read_bytes())])  # (1, E), L2-normalised as stored
+        return torch.from_numpy(features).to(self.device)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of the latents for an image of height x width pixels."""
@@ -145,8 +188,11 @@ def load_pipeline(ws: Workspace, run: str, ema: bool = True, device: str | torch
     config = ckpt.config
     denoiser = load_denoiser(config, weights, device, dtype)
     text_encoder, autoencoder = load_components(ws, config, device)
+    from opencanvas.train.encoders import load_second_text_encoder
+
     return InferencePipeline(denoiser=denoiser, autoencoder=autoencoder, text_encoder=text_encoder, config=config,
-                             weights_hash=tensors_hash(weights), checkpoint=path, ema=ema)
+                             weights_hash=tensors_hash(weights), checkpoint=path, ema=ema,
+                             text_encoder_2=load_second_text_encoder(ws, config["data"], device), workspace=ws)
 
 
 def load_components(ws: Workspace, config: dict[str, Any], device: str | torch.device = "cpu"
