@@ -284,14 +284,16 @@ class LatentSet:
             self._null = (np.load(self.root / "null_text.npy"), np.load(self.root / "null_mask.npy"))
         return self._null
 
-    def empty_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Uninitialised batch arrays for `indices` (all of one bucket): mean, std, text, mask."""
+    def empty_batch(self, indices: np.ndarray, slots: int = 0) -> dict[str, np.ndarray]:
+        """Uninitialised batch arrays for `indices` (all of one bucket): mean, std, text, mask
+        (with `slots` > 0: that many captions per record, text (B, S, L, D) and mask (B, S, L))."""
         first = self.parts[self.part_of[int(indices[0])]]
         c, h, w = first.mean().shape[1:]
         length, d = first.text().shape[2:]
         b = len(indices)
+        per = (b, slots) if slots else (b,)
         return {"mean": np.empty((b, c, h, w), np.float16), "std": np.empty((b, c, h, w), np.float16),
-                "text": np.empty((b, length, d), np.float16), "mask": np.empty((b, length), bool)}
+                "text": np.empty((*per, length, d), np.float16), "mask": np.empty((*per, length), bool)}
 
     def gather(self, indices: np.ndarray, caption_slots: np.ndarray,
                out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
@@ -299,6 +301,8 @@ class LatentSet:
 
         `caption_slots[b]` picks the captioner slot of record `indices[b]`; -1 means
         "no caption", which gets the empty prompt (what caption dropout trains on).
+        2-D `caption_slots` (B, S) picks S captions per record (multi-caption conditioning):
+        text is then (B, S, L, D) and mask (B, S, L).
         All records must share one bucket (the loader batches within buckets).
         Ascending indices (as the loader sends) are copied once, straight from the
         memory maps into the batch (np.take with out=, which releases the GIL);
@@ -316,7 +320,8 @@ class LatentSet:
         if any(self.parts[p].bucket != first.bucket for p in np.unique(parts)):
             raise ValueError("a batch must come from one bucket; use LatentLoader, which batches per bucket")
         b = len(indices)
-        out = out if out is not None and order is None else self.empty_batch(indices)
+        per_record = caption_slots.shape[1] if caption_slots.ndim == 2 else 0
+        out = out if out is not None and order is None else self.empty_batch(indices, per_record)
         mean, std, text, mask = out["mean"], out["std"], out["text"], out["mask"]
         k, length, d = first.text().shape[1:]
         keys: list[str] = []
@@ -328,7 +333,8 @@ class LatentSet:
             np.take(part.mean(), rows, axis=0, out=mean[lo:hi])
             np.take(part.std(), rows, axis=0, out=std[lo:hi])
             # Row-major (N, K, ...) flattened to (N*K, ...): only the chosen caption is read.
-            flat = part.text_rows[rows] * k + slots[lo:hi]
+            text_rows = part.text_rows[rows]
+            flat = (text_rows[:, None] if per_record else text_rows) * k + slots[lo:hi]  # (n,) or (n, S)
             np.take(part.text().reshape(-1, length, d), flat, axis=0, out=text[lo:hi])
             np.take(part.mask().reshape(-1, length), flat, axis=0, out=mask[lo:hi])
             keys.extend(part.keys[r] for r in rows.tolist())

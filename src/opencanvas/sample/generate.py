@@ -36,7 +36,7 @@ class SamplingPipeline(Protocol):
     config: dict
     weights_hash: str
 
-    def conditioning(self, prompts: list[str]) -> Conditioning: ...
+    def conditioning(self, prompts: list[str], class_name: str | None = None) -> Conditioning: ...
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]: ...
 
@@ -55,6 +55,7 @@ class SampleSettings:
     negative_prompt: str = ""
     width: int = 256
     height: int = 256
+    class_name: str | None = None  # a class-conditioned run's class (None: the null class)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +98,8 @@ def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Se
         raise ValueError("prompts and seeds differ in length")
     device = _device(pipeline)
     # The pipeline decides what the UNet sees (a text mask or not, class labels...): it must match training.
-    cond = pipeline.conditioning(list(prompts)).to(device)                  # text (B, L, D), mask (B, L) | None
+    cond = pipeline.conditioning(list(prompts), settings.class_name).to(device)  # text (B, L, D), mask (B, L)|None
+    # Unconditional: every field at its null value together (the negative prompt, the null class), as trained.
     uncond = pipeline.conditioning([settings.negative_prompt] * len(prompts)).to(device)
     distilled = (getattr(pipeline, "config", None) or {}).get("distilled")
     model: torch.nn.Module
@@ -172,7 +174,8 @@ def sample_metadata(spec: SampleSpec, settings: SampleSettings, model: str, weig
             "guidance_rescale": settings.guidance_rescale, "spacing": settings.spacing,
             "size": f"{settings.width}x{settings.height}", "model": model, "weights_hash": weights_hash,
             "license_policy": provenance.get("license_policy", "unknown"),
-            "catalog_hash": provenance.get("catalog_hash", "unknown")}
+            "catalog_hash": provenance.get("catalog_hash", "unknown"),
+            **({} if settings.class_name is None else {"class": settings.class_name})}
 
 
 def sample_to_dir(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings, out: Path,
