@@ -351,16 +351,18 @@ class LatentSet:
             self._null = {name: np.load(self.root / f"null_{name}.npy") for name in ("text", "mask", *self.text_arrays)}
         return self._null
 
-    def empty_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    def empty_batch(self, indices: np.ndarray, slots: int = 0) -> dict[str, np.ndarray]:
         """Uninitialised batch arrays for `indices` (all of one bucket): mean, std, text, mask, and the
-        set's extra arrays (text2, mask2, pooled, pooled2; image)."""
+        set's extra arrays (text2, mask2, pooled, pooled2; image). With `slots` > 0: that many captions
+        per record, text (B, S, L, D), mask (B, S, L) (and the extra per-caption arrays likewise)."""
         first = self.parts[self.part_of[int(indices[0])]]
         c, h, w = first.mean().shape[1:]
         b = len(indices)
+        per = (b, slots) if slots else (b,)
         out = {"mean": np.empty((b, c, h, w), np.float16), "std": np.empty((b, c, h, w), np.float16)}
         for name in ("text", "mask", *self.text_arrays):
             array = first.text_array(name)  # (N, K, ...)
-            out[name] = np.empty((b, *array.shape[2:]), array.dtype)
+            out[name] = np.empty((*per, *array.shape[2:]), array.dtype)
         if self.has_image:
             out["image"] = np.empty((b, first.image().shape[1]), np.float16)
         return out
@@ -373,6 +375,8 @@ class LatentSet:
 
         `caption_slots[b]` picks the captioner slot of record `indices[b]`; -1 means
         "no caption", which gets the empty prompt (what caption dropout trains on).
+        2-D `caption_slots` (B, S) picks S captions per record (multi-caption conditioning):
+        text is then (B, S, L, D) and mask (B, S, L).
         All records must share one bucket (the loader batches within buckets).
         Ascending indices (as the loader sends) are copied once, straight from the
         memory maps into the batch (np.take with out=, which releases the GIL);
@@ -390,7 +394,8 @@ class LatentSet:
         if any(self.parts[p].bucket != first.bucket for p in np.unique(parts)):
             raise ValueError("a batch must come from one bucket; use LatentLoader, which batches per bucket")
         b = len(indices)
-        out = out if out is not None and order is None else self.empty_batch(indices)
+        per_record = caption_slots.shape[1] if caption_slots.ndim == 2 else 0
+        out = out if out is not None and order is None else self.empty_batch(indices, per_record)
         per_caption = ("text", "mask", *self.text_arrays)
         k = first.text().shape[1]
         keys: list[str] = []
@@ -402,12 +407,13 @@ class LatentSet:
             np.take(part.mean(), rows, axis=0, out=out["mean"][lo:hi])
             np.take(part.std(), rows, axis=0, out=out["std"][lo:hi])
             # Row-major (N, K, ...) flattened to (N*K, ...): only the chosen caption is read.
-            flat = part.text_rows[rows] * k + slots[lo:hi]
+            text_rows = part.text_rows[rows]
+            flat = (text_rows[:, None] if per_record else text_rows) * k + slots[lo:hi]  # (n,) or (n, S)
             for name in per_caption:
                 array = part.text_array(name)
                 np.take(array.reshape(-1, *array.shape[2:]), flat, axis=0, out=out[name][lo:hi])
             if self.has_image:
-                np.take(part.image(), part.text_rows[rows], axis=0, out=out["image"][lo:hi])
+                np.take(part.image(), text_rows, axis=0, out=out["image"][lo:hi])
             keys.extend(part.keys[r] for r in rows.tolist())
         missing = caption_slots < 0
         if missing.any():

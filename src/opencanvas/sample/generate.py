@@ -37,7 +37,8 @@ class SamplingPipeline(Protocol):
     config: dict
     weights_hash: str
 
-    def conditioning(self, prompts: list[str], *, image: torch.Tensor | None = None) -> Conditioning: ...
+    def conditioning(self, prompts: list[str], class_name: str | None = None, *,
+                     image: torch.Tensor | None = None) -> Conditioning: ...
 
     def image_embedding(self, path: Path) -> torch.Tensor: ...
 
@@ -58,6 +59,7 @@ class SampleSettings:
     negative_prompt: str = ""
     width: int = 256
     height: int = 256
+    class_name: str | None = None  # a class-conditioned run's class (None: the null class)
     # A reference image (image variations) for a run trained with --conditioning text+image, guided with its
     # own scale: opencanvas.diffusion.image_conditioning.TextImageCFGDenoiser.
     image: str | None = None
@@ -105,7 +107,8 @@ def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Se
     device = _device(pipeline)
     # The pipeline decides what the UNet sees (a text mask or not, class labels...): it must match training.
     image = None if settings.image is None else pipeline.image_embedding(Path(settings.image))  # (1, E)
-    cond = pipeline.conditioning(list(prompts), image=image).to(device)  # text (B, L, D), mask (B, L) | None
+    cond = pipeline.conditioning(list(prompts), settings.class_name, image=image).to(device)  # text (B, L, D), ...
+    # Unconditional: every field at its null value together (the negative prompt, the null class), as trained.
     uncond = pipeline.conditioning([settings.negative_prompt] * len(prompts)).to(device)
     distilled = (getattr(pipeline, "config", None) or {}).get("distilled")
     model: torch.nn.Module
@@ -185,7 +188,8 @@ def sample_metadata(spec: SampleSpec, settings: SampleSettings, model: str, weig
             "guidance_rescale": settings.guidance_rescale, "spacing": settings.spacing,
             "size": f"{settings.width}x{settings.height}", "model": model, "weights_hash": weights_hash,
             "license_policy": provenance.get("license_policy", "unknown"),
-            "catalog_hash": provenance.get("catalog_hash", "unknown")}
+            "catalog_hash": provenance.get("catalog_hash", "unknown"),
+            **({} if settings.class_name is None else {"class": settings.class_name})}
 
 
 def sample_to_dir(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings, out: Path,

@@ -113,6 +113,8 @@ def _resolve(ws: Workspace, latents: str, preset_name: str, run: str, images: in
     opts = dict(options)
     if batch is not None:
         opts["batch"] = batch
+    if opts.get("class_column"):
+        opts["class_names"] = _class_vocabulary(ws, first, opts, stored)
     rate = stored.get("measured_images_per_s") if stored else None
     opts["measured_images_per_s"] = rate if minutes is not None else None
     # With --minutes, `images` follows from the recorded rate (or, on a first run, from the warm-up in _run).
@@ -138,6 +140,19 @@ def _resolve(ws: Workspace, latents: str, preset_name: str, run: str, images: in
             raise ValueError(f"run {run!r} exists with a different configuration ({detail}). Re-run with the "
                              f"stored settings to resume, or pick a new --run name")
     return cfg
+
+
+def _class_vocabulary(ws: Workspace, latent_set: Any, options: dict[str, Any],
+                      stored: dict[str, Any] | None) -> tuple[str, ...]:
+    """The class names of --class-column: a resumed run's stored ones, else built from the latent set's images."""
+    from opencanvas.train.classes import DEFAULT_MAX_CLASSES, build_vocabulary, check_class_column, key_values
+
+    column = str(options["class_column"])
+    check_class_column(column)
+    if stored is not None and stored.get("class_column") == column and stored.get("class_names") is not None:
+        return tuple(stored["class_names"])
+    values = key_values(ws, latent_set.keys(), column)
+    return build_vocabulary(values.values(), column, int(options.get("max_classes") or DEFAULT_MAX_CLASSES))
 
 
 def _stored_config(run_dir: Path) -> dict[str, Any] | None:
@@ -188,6 +203,7 @@ class UNetTask(TrainTask):
         self.flops: dict[int, float] = {}
         self.peak = peak_flops(env.device, self.recipe.bf16)
         self.validator: Any = None
+        self.class_of: dict[str, int] | None = None
 
     def settings(self) -> LoopSettings:
         cfg = self.cfg
@@ -204,9 +220,31 @@ class UNetTask(TrainTask):
                                             self.env.rank, self.env.world, self.env.device,
                                             position=self.data_start, workers=self.cfg.workers,
                                             holdout=self.cfg.holdout, key_filter=self.cfg.key_filter,
-                                            caption_mix=self.cfg.caption_mix,
+                                            caption_mix=self.cfg.caption_mix, slots=self._slots(),
+                                            class_of=self._class_of(), null_class=self._null_class(),
                                             image=self.cfg.conditioning == "text+image")
         return self.stream
+
+    def _slots(self) -> int:
+        from opencanvas.train.config import caption_slots
+
+        return caption_slots(self.cfg.data, self.cfg.max_captions) if self.cfg.conditioning == "multi-caption" else 0
+
+    def _null_class(self) -> int | None:
+        return None if self.cfg.class_names is None else len(self.cfg.class_names)
+
+    def _class_of(self) -> dict[str, int] | None:
+        """key -> class label of every image of the latent set (read from the catalog once)."""
+        cfg = self.cfg
+        if cfg.class_column is None or cfg.class_names is None:
+            return None
+        if self.class_of is None:
+            from opencanvas.encode import open_latents
+            from opencanvas.train.classes import class_labels, key_values
+
+            keys = {k for res, _ in cfg.resolutions for k in open_latents(self.ws, cfg.latents, res).keys()}
+            self.class_of = class_labels(key_values(self.ws, keys, cfg.class_column), cfg.class_names)
+        return self.class_of
 
     def _sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce on all but the last micro-batch of a step."""
@@ -231,8 +269,8 @@ class UNetTask(TrainTask):
             inputs = training_inputs(stream.next_batch(), stream, gen, env.device,
                                      num_timesteps=self.denoiser.schedule.num_train_timesteps,
                                      caption_dropout=cfg.caption_dropout, offset_noise=cfg.offset_noise,
-                                     use_text_mask=cfg.use_text_mask, encoder_dropout=cfg.encoder_dropout,
-                                     image_dropout=cfg.image_dropout)
+                                     use_text_mask=cfg.use_text_mask, slot_dropout=cfg.slot_dropout,
+                                     encoder_dropout=cfg.encoder_dropout, image_dropout=cfg.image_dropout)
             x0 = to_memory_format(cast(torch.Tensor, inputs["x0"]), self.recipe)
             noise = to_memory_format(cast(torch.Tensor, inputs["noise"]), self.recipe)
             with self._sync(last=micro == accumulation - 1):

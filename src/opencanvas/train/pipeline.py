@@ -9,6 +9,7 @@ set was encoded with, so prompts are embedded exactly as in training.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,13 +53,16 @@ class ModelPipeline(ABC):
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states (B, L, D) float32 on the model's device, and the text mask the UNet expects (or None)."""
 
-    def conditioning(self, prompts: list[str], *, image: torch.Tensor | None = None) -> Conditioning:
+    def conditioning(self, prompts: list[str], class_name: str | None = None, *,
+                     image: torch.Tensor | None = None) -> Conditioning:
         """The UNet's conditioning for one prompt per image (B rows), on the model's device.
 
+        class_name: the class of a class-conditioned run (None: the null class). A multi-caption
+        run's prompt may hold one caption per slot, joined by SLOT_SEPARATOR (see `prompt_conditioning`).
         image: (1, E) or (B, E) image embedding (`image_embedding`) of a text+image run; None: the null image.
         """
-        text, mask = self.encode_prompts(prompts)
-        return self.with_extras(prompts, Conditioning(text, mask), image)
+        cond = prompt_conditioning(self.encode_prompts, self.config, prompts, class_name)
+        return self.with_extras(prompts, cond, image)
 
     def with_extras(self, prompts: list[str], cond: Conditioning, image: torch.Tensor | None) -> Conditioning:
         """A second text encoder's and an image's fields (InferencePipeline); nothing for other models."""
@@ -77,6 +81,57 @@ class ModelPipeline(ABC):
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Normalised latents (B, C, h, w) -> PIL images."""
+
+
+SLOT_SEPARATOR = " || "  # between the captions of one multi-caption prompt ("A || B"), as in PNG metadata
+
+PromptEncoder = Callable[[list[str]], tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+def caption_slot_count(config: dict[str, Any]) -> int:
+    """Caption slots of a multi-caption run's UNet (0 for one caption)."""
+    from opencanvas.diffusion.conditioning import ADAPTER_KEY
+
+    return int(config["unet"][ADAPTER_KEY]["slots"]) if config.get("conditioning") == "multi-caption" else 0
+
+
+def split_slots(prompt: str, slots: int) -> list[str]:
+    """The S slot captions of a multi-caption prompt.
+
+    One caption fills every slot (each image trains with all its captioners' captions, so that is
+    the input the model knows best); "A || B" fills slots 0 and 1 and leaves the rest empty (the
+    empty prompt, which per-caption dropout trains on).
+    """
+    parts = [p.strip() for p in prompt.split(SLOT_SEPARATOR.strip())] if SLOT_SEPARATOR.strip() in prompt \
+        else [prompt]
+    if len(parts) > slots:
+        raise ValueError(f"{len(parts)} captions for a run with {slots} caption slots: give at most {slots} "
+                         "--prompt values")
+    return parts * slots if len(parts) == 1 else parts + [""] * (slots - len(parts))
+
+
+def prompt_conditioning(encode: PromptEncoder, config: dict[str, Any], prompts: list[str],
+                        class_name: str | None = None) -> Conditioning:
+    """A run's conditioning for `prompts` (B rows): text (multi-caption: S slots along the sequence),
+    mask and, for a class-conditioned run, the class label of `class_name` for every row."""
+    from opencanvas.train.classes import label_for
+
+    slots = caption_slot_count(config)
+    if slots:
+        flat = [part for prompt in prompts for part in split_slots(prompt, slots)]
+        text, mask = encode(flat)  # (B*S, L, D), (B*S, L) | None
+        text = text.reshape(len(prompts), -1, text.shape[-1])  # (B, S*L, D)
+        mask = None if mask is None else mask.reshape(len(prompts), -1)
+    else:
+        text, mask = encode(prompts)
+    names = config.get("class_names")
+    labels = None
+    if names is not None:
+        labels = torch.full((len(prompts),), label_for(class_name, names), dtype=torch.long, device=text.device)
+    elif class_name is not None:
+        raise ValueError("this run was trained without class conditioning: leave out --class (or train a run "
+                         "with --class-column)")
+    return Conditioning(text, mask, class_labels=labels)
 
 
 @dataclass

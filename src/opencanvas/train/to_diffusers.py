@@ -120,18 +120,39 @@ def _text_encoder(pipe: InferencePipeline, loaded: LoadedTextEncoder | None = No
     return te, tokenizer
 
 
+def refuse_without_diffusers_equivalent(run: str, config: dict[str, Any]) -> None:
+    """A one-line error for a conditioning mode that no diffusers UNet2DConditionModel reproduces."""
+    refuse_image_export(run, config)
+    if config.get("conditioning") == "multi-caption":
+        raise ValueError(f"run {run!r} uses --conditioning multi-caption, which has no diffusers equivalent (no "
+                         f"per-slot caption embeddings in UNet2DConditionModel): nothing exported; sample it with "
+                         f"`opencanvas sample --run {run}`")
+
+
+def export_notes(config: dict[str, Any]) -> list[str]:
+    """One line per thing a user of the exported folder must know that the stock pipeline does not do."""
+    note = export_note(config)
+    if note:
+        return [note]
+    names = config.get("class_names")
+    if names is None:
+        return []
+    return [f"the UNet is class-conditioned (num_class_embeds {len(names) + 1}: class_names of opencanvas.json's "
+            f"config, {len(names)} = no class); diffusers' stock StableDiffusionPipeline does not pass class_labels"]
+
+
 def export(ws: Workspace, run: str, out: Path, ema: bool = True, checkpoint: str | int | None = None) -> Path:
     """Write runs/<run>'s newest (or chosen) checkpoint as a diffusers pipeline folder at `out`."""
     from diffusers import StableDiffusionPipeline
 
     out = Path(out)
-    stored_config = ws.run_dir(run) / "config.json"
-    if stored_config.exists():  # before anything is loaded or written
-        refuse_image_export(run, json.loads(stored_config.read_text()))
+    stored = ws.run_dir(run) / "config.json"
+    if stored.exists():
+        refuse_without_diffusers_equivalent(run, json.loads(stored.read_text()))
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty: pass a new --out directory")
     pipe = load_pipeline(ws, run, ema=ema, device="cpu", checkpoint=checkpoint)
-    refuse_image_export(run, pipe.config)  # the checkpoint's own config decides
+    refuse_without_diffusers_equivalent(run, pipe.config)  # the checkpoint's own config decides
     vae = copy.deepcopy(pipe.autoencoder.vae)
     shift, scale = pipe.autoencoder.shift, pipe.autoencoder.scale
     factor = uniform_scale(shift, scale)

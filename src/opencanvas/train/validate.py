@@ -44,11 +44,11 @@ def sample_euler_cfg(denoiser: Denoiser, cond: Conditioning, null: Conditioning,
 class Validator:
     """Holds the text encoder and autoencoder of the latent set, and the prompts' embeddings."""
 
-    def __init__(self, cfg: Any, autoencoder: Any, prompts: tuple[torch.Tensor, torch.Tensor],
-                 null: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> None:
+    def __init__(self, cfg: Any, autoencoder: Any, prompts: Conditioning, null: Conditioning,
+                 device: torch.device) -> None:
         self.cfg, self.autoencoder, self.device = cfg, autoencoder, device
-        # text (P, L, D) + mask (P, L) of the prompts; null_text (1, L, D) + null_mask (1, L) of ""
-        (self.text, self.mask), (self.null_text, self.null_mask) = prompts, null
+        # The prompts' conditioning (P rows) and the unconditional one (1 row: "", the null class).
+        self.cond, self.null = prompts, null
         self.unet: Any = None
 
     @classmethod
@@ -63,9 +63,16 @@ class Validator:
             raise ValueError(f"--validate-every needs the latent set's text encoder and autoencoder "
                              f"({data.get('text_encoder')!r}, {data.get('autoencoder')!r}): {err}. "
                              "Pass --validate-every 0 to train without validation grids") from err
-        text, mask = te.encode(list(cfg.validation_prompts))
-        null_text, null_mask = te.encode([""])
-        return cls(cfg, ae, (text.float(), mask), (null_text.float(), null_mask), device)
+        from opencanvas.train.pipeline import prompt_conditioning
+
+        def encode(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+            text, mask = te.encode(prompts)
+            return text.float(), (mask if cfg.use_text_mask else None)
+
+        # With class conditioning the grids show the null class: what the prompts alone give.
+        config = cfg.to_dict()
+        return cls(cfg, ae, prompt_conditioning(encode, config, list(cfg.validation_prompts)),
+                   prompt_conditioning(encode, config, [""]), device)
 
     def render(self, ema_state: dict[str, torch.Tensor], resolution: int, steps: int = 20,
                guidance: float = 5.0) -> Image.Image:
@@ -78,12 +85,10 @@ class Validator:
         denoiser = Denoiser(self.unet, NoiseSchedule(zero_terminal_snr=self.cfg.zero_terminal_snr),
                             self.cfg.prediction_type).to(self.device)
         seeds = [0, 1]
-        use_mask = self.cfg.use_text_mask
-        cond = Conditioning(self.text, self.mask if use_mask else None).repeat_interleave(len(seeds))  # P*S rows
-        null = Conditioning(self.null_text, self.null_mask if use_mask else None)
+        prompts = self.cond.batch_size
         size = resolution // self.autoencoder.downscale
         shape = (int(self.cfg.unet["in_channels"]), size, size)
-        latents = sample_euler_cfg(denoiser, cond, null, shape, seeds * len(self.text), steps=steps,
-                                   guidance=guidance)
+        latents = sample_euler_cfg(denoiser, self.cond.repeat_interleave(len(seeds)), self.null, shape,
+                                   seeds * prompts, steps=steps, guidance=guidance)
         images = to_pil(self.autoencoder.decode(latents))
         return image_grid([images[i:i + len(seeds)] for i in range(0, len(images), len(seeds))], pad=0)
