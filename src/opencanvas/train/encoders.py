@@ -102,6 +102,28 @@ def combine(cond: Conditioning, text2: torch.Tensor | None = None, mask2: torch.
     return cond
 
 
+def prompt_extras(config: dict[str, Any], text_encoder: Any, text_encoder_2: Any, prompts: list[str],
+                  cond: Conditioning, image: torch.Tensor | None, device: torch.device) -> Conditioning:
+    """A run's prompt conditioning `cond` (first encoder) with its second encoder's and its image's fields.
+
+    image: (1, E) or (B, E) of a text+image run (None: the null image, what image dropout trained on).
+    """
+    from opencanvas.diffusion.conditioning import NO_IMAGE_CONDITIONING
+
+    arrays: dict[str, torch.Tensor] = {}
+    if text_encoder_2 is not None:
+        _, _, pooled = text_encoder.encode_pooled(prompts)               # (B, P_A)
+        text2, mask2, pooled2 = text_encoder_2.encode_pooled(prompts)    # (B, L_B, D_B), (B, L_B), (B, P_B)
+        arrays = {"text2": text2, "mask2": mask2, "pooled": pooled, "pooled2": pooled2}
+    if config.get("conditioning") == TEXT_IMAGE:
+        null = torch.zeros(1, int(config["data"]["image_dim"]), device=device)
+        arrays["image"] = (null if image is None else image.to(device)).expand(len(prompts), -1)
+    elif image is not None:
+        raise ValueError(NO_IMAGE_CONDITIONING)
+    arrays = {name: a.to(device) if name == "mask2" else a.to(device, torch.float32) for name, a in arrays.items()}
+    return combine(cond, use_text_mask=bool(config.get("use_text_mask", False)), **arrays)
+
+
 @dataclass
 class ExtraConditioning:
     """The null values of a run's extra inputs, and how a latent batch's arrays join its Conditioning."""

@@ -152,22 +152,9 @@ class InferencePipeline(ModelPipeline):
 
     def with_extras(self, prompts: list[str], cond: Conditioning, image: torch.Tensor | None) -> Conditioning:
         """Both encoders' hidden states and pooled embeddings (feature axis, as trained), and the image."""
-        from opencanvas.train.encoders import TEXT_IMAGE, combine
+        from opencanvas.train.encoders import prompt_extras
 
-        arrays: dict[str, torch.Tensor] = {}
-        if self.text_encoder_2 is not None:
-            _, _, pooled = self.text_encoder.encode_pooled(prompts)            # (B, P_A)
-            text2, mask2, pooled2 = self.text_encoder_2.encode_pooled(prompts)  # (B, L_B, D_B), (B, L_B), (B, P_B)
-            arrays = {"text2": text2, "mask2": mask2, "pooled": pooled, "pooled2": pooled2}
-        if self.config.get("conditioning") == TEXT_IMAGE:
-            dim = int(self.config["data"]["image_dim"])
-            null = torch.zeros(1, dim, device=self.device)  # the null image, what image dropout trained on
-            arrays["image"] = (null if image is None else image.to(self.device)).expand(len(prompts), -1)
-        elif image is not None:
-            raise ValueError(NO_IMAGE_CONDITIONING)
-        arrays = {name: a.to(self.device) if name == "mask2" else a.to(self.device, torch.float32)
-                  for name, a in arrays.items()}
-        return combine(cond, use_text_mask=self.use_text_mask, **arrays)
+        return prompt_extras(self.config, self.text_encoder, self.text_encoder_2, prompts, cond, image, self.device)
 
     def image_embedding(self, path: Path) -> torch.Tensor:
         """(1, E) the CLIP image embedding of the picture at `path`, with the CLIP the latent set used."""

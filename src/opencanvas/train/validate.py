@@ -69,10 +69,17 @@ class Validator:
             text, mask = te.encode(prompts)
             return text.float(), (mask if cfg.use_text_mask else None)
 
-        # With class conditioning the grids show the null class: what the prompts alone give.
+        from opencanvas.train.encoders import load_second_text_encoder, prompt_extras
+
+        # With class conditioning the grids show the null class, with image conditioning the null image:
+        # what the prompts alone give. A second text encoder joins the first as in training.
         config = cfg.to_dict()
-        return cls(cfg, ae, prompt_conditioning(encode, config, list(cfg.validation_prompts)),
-                   prompt_conditioning(encode, config, [""]), device)
+        te2 = load_second_text_encoder(ws, data, device)
+
+        def conditioning(prompts: list[str]) -> Conditioning:
+            return prompt_extras(config, te, te2, prompts, prompt_conditioning(encode, config, prompts), None, device)
+
+        return cls(cfg, ae, conditioning(list(cfg.validation_prompts)), conditioning([""]), device)
 
     def render(self, ema_state: dict[str, torch.Tensor], resolution: int, steps: int = 20,
                guidance: float = 5.0) -> Image.Image:
