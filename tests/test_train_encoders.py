@@ -148,6 +148,8 @@ def test_two_encoder_export_loads_in_diffusers_and_text_image_refuses(trained, t
     from diffusers import DiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    from opencanvas.sample.loading import load_folder_pipeline
+
     ws, _ = trained
     out = tmp_path / "two"
     result = CliRunner().invoke(app, ["export", "--run", "two", "--out", str(out), "-w", str(ws.root)])
@@ -168,6 +170,9 @@ def test_two_encoder_export_loads_in_diffusers_and_text_image_refuses(trained, t
         theirs = unet(x, t, encoder_hidden_states=cond.text, class_labels=cond.added).sample
     assert torch.allclose(ours, theirs, atol=1e-5)
 
+    with pytest.raises(ValueError, match="two text encoders"):
+        load_folder_pipeline(out)
+
     refused = CliRunner().invoke(app, ["export", "--run", "image", "--out", str(tmp_path / "img"), "-w", str(ws.root)])
     assert refused.exit_code != 0 and "no diffusers equivalent" in refused.output
     assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "img").exists()
@@ -183,7 +188,7 @@ def test_errors_before_any_work(trained, tmp_path, ws):
     assert result.exit_code != 0 and "trained without image conditioning" in result.output
     assert not out.exists()
     write_random_latents(ws, "plain", 16, resolution=32, text_len=8, text_dim=32, shard_size=8)
-    with pytest.raises(ValueError, match=r"has none: re-encode with `opencanvas encode \.\.\. --image-embeddings CLIP`"):
+    with pytest.raises(ValueError, match=r"has none: re-encode with `opencanvas encode .* --image-embeddings CLIP`"):
         loop.train(ws, "plain", "tiny", "img", conditioning="text+image", **SMALL)
     assert not list_checkpoints(ws.run_dir("img"))
     with pytest.raises(ValueError, match="takes one of them"):
