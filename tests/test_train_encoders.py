@@ -74,6 +74,16 @@ def test_two_encoders_concatenate_features_and_add_both_pooled_embeddings(traine
     assert red.shape == (1, 4, 8, 8) and _differs(red, blue)
 
 
+def test_text_encoders_1_trains_on_the_first_encoder_of_a_two_encoder_set(trained):
+    ws, _ = trained
+    loop.train(ws, "both", "tiny", "first", text_encoders=1, **SMALL)
+    config = json.loads((ws.run_dir("first") / "config.json").read_text())
+    assert config["unet"]["cross_attention_dim"] == TEXT_DIM and "class_embed_type" not in config["unet"]
+    pipe = load_pipeline(ws, "first")
+    cond = pipe.conditioning(["a red circle"])
+    assert pipe.text_encoder_2 is None and cond.text.shape == (1, 16, TEXT_DIM) and cond.added is None
+
+
 def test_each_encoder_and_the_image_drop_on_their_own(trained):
     from opencanvas.train.data import LatentStream, training_inputs
 
@@ -191,16 +201,19 @@ def test_errors_before_any_work(trained, tmp_path, ws):
     with pytest.raises(ValueError, match=r"has none: re-encode with `opencanvas encode .* --image-embeddings CLIP`"):
         loop.train(ws, "plain", "tiny", "img", conditioning="text+image", **SMALL)
     assert not list_checkpoints(ws.run_dir("img"))
+    with pytest.raises(ValueError, match=r"re-encode with `opencanvas encode .* --text-encoder A --text-encoder B`"):
+        loop.train(ws, "plain", "tiny", "two", text_encoders=2, **SMALL)
+    assert not list_checkpoints(ws.run_dir("two"))
     with pytest.raises(ValueError, match="takes one of them"):
         loop.train(trained_ws, "both", "tiny", "cls", class_column="category", **SMALL)
 
 
 def test_sigkill_and_resume_of_a_two_encoder_text_image_run_is_bit_identical(trained):
     ws, _ = trained
-    args = dict(images=48, batch=8, checkpoint_every=16, keep=2, holdout=0.0, conditioning="text+image",
+    args = dict(images=32, batch=8, checkpoint_every=16, keep=2, holdout=0.0, conditioning="text+image",
                 encoder_dropout=0.3, image_dropout=0.3)
     cli = [sys.executable, "-m", "opencanvas", "train", "--latents", "both", "--preset", "tiny", "--run", "killed",
-           "--images", "48", "--batch", "8", "--checkpoint-every", "16", "--keep", "2", "--holdout", "0",
+           "--images", "32", "--batch", "8", "--checkpoint-every", "16", "--keep", "2", "--holdout", "0",
            "--conditioning", "text+image", "--encoder-dropout", "0.3", "--image-dropout", "0.3", "-w", str(ws.root)]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "OPENCANVAS_PROGRESS": "0"}
     run_dir = ws.run_dir("killed")

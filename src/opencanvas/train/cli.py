@@ -91,6 +91,9 @@ def train_command(
         "num_class_embeds); dropped with --caption-dropout for CFG.")] = None,
     max_classes: Annotated[int | None, typer.Option(
         "--max-classes", min=1, help="Refuse a --class-column with more classes than this (default 1000).")] = None,
+    text_encoders: Annotated[int | None, typer.Option(
+        "--text-encoders", min=1, max=2, help="Of a latent set with two text encoders: 1 trains on the first only, "
+        "2 on both (an error for a set with one). Default: every encoder the set has.")] = None,
     encoder_dropout: Annotated[float | None, typer.Option(
         "--encoder-dropout", min=0, max=0.99, help="With two text encoders: each one's own dropout (eDiff-I), so "
         "the model works with either alone (default 0.1).")] = None,
@@ -172,7 +175,8 @@ def train_command(
         min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
         caption_dropout=caption_dropout, caption_mix=mix, conditioning=conditioning, max_captions=max_captions,
         slot_dropout=slot_dropout, class_column=class_column, max_classes=max_classes, encoder_dropout=encoder_dropout,
-        image_dropout=image_dropout, image_tokens=image_tokens, holdout=holdout, use_text_mask=text_mask, seed=seed,
+        text_encoders=text_encoders, image_dropout=image_dropout, image_tokens=image_tokens, holdout=holdout,
+        use_text_mask=text_mask, seed=seed,
         checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, keep=keep,
         validate_every=validate_every, log_every=log_every, max_bad_steps=max_bad_steps,
         workers=workers, device=device, parallel=parallel, bf16=bf16, sdpa=sdpa,

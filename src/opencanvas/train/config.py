@@ -95,6 +95,7 @@ class TrainConfig:
     # A latent set with two text encoders trains on both (opencanvas.train.encoders); each is dropped on its
     # own with this probability (eDiff-I), so the model also works with either alone.
     encoder_dropout: float = 0.1
+    text_encoders: int = 0  # 0: every encoder of the latent set; 1: the first only; 2: both (an error with one)
     image_dropout: float = 0.1
     image_tokens: int = 4
     seed: int = 0
@@ -169,7 +170,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
         if self.image_tokens < 1:
             raise ValueError(f"--image-tokens must be >= 1, got {self.image_tokens}")
-        check_modes(self.data, self.latents, self.conditioning, self.class_column)
+        check_modes(self.data, self.latents, self.conditioning, self.class_column, self.text_encoders)
         if self.conditioning == "multi-caption":
             if self.caption_mix is not None:
                 raise ValueError("--caption-mix draws one caption per image and --conditioning multi-caption uses "
@@ -307,7 +308,8 @@ def resolve_config(*, run: str, latents: str, preset: Preset, latent_meta: dict[
 
     cfg._validate_conditioning()  # before the UNet config reads the slots and the latent set's extra dimensions
     unet = conditioned_unet(unet, cfg.conditioning, cfg.max_captions, cfg.class_names, data)
-    return dataclasses.replace(cfg, unet=encoder_unet(unet, data, cfg.conditioning, cfg.image_tokens))
+    return dataclasses.replace(cfg, unet=encoder_unet(unet, data, cfg.conditioning, cfg.image_tokens,
+                                                      cfg.text_encoders))
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -57,7 +57,7 @@ class LatentStream:
              workers: int = 0, holdout: float = 0.0, key_filter: str | None = None,
              caption_mix: dict[str, float] | None = None, slots: int = 0,
              class_of: dict[str, int] | None = None, null_class: int | None = None,
-             image: bool = False) -> LatentStream:
+             image: bool = False, second_encoder: bool = True) -> LatentStream:
         from opencanvas.encode import LatentLoader, open_latents
         from opencanvas.train.config import caption_weights
 
@@ -77,7 +77,8 @@ class LatentStream:
                    torch.tensor(meta["shift"], dtype=torch.float32, device=device).view(view),
                    torch.tensor(meta["scale"], dtype=torch.float32, device=device).view(view),
                    torch.from_numpy(null_text).float().to(device), torch.from_numpy(null_mask).to(device),
-                   slots, class_of, null_class, ExtraConditioning.open(latent_set, device, image))
+                   slots, class_of, null_class, ExtraConditioning.open(latent_set, device, image,
+                                                                                    second_encoder))
 
     def __post_init__(self) -> None:
         self._it = iter(self.loader)

@@ -32,19 +32,26 @@ def text_encoder_specs(data: dict[str, Any]) -> list[str]:
 
 
 def two_encoders(data: dict[str, Any]) -> bool:
+    """The latent set holds two text encoders."""
     return len(text_encoder_specs(data)) > 1
 
 
-def cross_attention_dim(data: dict[str, Any]) -> int:
+def uses_second_encoder(data: dict[str, Any], text_encoders: int = 0) -> bool:
+    """A run trains on both encoders: the set has two and `--text-encoders` is not 1 (0: all the set has)."""
+    return two_encoders(data) and text_encoders != 1
+
+
+def cross_attention_dim(data: dict[str, Any], text_encoders: int = 0) -> int:
     """The UNet's text width: D_A, or D_A + D_B with two encoders (feature-axis concatenation)."""
-    return int(data["text_dim"]) + (int(data["text2_dim"]) if two_encoders(data) else 0)
+    return int(data["text_dim"]) + (int(data["text2_dim"]) if uses_second_encoder(data, text_encoders) else 0)
 
 
-def load_second_text_encoder(ws: Any, data: dict[str, Any], device: str | torch.device = "cpu") -> Any:
+def load_second_text_encoder(ws: Any, data: dict[str, Any], device: str | torch.device = "cpu",
+                             text_encoders: int = 0) -> Any:
     """The run's second text encoder (a LoadedTextEncoder), as the latent set encoded with it; None with one."""
     from opencanvas.components.loading import load_text_encoder
 
-    if not two_encoders(data):
+    if not uses_second_encoder(data, text_encoders):
         return None
     spec = text_encoder_specs(data)[1]
     te = load_text_encoder(ws, spec, device, layer=data.get("text2_layer"), max_length=int(data["text2_len"]))
@@ -54,32 +61,42 @@ def load_second_text_encoder(ws: Any, data: dict[str, Any], device: str | torch.
     return te
 
 
-def check_modes(data: dict[str, Any], latents: str, conditioning: str, class_column: str | None) -> None:
+def check_modes(data: dict[str, Any], latents: str, conditioning: str, class_column: str | None,
+                text_encoders: int = 0) -> None:
     """One-line errors for a mode the latent set cannot serve (naming the encode flag) or modes that collide."""
     image = conditioning == TEXT_IMAGE
+    if text_encoders not in (0, 1, 2):
+        raise ValueError(f"--text-encoders must be 1 or 2, got {text_encoders}")
+    if text_encoders == 2 and not two_encoders(data):
+        raise ValueError(f"--text-encoders 2 needs a second text encoder, and latent set {latents!r} has only "
+                         f"{text_encoder_specs(data)[0]!r}: re-encode with `opencanvas encode ... --text-encoder A "
+                         "--text-encoder B`")
     if image and not data.get("image_embeddings"):
         raise ValueError(f"--conditioning text+image needs image embeddings, and latent set {latents!r} has none: "
                          f"re-encode with `opencanvas encode ... --image-embeddings CLIP` (a CLIP under clips/, a "
                          f"local CLIP folder or a hub id)")
-    if two_encoders(data) and conditioning == "multi-caption":
+    second = uses_second_encoder(data, text_encoders)
+    if second and conditioning == "multi-caption":
         raise ValueError(f"latent set {latents!r} has two text encoders; --conditioning multi-caption takes one: "
-                         "encode with one --text-encoder for a multi-caption run")
-    if class_column and (image or two_encoders(data)):
+                         "add --text-encoders 1")
+    if class_column and (image or second):
         raise ValueError("--class-column and the pooled/image embeddings both feed diffusers' class embedding: "
                          "a run takes one of them")
 
 
-def encoder_unet(unet: dict[str, Any], data: dict[str, Any], conditioning: str, image_tokens: int) -> dict[str, Any]:
+def encoder_unet(unet: dict[str, Any], data: dict[str, Any], conditioning: str, image_tokens: int,
+                 text_encoders: int = 0) -> dict[str, Any]:
     """The UNet config with what two encoders and image conditioning add: the wider cross-attention, the
     projection class embedding of the added vector, and the adapter's image tokens."""
     unet = dict(unet)
     added = 0
-    if two_encoders(data):
-        unet["cross_attention_dim"] = cross_attention_dim(data)
+    width = cross_attention_dim(data, text_encoders)
+    if uses_second_encoder(data, text_encoders):
+        unet["cross_attention_dim"] = width
         added += sum(int(p) for p in data["pooled_dims"])
     if conditioning == TEXT_IMAGE:
         added += int(data["image_dim"])
-        adapter = dict(unet.get(ADAPTER_KEY) or {"text_dim": cross_attention_dim(data)})
+        adapter = dict(unet.get(ADAPTER_KEY) or {"text_dim": width})
         unet[ADAPTER_KEY] = {**adapter, "image_dim": int(data["image_dim"]), "image_tokens": int(image_tokens)}
     if added:
         unet.update(class_embed_type="projection", projection_class_embeddings_input_dim=added)
@@ -133,9 +150,12 @@ class ExtraConditioning:
     image: bool
 
     @classmethod
-    def open(cls, latent_set: Any, device: torch.device, image: bool) -> ExtraConditioning | None:
-        """None for a run with one encoder and no image (its batches are used as before)."""
-        has_two = len(latent_set.text_arrays) > 0
+    def open(cls, latent_set: Any, device: torch.device, image: bool, second_encoder: bool = True
+             ) -> ExtraConditioning | None:
+        """None for a run with one encoder and no image (its batches are used as before).
+
+        second_encoder=False (`--text-encoders 1`) trains on the first encoder of a two-encoder set."""
+        has_two = len(latent_set.text_arrays) > 0 and second_encoder
         if not has_two and not image:
             return None
         null = {name: torch.from_numpy(value).to(device) for name, value in latent_set.null_conditioning().items()}
@@ -193,7 +213,7 @@ def refuse_image_export(run: str, config: dict[str, Any]) -> None:
 
 def export_note(config: dict[str, Any]) -> str | None:
     """The one line a user of a two-encoder export must know (the UNet loads; the stock pipeline has one encoder)."""
-    if not two_encoders(config["data"]):
+    if not uses_second_encoder(config["data"], int(config.get("text_encoders") or 0)):
         return None
     return ("two text encoders: the UNet loads in diffusers (cross_attention_dim = both widths, the pooled "
             "embeddings through class_embed_type 'projection'), but the stock StableDiffusionPipeline has one text "

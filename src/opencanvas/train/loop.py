@@ -222,7 +222,8 @@ class UNetTask(TrainTask):
                                             holdout=self.cfg.holdout, key_filter=self.cfg.key_filter,
                                             caption_mix=self.cfg.caption_mix, slots=self._slots(),
                                             class_of=self._class_of(), null_class=self._null_class(),
-                                            image=self.cfg.conditioning == "text+image")
+                                            image=self.cfg.conditioning == "text+image",
+                                            second_encoder=self.cfg.text_encoders != 1)
         return self.stream
 
     def _slots(self) -> int:

@@ -232,9 +232,10 @@ def load_pipeline(ws: Workspace, run: str, ema: bool = True, device: str | torch
     text_encoder, autoencoder = load_components(ws, config, device)
     from opencanvas.train.encoders import load_second_text_encoder
 
+    text_encoder_2 = load_second_text_encoder(ws, config["data"], device, int(config.get("text_encoders") or 0))
     return InferencePipeline(denoiser=denoiser, autoencoder=autoencoder, text_encoder=text_encoder, config=config,
                              weights_hash=tensors_hash(weights), checkpoint=path, ema=ema,
-                             text_encoder_2=load_second_text_encoder(ws, config["data"], device), workspace=ws)
+                             text_encoder_2=text_encoder_2, workspace=ws)
 
 
 def load_components(ws: Workspace, config: dict[str, Any], device: str | torch.device = "cpu"

@@ -74,7 +74,7 @@ class Validator:
         # With class conditioning the grids show the null class, with image conditioning the null image:
         # what the prompts alone give. A second text encoder joins the first as in training.
         config = cfg.to_dict()
-        te2 = load_second_text_encoder(ws, data, device)
+        te2 = load_second_text_encoder(ws, data, device, cfg.text_encoders)
 
         def conditioning(prompts: list[str]) -> Conditioning:
             return prompt_extras(config, te, te2, prompts, prompt_conditioning(encode, config, prompts), None, device)
