@@ -177,8 +177,11 @@ def _train_phase(ws: Workspace, settings: DistillSettings, config: dict[str, Any
         grid = teacher_sigmas(grid_source, settings.base_steps)[::settings.base_steps // (2 * steps)].to(env.device)
     micro = settings.batch // env.world
     position = dict(ckpt.state.data) if ckpt is not None else None
+    # A teacher on two text encoders or text+image: the stream builds the same conditioning it trained on.
     stream = LatentStream.open(ws, str(teacher_config["latents"]), resolution, micro, settings.seed, env.rank,
-                               env.world, env.device, position=position)
+                               env.world, env.device, position=position,
+                               image=teacher_config.get("conditioning") == "text+image",
+                               second_encoder=teacher_config.get("text_encoders") != 1)
     task = DistillTask(env=env, student=student, teacher=teacher, stream=stream, settings=settings,
                        phase_steps=steps, grid=grid, use_text_mask=bool(teacher_config.get("use_text_mask", False)))
     if ckpt is not None:
