@@ -139,6 +139,12 @@ def test_text_image_run_gives_image_variations_with_their_own_guidance(trained, 
                                       "-w", str(ws.root)])
     assert result.exit_code == 0, result.output
     assert len(list(out.glob("*.png"))) == 2  # the image and grid.png
+    # The model card names every component the run was conditioned through.
+    card = CliRunner().invoke(app, ["card", "--run", "image", "-w", str(ws.root)])
+    assert card.exit_code == 0, card.output
+    text = (ws.run_dir("image") / "cards" / "MODEL_CARD.md").read_text()
+    assert f"| Second text encoder (CLIP text tower) | `{models['second']}`" in text
+    assert f"| Image-embedding CLIP (image tower) | `{models['clip']}`" in text
 
 
 def test_runs_evaluate(trained):
