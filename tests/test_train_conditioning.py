@@ -237,3 +237,11 @@ def test_sigkill_and_resume_of_a_class_and_multi_caption_run_is_bit_identical(ws
     assert resumed["weights_sha256"] == full["weights_sha256"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["class_names"] == ["animals", "plants", "tools"]  # frequency, then name
+    # What the training stream (and a distillation of this run) reads: 2 slots, labels, the null class 3.
+    from opencanvas.train.data import stream_conditioning
+
+    streams = stream_conditioning(ws, config)
+    assert streams["slots"] == 2 and streams["null_class"] == 3
+    labels = streams["class_of"]
+    assert labels["synthetic:00000001"] == 1 and labels["synthetic:00000003"] == 2  # plants, tools
+    assert labels["synthetic:00000005"] == 3  # no category: the null class
