@@ -105,7 +105,12 @@ def test_adapter_is_a_unet_submodule_that_leaves_the_unet_weights_alone() -> Non
     assert isinstance(getattr(adapted, ADAPTER_KEY), ConditioningAdapter) and not hasattr(plain, ADAPTER_KEY)
     # Each caption slot gets its own learned embedding added to its tokens.
     text = torch.zeros(1, 3 * LENGTH, TEXT_DIM)
-    seen = unet_inputs(adapted, Conditioning(text))["encoder_hidden_states"]
+    seen: dict = {}
+    block = adapted.down_blocks[0].attentions[0].transformer_blocks[0].attn2  # cross-attention sees the text
+    block.register_forward_hook(lambda m, args, kwargs, out: seen.update(kwargs), with_kwargs=True)
+    with torch.no_grad():
+        adapted(torch.zeros(1, 4, 8, 8), 1, **unet_inputs(adapted, Conditioning(text)))
+    seen = seen["encoder_hidden_states"]
     slots = getattr(adapted, ADAPTER_KEY).slot_embedding
     for k in range(3):
         assert torch.equal(seen[0, k * LENGTH:(k + 1) * LENGTH], slots[k].expand(LENGTH, -1))
@@ -116,3 +121,34 @@ def test_an_image_embedding_without_image_conditioning_is_one_clear_error() -> N
     cond = Conditioning(torch.zeros(1, LENGTH, TEXT_DIM), image=torch.zeros(1, 16))
     with pytest.raises(ValueError, match="without image conditioning: leave out --image"):
         unet_inputs(unet, cond)
+
+
+def test_an_adapted_unet_trains_under_fsdp2(tmp_path) -> None:
+    """The adapter runs inside the UNet's call, so FSDP2 gathers its parameters with the root unit and reduces
+    its gradient (a one-rank process group: the failure, an adapter called outside the root, needs no second)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    config = _unet_config(**{ADAPTER_KEY: {"text_dim": TEXT_DIM, "slots": 2}})
+    cond = Conditioning(torch.randn(2, 2 * LENGTH, TEXT_DIM, generator=torch.Generator().manual_seed(0)))
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([100, 700])
+
+    def slot_grad(unet: torch.nn.Module) -> torch.Tensor:
+        Denoiser(unet, NoiseSchedule()).loss(x0, x0.flip(0), t, cond).mean().backward()
+        grad = getattr(unet, ADAPTER_KEY).slot_embedding.grad
+        return grad.full_tensor() if isinstance(grad, DTensor) else grad
+
+    plain = slot_grad(build_unet(config, seed=0))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        unet = build_unet(config, seed=0)
+        for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:  # as training.distributed.wrap_model
+            fully_shard(block)
+        fully_shard(unet)
+        sharded = slot_grad(unet)
+    finally:
+        dist.destroy_process_group()
+    assert plain.abs().sum() > 0
+    torch.testing.assert_close(sharded, plain)

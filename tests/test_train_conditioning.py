@@ -66,6 +66,7 @@ def test_class_run_trains_samples_evaluates_and_exports(encoded: Workspace, tmp_
 
     from opencanvas.components.loading import load_clip_evaluator
     from opencanvas.sample.evaluate import evaluate
+    from opencanvas.sample.loading import load_folder_pipeline
     from opencanvas.sample.pngmeta import read_image_meta
     from opencanvas.sample.tiny import write_tiny_clip
 
@@ -97,6 +98,13 @@ def test_class_run_trains_samples_evaluates_and_exports(encoded: Workspace, tmp_
     assert "does not pass class_labels" in result.output
     unet = UNet2DConditionModel.from_pretrained(out / "unet")
     assert unet.config.num_class_embeds == 4 and unet.config.class_embed_type is None
+    folder = load_folder_pipeline(out)  # `sample --pipeline` reads the classes from opencanvas.json
+    assert folder.conditioning(["a red circle"], "square").class_labels.tolist() == [1]
+
+    result = CliRunner().invoke(app, ["sample", "a red circle", "--run", "cls", "--class", "hexagon", "--out",
+                                      str(tmp_path / "s"), "-w", str(encoded.root)])
+    assert result.exit_code != 0 and "unknown --class 'hexagon'" in result.output
+    assert "Traceback" not in result.output and not list((tmp_path / "s").glob("*.png"))
 
 
 def test_class_errors_come_before_any_work(encoded: Workspace) -> None:
@@ -139,6 +147,15 @@ def test_multi_caption_run_trains_samples_and_refuses_export(encoded: Workspace,
     result = CliRunner().invoke(app, ["export", "--run", "multi", "--out", str(refused), "-w", str(encoded.root)])
     assert result.exit_code != 0 and "no diffusers equivalent" in result.output and "Traceback" not in result.output
     assert not refused.exists()
+
+
+def test_an_image_for_a_run_without_image_conditioning_is_one_line() -> None:
+    from opencanvas.train.pipeline import check_image_input
+
+    for config in ({}, {"conditioning": "text"}, {"conditioning": "multi-caption"}):  # {}: a run from before modes
+        with pytest.raises(ValueError, match="trained without image conditioning: leave out --image"):
+            check_image_input(config)
+    check_image_input({"conditioning": "text+image"})  # a mode that reads an image passes
 
 
 def test_multi_caption_on_a_one_captioner_set_names_the_encode_flag(ws: Workspace) -> None:
@@ -220,3 +237,11 @@ def test_sigkill_and_resume_of_a_class_and_multi_caption_run_is_bit_identical(ws
     assert resumed["weights_sha256"] == full["weights_sha256"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["class_names"] == ["animals", "plants", "tools"]  # frequency, then name
+    # What the training stream (and a distillation of this run) reads: 2 slots, labels, the null class 3.
+    from opencanvas.train.data import stream_conditioning
+
+    streams = stream_conditioning(ws, config)
+    assert streams["slots"] == 2 and streams["null_class"] == 3
+    labels = streams["class_of"]
+    assert labels["synthetic:00000001"] == 1 and labels["synthetic:00000003"] == 2  # plants, tools
+    assert labels["synthetic:00000005"] == 3  # no category: the null class

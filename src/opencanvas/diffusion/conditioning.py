@@ -12,8 +12,9 @@ image projections later) live in `ConditioningAdapter`, registered as the submod
 `conditioning_adapter` of the diffusers UNet rather than in a wrapper around it. That keeps one
 module tree: checkpoints, EMA, resume, DDP and the optimizer see the adapter's parameters through
 `unet.parameters()` / `unet.state_dict()` unchanged, and a run without one has exactly the old
-state dict (old checkpoints load, bits stay identical). Under FSDP2 the adapter is sharded as its own
-unit (`training.distributed.wrap_model`), since it runs before the UNet's forward. The adapter's
+state dict (old checkpoints load, bits stay identical). The adapter runs in a forward pre-hook of the
+UNet, i.e. inside the UNet's call, so under FSDP2 its parameters are gathered with the UNet's root unit
+(a wrapper module would have needed its own FSDP unit and its own export path). The adapter's
 settings travel in the UNet config under ADAPTER_KEY, which `build_unet` pops before diffusers sees it.
 """
 
@@ -175,30 +176,53 @@ def build_adapter(settings: dict[str, Any] | None) -> ConditioningAdapter | None
 
 
 def attach_adapter(unet: nn.Module, adapter: ConditioningAdapter | None) -> nn.Module:
-    """Register `adapter` as the UNet's `conditioning_adapter` submodule (nothing for None); returns `unet`."""
+    """Register `adapter` as the UNet's `conditioning_adapter` submodule (nothing for None); returns `unet`.
+
+    The adapter runs in a forward pre-hook of the UNet, so inside the UNet's call: under FSDP2 its
+    parameters belong to the UNet's root unit, which the (prepended) FSDP hook has gathered by then.
+    """
     if adapter is not None:
         unet.add_module(ADAPTER_KEY, adapter)
+        unet.register_forward_pre_hook(_adapt_inputs, with_kwargs=True)
     return unet
 
 
+def _adapt_inputs(unet: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """Forward pre-hook: a `conditioning=` keyword (see `unet_inputs`) becomes the diffusers keywords."""
+    if CONDITIONING_KWARG in kwargs:
+        kwargs = dict(kwargs)
+        cond = getattr(unet, ADAPTER_KEY)(kwargs.pop(CONDITIONING_KWARG))
+        kwargs.update(_diffusers_kwargs(cond))
+    return args, kwargs
+
+
+CONDITIONING_KWARG = "conditioning"  # what an adapted UNet takes in place of the diffusers keywords
+
+
 def unet_inputs(unet: nn.Module, cond: Conditioning, dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """The keyword arguments of diffusers' UNet2DConditionModel.forward for `cond`.
+    """The keyword arguments of the UNet's forward for `cond`.
 
     dtype: cast float inputs to the UNet's dtype (sampling in bf16); None keeps them (training,
     where autocast decides). A field is passed only when set, so a text-only call is the old call.
+    A UNet with an adapter gets the Conditioning itself, which its pre-hook adapts (`attach_adapter`).
     """
-    adapter = getattr(unet, ADAPTER_KEY, None)
-    if adapter is not None:
-        cond = adapter(cond)
+    if dtype is not None:
+        cond = cond.to(dtype=dtype)
+    if getattr(unet, ADAPTER_KEY, None) is not None:
+        return {CONDITIONING_KWARG: cond}
+    return _diffusers_kwargs(cond)
+
+
+def _diffusers_kwargs(cond: Conditioning) -> dict[str, Any]:
+    """UNet2DConditionModel.forward keywords: text, mask and class labels (or added vectors)."""
     if cond.image is not None:  # nothing consumed it
         raise ValueError(NO_IMAGE_CONDITIONING)
-    text = cond.text if dtype is None else cond.text.to(dtype)
-    kwargs: dict[str, Any] = {"encoder_hidden_states": text, "encoder_attention_mask": cond.mask}
+    kwargs: dict[str, Any] = {"encoder_hidden_states": cond.text, "encoder_attention_mask": cond.mask}
     if cond.class_labels is not None and cond.added is not None:
         raise ValueError("class labels and added vectors both feed diffusers' class_labels input: a UNet takes "
                          "one of them")
     if cond.class_labels is not None:
         kwargs["class_labels"] = cond.class_labels
     if cond.added is not None:  # class_embed_type="projection": class_labels is a float vector
-        kwargs["class_labels"] = cond.added if dtype is None else cond.added.to(dtype)
+        kwargs["class_labels"] = cond.added
     return kwargs

@@ -16,7 +16,8 @@ from opencanvas.train.encoders import ExtraConditioning
 from opencanvas.training.seeds import step_generator, step_seed
 from opencanvas.workspace import Workspace
 
-__all__ = ["LatentStream", "phase_resolution", "step_generator", "step_seed", "training_inputs"]
+__all__ = ["LatentStream", "phase_resolution", "step_generator", "step_seed", "stream_conditioning",
+           "training_inputs"]
 
 
 def phase_resolution(resolutions: tuple[tuple[int, int], ...], images_seen: int) -> int:
@@ -33,6 +34,25 @@ def read_key_filter(ws: Workspace, path: str) -> frozenset[str]:
         raise FileNotFoundError(f"key filter {path!r} does not exist under {ws.root}: pass a Parquet file with a "
                                 "`key` column (e.g. subsets/<name>.parquet)")
     return frozenset(pq.read_table(full, columns=["key"]).column("key").to_pylist())
+
+
+def stream_conditioning(ws: Workspace, config: dict[str, Any]) -> dict[str, Any]:
+    """What `LatentStream.open` needs for a run config's conditioning mode: caption slots (multi-caption),
+    the key -> class map with the null class (class conditioning, read from the catalog), whether the
+    image embeddings join (text+image) and whether a second text encoder does (`--text-encoders`)."""
+    from opencanvas.encode import open_latents
+    from opencanvas.train.classes import class_labels, key_values
+    from opencanvas.train.config import caption_slots
+
+    multi = config.get("conditioning") == "multi-caption"
+    out: dict[str, Any] = {"slots": caption_slots(config["data"], config.get("max_captions")) if multi else 0,
+                           "class_of": None, "null_class": None, "image": config.get("conditioning") == "text+image",
+                           "second_encoder": config.get("text_encoders") != 1}
+    names, column = config.get("class_names"), config.get("class_column")
+    if names is not None and column is not None:
+        keys = {k for res, _ in config["resolutions"] for k in open_latents(ws, config["latents"], int(res)).keys()}
+        out.update(class_of=class_labels(key_values(ws, keys, column), names), null_class=len(names))
+    return out
 
 
 @dataclass

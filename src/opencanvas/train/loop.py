@@ -26,7 +26,13 @@ from opencanvas.licenses import refuse_no_derivatives
 from opencanvas.storage import atomic_write_json
 from opencanvas.train.checkpoint import latest_checkpoint, tensors_hash
 from opencanvas.train.config import TrainConfig, config_changes, parse_resolutions, resolve_config
-from opencanvas.train.data import LatentStream, phase_resolution, step_generator, training_inputs
+from opencanvas.train.data import (
+    LatentStream,
+    phase_resolution,
+    step_generator,
+    stream_conditioning,
+    training_inputs,
+)
 from opencanvas.train.metrics import memory_gb, peak_flops, train_flops_per_image
 from opencanvas.train.presets import build_unet, get_preset
 from opencanvas.train.recipe import Recipe, apply_recipe, autocast, make_optimizer, resolve_recipe, to_memory_format
@@ -203,7 +209,7 @@ class UNetTask(TrainTask):
         self.flops: dict[int, float] = {}
         self.peak = peak_flops(env.device, self.recipe.bf16)
         self.validator: Any = None
-        self.class_of: dict[str, int] | None = None
+        self.stream_conditioning: dict[str, Any] | None = None
 
     def settings(self) -> LoopSettings:
         cfg = self.cfg
@@ -220,32 +226,14 @@ class UNetTask(TrainTask):
                                             self.env.rank, self.env.world, self.env.device,
                                             position=self.data_start, workers=self.cfg.workers,
                                             holdout=self.cfg.holdout, key_filter=self.cfg.key_filter,
-                                            caption_mix=self.cfg.caption_mix, slots=self._slots(),
-                                            class_of=self._class_of(), null_class=self._null_class(),
-                                            image=self.cfg.conditioning == "text+image",
-                                            second_encoder=self.cfg.text_encoders != 1)
+                                            caption_mix=self.cfg.caption_mix, **self._conditioning())
         return self.stream
 
-    def _slots(self) -> int:
-        from opencanvas.train.config import caption_slots
-
-        return caption_slots(self.cfg.data, self.cfg.max_captions) if self.cfg.conditioning == "multi-caption" else 0
-
-    def _null_class(self) -> int | None:
-        return None if self.cfg.class_names is None else len(self.cfg.class_names)
-
-    def _class_of(self) -> dict[str, int] | None:
-        """key -> class label of every image of the latent set (read from the catalog once)."""
-        cfg = self.cfg
-        if cfg.class_column is None or cfg.class_names is None:
-            return None
-        if self.class_of is None:
-            from opencanvas.encode import open_latents
-            from opencanvas.train.classes import class_labels, key_values
-
-            keys = {k for res, _ in cfg.resolutions for k in open_latents(self.ws, cfg.latents, res).keys()}
-            self.class_of = class_labels(key_values(self.ws, keys, cfg.class_column), cfg.class_names)
-        return self.class_of
+    def _conditioning(self) -> dict[str, Any]:
+        """The stream's conditioning settings (the class map is read from the catalog once)."""
+        if self.stream_conditioning is None:
+            self.stream_conditioning = stream_conditioning(self.ws, self.cfg.to_dict())
+        return self.stream_conditioning
 
     def _sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce on all but the last micro-batch of a step."""

@@ -110,6 +110,15 @@ def split_slots(prompt: str, slots: int) -> list[str]:
     return parts * slots if len(parts) == 1 else parts + [""] * (slots - len(parts))
 
 
+def check_image_input(config: dict[str, Any]) -> None:
+    """A one-line error, before any work, for a reference image (`sample --image`) on a run trained without
+    image conditioning: one whose `conditioning` mode does not name an image (e.g. text+image)."""
+    from opencanvas.diffusion.conditioning import NO_IMAGE_CONDITIONING
+
+    if "image" not in str(config.get("conditioning") or "text"):
+        raise ValueError(NO_IMAGE_CONDITIONING)
+
+
 def prompt_conditioning(encode: PromptEncoder, config: dict[str, Any], prompts: list[str],
                         class_name: str | None = None) -> Conditioning:
     """A run's conditioning for `prompts` (B rows): text (multi-caption: S slots along the sequence),

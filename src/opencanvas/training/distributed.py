@@ -114,9 +114,7 @@ def wrap_model(module: nn.Module, unet: UNet2DConditionModel, env: DistEnv, para
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        # The conditioning adapter runs before the UNet's forward, so it is a unit of its own.
-        adapter = getattr(unet, "conditioning_adapter", None)
-        for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks, adapter]:
+        for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
             if block is not None:
                 fully_shard(block)
         fully_shard(unet)
