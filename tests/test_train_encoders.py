@@ -230,3 +230,13 @@ def test_sigkill_and_resume_of_a_two_encoder_text_image_run_is_bit_identical(tra
     full = loop.train(ws, "both", "tiny", "full", **args)
     assert resumed["session_images"] == args["images"] - at_kill
     assert resumed["weights_sha256"] == full["weights_sha256"]
+
+
+def test_stream_settings_of_a_run_carry_its_extra_inputs(ws):
+    """What training and a distillation of the run open their latent stream with."""
+    from opencanvas.train.data import stream_conditioning
+
+    both = stream_conditioning(ws, {"conditioning": "text+image", "data": {}})
+    first = stream_conditioning(ws, {"conditioning": "text", "text_encoders": 1, "data": {}})
+    assert both["image"] and both["second_encoder"]
+    assert not first["image"] and not first["second_encoder"]
