@@ -203,6 +203,11 @@ def test_errors_before_any_work(trained, tmp_path, ws):
                                       "-w", str(trained_ws.root)])
     assert result.exit_code != 0 and "trained without image conditioning" in result.output
     assert not out.exists()
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
+    result = CliRunner().invoke(app, ["sample", "--run", "image", "--image", str(not_an_image), "--out", str(out),
+                                      "-w", str(trained_ws.root)])
+    assert result.exit_code != 0 and "is not an image this can read" in result.output and not out.exists()
     write_random_latents(ws, "plain", 16, resolution=32, text_len=8, text_dim=32, shard_size=8)
     with pytest.raises(ValueError, match=r"has none: re-encode with `opencanvas encode .* --image-embeddings CLIP`"):
         loop.train(ws, "plain", "tiny", "img", conditioning="text+image", **SMALL)

@@ -131,8 +131,13 @@ def sample_command(
         model = load_model(ws, run, pipeline, ema=not no_ema, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise fail(str(e)) from None
-    if image is not None and model.config.get("conditioning") != "text+image":
-        raise fail(NO_IMAGE_CONDITIONING)  # before any image
+    if image is not None:  # a run without image conditioning, or a file that is no image: before any sample
+        if model.config.get("conditioning") != "text+image":
+            raise fail(NO_IMAGE_CONDITIONING)
+        try:
+            model.image_embedding(image)
+        except ValueError as e:
+            raise fail(str(e)) from None
     if slot_prompts:
         all_prompts += join_slot_prompts(model.config, slot_prompts)
     width, height = wh or default_size(model)

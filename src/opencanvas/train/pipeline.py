@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,6 +154,8 @@ class InferencePipeline(ModelPipeline):
     ema: bool
     text_encoder_2: LoadedTextEncoder | None = None  # a run on two text encoders (opencanvas.train.encoders)
     workspace: Workspace | None = None  # where the image-embedding CLIP of a text+image run resolves
+    # Reference images already embedded (path -> (1, E)): sampling asks once per batch, the CLIP loads once.
+    image_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def use_text_mask(self) -> bool:
@@ -173,9 +175,17 @@ class InferencePipeline(ModelPipeline):
 
         if self.config.get("conditioning") != TEXT_IMAGE:
             raise ValueError(NO_IMAGE_CONDITIONING)
-        clip = load_clip_evaluator(self.workspace, str(self.config["data"]["image_embeddings"]), self.device)
-        features = clip.image_features([load_rgb(Path(path).read_bytes())])  # (1, E), L2-normalised as stored
-        return torch.from_numpy(features).to(self.device)
+        key = str(Path(path).resolve())
+        if key not in self.image_embeddings:
+            try:
+                image = load_rgb(Path(path).read_bytes())
+            except (OSError, ValueError) as err:
+                raise ValueError(f"--image {path} is not an image this can read ({type(err).__name__}: {err})") \
+                    from err
+            clip = load_clip_evaluator(self.workspace, str(self.config["data"]["image_embeddings"]), self.device)
+            features = clip.image_features([image])  # (1, E), L2-normalised as encode stored them
+            self.image_embeddings[key] = torch.from_numpy(features).to(self.device)
+        return self.image_embeddings[key]
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of the latents for an image of height x width pixels."""
