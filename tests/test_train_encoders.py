@@ -50,6 +50,11 @@ def trained(tmp_path_factory) -> tuple[Workspace, dict[str, Path]]:
     return ws, models
 
 
+def stream_unet_adapter(ws: Workspace):
+    """The text+image run's conditioning adapter (its image tokens)."""
+    return load_pipeline(ws, "image").denoiser.unet.conditioning_adapter
+
+
 def _differs(a: torch.Tensor, b: torch.Tensor) -> bool:
     return float((a - b).abs().max()) > 1e-6
 
@@ -105,6 +110,13 @@ def test_each_encoder_and_the_image_drop_on_their_own(trained):
     assert torch.equal(cond.added[1, TEXT_DIM:], null.added[0, TEXT_DIM:])
     assert not cond.image[2].any() and torch.equal(cond.image[1], full.image[1]) and full.image[2].any()
     assert torch.equal(cond.text[3], full.text[3]) and torch.equal(cond.added[3], full.added[3])
+    # With the text mask: a token is attended where either encoder has one (the first one's 16 tokens, the
+    # second one's 12 padded), and the adapter appends the image tokens, always attended.
+    masked = stream.conditioning(batch, torch.device("cpu"), True)
+    assert torch.equal(masked.mask, batch["mask"] | torch.nn.functional.pad(batch["mask2"], (0, 4)))
+    adapted = stream_unet_adapter(ws)(masked)
+    assert adapted.text.shape == (8, 16 + 4, TEXT_DIM + TEXT2_DIM) and adapted.mask[:, 16:].all()
+    assert adapted.image is None and adapted.added.shape == (8, TEXT_DIM + TEXT2_DIM + IMAGE_DIM)
     # With dropout 0 the step's draws leave everything; with 0.99 the encoders and the image are (almost) all null.
     gen = torch.Generator().manual_seed(0)
     kept = training_inputs(batch, stream, gen, torch.device("cpu"), num_timesteps=1000, caption_dropout=0.0,

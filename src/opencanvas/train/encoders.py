@@ -22,13 +22,13 @@ import torch
 
 from opencanvas.diffusion.conditioning import ADAPTER_KEY, Conditioning
 from opencanvas.diffusion.text_encoders import concat_features, drop_encoder
+from opencanvas.encode.store import text_encoders
 
 TEXT_IMAGE = "text+image"
 
 
-def text_encoder_specs(data: dict[str, Any]) -> list[str]:
-    """The text encoders a run's latent set holds (older sets and runs: one)."""
-    return list(data.get("text_encoders") or [data["text_encoder"]])
+# The text encoder specs of a latent set's meta (or a run's `data`, which copies it): older sets name one.
+text_encoder_specs = text_encoders
 
 
 def two_encoders(data: dict[str, Any]) -> bool:
