@@ -20,15 +20,11 @@ from typing import Any
 
 import torch
 
-from opencanvas.diffusion.conditioning import ADAPTER_KEY, Conditioning
+from opencanvas.diffusion.conditioning import ADAPTER_KEY, NO_IMAGE_CONDITIONING, Conditioning
 from opencanvas.diffusion.text_encoders import concat_features, drop_encoder
-from opencanvas.encode.store import text_encoders
+from opencanvas.encode.store import text_encoders as text_encoder_specs  # older sets and runs name one
 
 TEXT_IMAGE = "text+image"
-
-
-# The text encoder specs of a latent set's meta (or a run's `data`, which copies it): older sets name one.
-text_encoder_specs = text_encoders
 
 
 def two_encoders(data: dict[str, Any]) -> bool:
@@ -125,8 +121,6 @@ def prompt_extras(config: dict[str, Any], text_encoder: Any, text_encoder_2: Any
 
     image: (1, E) or (B, E) of a text+image run (None: the null image, what image dropout trained on).
     """
-    from opencanvas.diffusion.conditioning import NO_IMAGE_CONDITIONING
-
     arrays: dict[str, torch.Tensor] = {}
     if text_encoder_2 is not None:
         _, _, pooled = text_encoder.encode_pooled(prompts)               # (B, P_A)
