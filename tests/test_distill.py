@@ -272,8 +272,8 @@ def test_stage_one_moves_the_student_towards_the_teachers_guided_output(teacher_
             x = inp["x0"] + sigma.view(-1, 1, 1, 1) * inp["noise"]
             w = 1 + 7 * torch.rand(x.shape[0], generator=gen)
             u, c = teacher(torch.cat([x, x]), torch.cat([sigma, sigma]),
-                           torch.cat([stream.null_text.expand_as(inp["text"]), inp["text"]])).chunk(2)
+                           torch.cat([stream.null_text.expand_as(inp["cond"].text), inp["cond"].text])).chunk(2)
             want = u + w.view(-1, 1, 1, 1) * (c - u)
             for name, model in (("start", start), ("trained", trained)):
-                errors[name] += float((model(x, sigma, inp["text"], None, guidance=w) - want).pow(2).mean())
+                errors[name] += float((model(x, sigma, inp["cond"], guidance=w) - want).pow(2).mean())
     assert errors["trained"] < 0.9 * errors["start"], errors

@@ -136,7 +136,7 @@ def test_agrees_with_diffusers_scheduler(name: str, spacing: str, unet_denoiser:
     sigmas = get_sigmas(unet_denoiser, steps, spacing)
     # Both start from the same x: diffusers' VP-space latents times sqrt(sigma0^2 + 1) (1 for Euler/Heun).
     x = noise * (sched.init_noise_sigma if name in ("euler", "heun") else initial_noise_scale(sigmas))
-    ours = SAMPLERS[name](unet_denoiser, x, sigmas, extra_args={"encoder_hidden_states": text})
+    ours = SAMPLERS[name](unet_denoiser, x, sigmas, extra_args={"cond": text})
     assert theirs.abs().mean() > 0.1  # a non-trivial result
     torch.testing.assert_close(ours, theirs, rtol=2e-4, atol=2e-4)
 
@@ -186,5 +186,5 @@ def test_dpmpp_2m_leading_differs_from_diffusers_only_in_its_timesteps(unet_deno
     assert not torch.allclose(sched.sigmas.float(), get_sigmas(unet_denoiser, steps, "leading"))
     sigmas = sched.sigmas.float()
     ours = SAMPLERS["dpmpp-2m"](unet_denoiser, noise * initial_noise_scale(sigmas), sigmas,
-                                extra_args={"encoder_hidden_states": text})
+                                extra_args={"cond": text})
     torch.testing.assert_close(ours, theirs, rtol=2e-4, atol=2e-4)

@@ -244,9 +244,9 @@ def test_training_inputs_draw_caption_dropout_and_noise_deterministically(ws):
         return training_inputs(batch, stream, gen, torch.device("cpu"), caption_dropout=dropout, **kw)
 
     kept, dropped, again, later = draw(0.0), draw(0.9999), draw(0.0), draw(0.0, images_seen=8)
-    assert torch.equal(kept["text"], batch["text"].float()) and torch.equal(kept["mask"], batch["mask"])
-    assert torch.equal(dropped["text"], stream.null_text.expand(8, -1, -1))
-    assert torch.equal(dropped["mask"], stream.null_mask.expand(8, -1))
+    assert torch.equal(kept["cond"].text, batch["text"].float()) and torch.equal(kept["cond"].mask, batch["mask"])
+    assert torch.equal(dropped["cond"].text, stream.null_text.expand(8, -1, -1))
+    assert torch.equal(dropped["cond"].mask, stream.null_mask.expand(8, -1))
     for key in ("x0", "noise", "timesteps"):
         assert torch.equal(kept[key], again[key]) and not torch.equal(kept[key], later[key])
     # x0 is a posterior sample, normalised: close to the mean (std is 0.01-0.1 in this set), not equal.

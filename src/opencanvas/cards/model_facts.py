@@ -39,7 +39,7 @@ def component_facts(ws: Workspace, spec: str, kind: str, src: Sources) -> dict[s
             record = {**record, "report": {**record.get("report", {}),
                                            **read_json(src.add(ws, trained / "report.json"))}}
         weights = [Path(p) for p in glob.glob(str(trained / "**" / "*.safetensors"), recursive=True)]
-        prefix = "text_model." if kind == "text_encoder" else ""
+        prefix = {"text_encoder": "text_model.", "image_clip": "vision_model."}.get(kind, "")
         return {"spec": spec, "origin": "trained here", "record": record,
                 "parameters": count_parameters(weights, prefix) if weights else None,
                 "path": ws.relative(trained)}
@@ -96,3 +96,15 @@ def eval_reports(ws: Workspace, run: str, src: Sources) -> list[dict[str, Any]]:
     for path in sorted(ws.run_dir(run).glob("eval/*/report.json"), key=lambda p: p.stat().st_mtime):
         reports.append({"id": path.parent.name, **json.loads(src.add(ws, path).read_text())})
     return reports
+
+
+def extra_component_facts(ws: Workspace, config: dict[str, Any], src: Sources) -> dict[str, Any]:
+    """`text_encoder_2` and `image_clip` facts where the run conditions on them (two encoders, text+image)."""
+    data = config.get("data", {})
+    out = {}
+    encoders = list(data.get("text_encoders") or [])
+    if len(encoders) > 1 and config.get("text_encoders") != 1:
+        out["text_encoder_2"] = component_facts(ws, str(encoders[1]), "text_encoder", src)
+    if config.get("conditioning") == "text+image" and data.get("image_embeddings"):
+        out["image_clip"] = component_facts(ws, str(data["image_embeddings"]), "image_clip", src)
+    return out

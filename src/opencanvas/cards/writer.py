@@ -16,7 +16,13 @@ from typing import Any
 
 from opencanvas.cards.attribution import write_attribution
 from opencanvas.cards.charts import license_bar_chart
-from opencanvas.cards.model_facts import component_facts, eval_reports, export_folders, run_facts
+from opencanvas.cards.model_facts import (
+    component_facts,
+    eval_reports,
+    export_folders,
+    extra_component_facts,
+    run_facts,
+)
 from opencanvas.cards.records import (
     Sources,
     UsedImages,
@@ -75,6 +81,8 @@ def gather(ws: Workspace, run: str, images: UsedImages, src: Sources, runf: dict
         "captions": [caption_facts(ws, c, images, src) for c in data.get("captioners") or []],
         "autoencoder": component_facts(ws, str(data.get("autoencoder", "")), "autoencoder", src),
         "text_encoder": component_facts(ws, str(data.get("text_encoder", "")), "text_encoder", src),
+        # A second text encoder and an image-embedding CLIP (issue 14), where the run conditions on them.
+        **extra_component_facts(ws, runf["config"], src),
         "train": runf,
         "evals": eval_reports(ws, run, src),
         "humaneval": study_sections(ws, run, src),
@@ -182,7 +190,11 @@ def _component_rows(facts: dict[str, Any]) -> list[list[Any]]:
     rows.append(["UNet (diffusers UNet2DConditionModel)", f"preset `{cfg.get('preset')}`", t["unet_parameters"],
                  f"trained here on subset `{cfg.get('data', {}).get('subset')}`"])
     for label, key in (("Autoencoder (diffusers AutoencoderKL)", "autoencoder"),
-                       ("Text encoder (CLIP text tower)", "text_encoder")):
+                       ("Text encoder (CLIP text tower)", "text_encoder"),
+                       ("Second text encoder (CLIP text tower)", "text_encoder_2"),
+                       ("Image-embedding CLIP (image tower)", "image_clip")):
+        if key not in facts:
+            continue
         c = facts[key]
         rec = c["record"]
         if c["origin"] == "trained here":

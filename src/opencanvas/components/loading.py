@@ -232,6 +232,13 @@ class LoadedTextEncoder:
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> hidden states (B, L, D) in the model's dtype and mask (B, L) bool (True = token)."""
+        hidden, mask, _ = self.encode_pooled(texts)
+        return hidden, mask
+
+    @torch.no_grad()
+    def encode_pooled(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`encode` plus the pooled embedding (B, D): the final layer's EOS-token state, as SDXL adds
+        to the timestep embedding (the last layer whatever `layer` says, as in SDXL)."""
         ids, attention = self.tokenize(texts)
         device = next(self.model.parameters()).device
         ids, attention = ids.to(device), attention.to(device)
@@ -243,7 +250,7 @@ class LoadedTextEncoder:
             hidden = out.last_hidden_state                                  # (B, L, D), final layer norm applied
         else:  # SD2's choice (penultimate layer + final layer norm)
             hidden = self.model.final_layer_norm(out.hidden_states[-2])     # (B, L, D)
-        return hidden, attention.bool()
+        return hidden, attention.bool(), out.pooler_output                  # pooled (B, D)
 
 
 def _max_length(tokenizer: Any, config: Any, requested: int | None) -> int:
@@ -311,21 +318,34 @@ class ClipEvaluator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images -> CLIP input (N, 3, S, S): center crop, resize, normalise."""
+    def image_pixels(self, image: Image.Image) -> np.ndarray:
+        """One PIL image -> (3, S, S) uint8: alpha flattened, center crop, resize (CLIP's view of it)."""
         from opencanvas.pixels import center_crop_resize, flatten_alpha, to_uint8_chw
 
-        arr = np.stack([to_uint8_chw(center_crop_resize(flatten_alpha(im), self.image_size)) for im in images])
-        return (torch.from_numpy(arr).float() / 255.0 - self.mean) / self.std
+        return to_uint8_chw(center_crop_resize(flatten_alpha(image), self.image_size))
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> CLIP input (N, 3, S, S): center crop, resize, normalise."""
+        return self.normalize_pixels(np.stack([self.image_pixels(im) for im in images]))
+
+    def normalize_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """(N, 3, S, S) uint8 from `image_pixels` -> CLIP input (N, 3, S, S) float."""
+        return (torch.from_numpy(pixels).float() / 255.0 - self.mean) / self.std
+
+    @torch.no_grad()
+    def pixel_features(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) uint8 from `image_pixels` -> (N, D) float32, L2-normalised (one forward pass)."""
+        values = self.normalize_pixels(pixels).to(self.device, self.model.dtype)
+        return _unit_rows([self.model.get_image_features(pixel_values=values).pooler_output.float()],
+                          int(self.model.config.projection_dim))
 
     @torch.no_grad()
     def image_features(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(N, D) float32, L2-normalised."""
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            pixels = self.pixel_values(images[i:i + self.batch_size]).to(self.device, self.model.dtype)
-            out.append(self.model.get_image_features(pixel_values=pixels).pooler_output.float())
-        return _unit_rows(out, int(self.model.config.projection_dim))
+        dim = int(self.model.config.projection_dim)
+        out = [self.pixel_features(np.stack([self.image_pixels(im) for im in images[i:i + self.batch_size]]))
+               for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
     @torch.no_grad()
     def text_features(self, texts: Sequence[str]) -> np.ndarray:

@@ -4,7 +4,10 @@ The UNet only maps (noisy latents, timestep, text) to a tensor; whether that
 tensor is epsilon or v is this module's business (k-diffusion `Denoiser`,
 EDM2 `Precond`). Samplers see a pure function of sigma:
 
-    denoised = denoiser(x, sigma, encoder_hidden_states, encoder_attention_mask)
+    denoised = denoiser(x, sigma, cond)
+
+where `cond` is a `conditioning.Conditioning` (text hidden states, mask, class labels, ...), or plain
+text hidden states (B, L, D) with an optional mask.
 
 with x = x0 + sigma * eps (the variance-exploding view of the DDPM chain,
 Karras et al. 2022, Eq. 1), so one sampler works for every parameterisation.
@@ -17,6 +20,8 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from opencanvas.diffusion.conditioning import Conditioning, as_conditioning, unet_inputs
 
 PredictionType = Literal["epsilon", "v_prediction"]
 
@@ -106,22 +111,23 @@ class Denoiser(nn.Module):
         w = t.frac()
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning | torch.Tensor,
                 encoder_attention_mask: torch.Tensor | None = None,
                 timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, h, w) = x0 + sigma * eps; sigma: (B,) or scalar. Returns x0 estimate.
 
+        cond: a Conditioning, or text hidden states (B, L, D) with `encoder_attention_mask` (B, L).
         timestep_cond: (B, time_cond_proj_dim), a guidance-distilled UNet's guidance embedding.
         """
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).expand(x.shape[0])
         s = sigma.view(-1, 1, 1, 1)
         c_in = 1.0 / (s**2 + 1).sqrt()  # back to the DDPM input scale, sqrt(alpha_bar) * x
+        dtype = self._unet_dtype()
         out = self.unet(
-            (x * c_in).to(self._unet_dtype()),
+            (x * c_in).to(dtype),
             self.sigma_to_t(sigma),
-            encoder_hidden_states=encoder_hidden_states.to(self._unet_dtype()),
-            encoder_attention_mask=encoder_attention_mask,
-            **({} if timestep_cond is None else {"timestep_cond": timestep_cond.to(self._unet_dtype())}),
+            **unet_inputs(self.unet, as_conditioning(cond, encoder_attention_mask), dtype),
+            **({} if timestep_cond is None else {"timestep_cond": timestep_cond.to(dtype)}),
         ).sample.float()
         if self.prediction_type == "epsilon":
             return x - s * out
@@ -134,17 +140,19 @@ class Denoiser(nn.Module):
         return next(self.unet.parameters()).dtype
 
     def loss(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-             encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None,
+             cond: Conditioning | torch.Tensor, encoder_attention_mask: torch.Tensor | None = None,
              min_snr_gamma: float | None = None) -> torch.Tensor:
         """Per-sample training loss (B,), in the UNet's own target space.
 
-        x0: clean (normalised) latents; noise: eps of the same shape; timesteps: (B,) ints.
+        x0: clean (normalised) latents; noise: eps of the same shape; timesteps: (B,) ints;
+        cond: a Conditioning, or text hidden states (B, L, D) with `encoder_attention_mask`.
         min_snr_gamma: Min-SNR-gamma weighting (Hang et al. 2023), None for plain MSE.
         """
         ab = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        pred = self.unet(x_t, timesteps, encoder_hidden_states=encoder_hidden_states,
-                         encoder_attention_mask=encoder_attention_mask).sample.float()
+        # No cast: under training autocast decides the compute dtype.
+        pred = self.unet(x_t, timesteps, **unet_inputs(self.unet, as_conditioning(cond, encoder_attention_mask))
+                         ).sample.float()
         if self.prediction_type == "epsilon":
             target = noise
         else:

@@ -18,6 +18,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from opencanvas.diffusion.conditioning import Conditioning, as_conditioning
 from opencanvas.diffusion.denoiser import Denoiser
 from opencanvas.diffusion.samplers import HasSigmas, get_sigmas
 
@@ -56,14 +57,15 @@ class GuidedStudent(nn.Module):
         self.inner = denoiser
         self.guidance = float(guidance)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None,
-                uncond: torch.Tensor | None = None, uncond_mask: torch.Tensor | None = None,
-                guidance: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, C, h, w); sigma: (B,); cond: (B, L, D); guidance: (B,) (default: self.guidance)."""
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning | torch.Tensor,
+                cond_mask: torch.Tensor | None = None, uncond: Conditioning | torch.Tensor | None = None,
+                uncond_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, h, w); sigma: (B,); cond: a Conditioning or (B, L, D); guidance: (B,) (default: self.guidance)."""
         if guidance is None:
             guidance = torch.full((x.shape[0],), self.guidance, device=x.device)
         dim = int(cast(Any, self.inner.unet).config.time_cond_proj_dim)
-        return self.inner(x, sigma, cond, cond_mask, timestep_cond=guidance_embedding(guidance.to(x.device), dim))
+        return self.inner(x, sigma, as_conditioning(cond, cond_mask),
+                          timestep_cond=guidance_embedding(guidance.to(x.device), dim))
 
 
 def teacher_sigmas(denoiser: HasSigmas, base_steps: int) -> torch.Tensor:

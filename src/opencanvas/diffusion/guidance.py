@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from opencanvas.diffusion.conditioning import Conditioning, as_conditioning
+
 
 def rescale_guidance(eps_cfg: torch.Tensor, eps_cond: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
     """Guidance rescale (Lin et al. 2023, Sec. 3.4, Eq. 15-16), on the noise prediction as diffusers does.
@@ -41,16 +43,22 @@ class CFGDenoiser(nn.Module):
         self.guidance_scale = float(guidance_scale)
         self.guidance_rescale = float(guidance_rescale)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None,
-                uncond: torch.Tensor, uncond_mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, C, h, w); sigma: (B,); cond/uncond: (B, L, D) text hidden states; masks (B, L)."""
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning | torch.Tensor,
+                cond_mask: torch.Tensor | None = None, uncond: Conditioning | torch.Tensor | None = None,
+                uncond_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, h, w); sigma: (B,); cond/uncond: Conditionings of B rows (all fields are batched
+        together), or (B, L, D) text hidden states with their masks (B, L)."""
+        if uncond is None:
+            raise ValueError("classifier-free guidance needs the unconditional (or negative) conditioning")
+        c, u = as_conditioning(cond, cond_mask), as_conditioning(uncond, uncond_mask)
         g = self.guidance_scale
         if g == 1.0:
-            return self.inner(x, sigma, cond, cond_mask)
+            return self.inner(x, sigma, c)
         if g == 0.0:
-            return self.inner(x, sigma, uncond, uncond_mask)
-        mask = None if cond_mask is None or uncond_mask is None else torch.cat([uncond_mask, cond_mask])
-        both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond, cond]), mask)
+            return self.inner(x, sigma, u)
+        if (c.mask is None) != (u.mask is None):  # a mask for one half only: neither half gets one
+            c, u = c.replace(mask=None), u.replace(mask=None)
+        both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), Conditioning.cat([u, c]))
         x0_uncond, x0_cond = both.chunk(2)  # (B, C, h, w) each
         x0 = x0_uncond + g * (x0_cond - x0_uncond)
         if self.guidance_rescale <= 0:
@@ -62,5 +70,5 @@ class CFGDenoiser(nn.Module):
 
 
 def cfg_denoiser(denoiser: nn.Module, guidance_scale: float, guidance_rescale: float = 0.0) -> CFGDenoiser:
-    """The guided denoiser a sampler calls with extra_args cond, cond_mask, uncond, uncond_mask."""
+    """The guided denoiser a sampler calls with extra_args cond and uncond (Conditionings)."""
     return CFGDenoiser(denoiser, guidance_scale, guidance_rescale)

@@ -162,7 +162,7 @@ def _train_phase(ws: Workspace, settings: DistillSettings, config: dict[str, Any
                  init: dict[str, torch.Tensor], teacher_config: dict[str, Any],
                  teacher_weights: dict[str, torch.Tensor], grid_source: Denoiser, resolution: int, phase_dir: Path,
                  env: D.DistEnv) -> tuple[Path, float]:
-    from opencanvas.train.data import LatentStream
+    from opencanvas.train.data import LatentStream, stream_conditioning
     from opencanvas.train.pipeline import load_denoiser
 
     t0 = time.perf_counter()
@@ -177,8 +177,10 @@ def _train_phase(ws: Workspace, settings: DistillSettings, config: dict[str, Any
         grid = teacher_sigmas(grid_source, settings.base_steps)[::settings.base_steps // (2 * steps)].to(env.device)
     micro = settings.batch // env.world
     position = dict(ckpt.state.data) if ckpt is not None else None
+    # A teacher on two text encoders or text+image: the stream builds the same conditioning it trained on.
     stream = LatentStream.open(ws, str(teacher_config["latents"]), resolution, micro, settings.seed, env.rank,
-                               env.world, env.device, position=position)
+                               env.world, env.device, position=position,
+                               **stream_conditioning(ws, teacher_config))
     task = DistillTask(env=env, student=student, teacher=teacher, stream=stream, settings=settings,
                        phase_steps=steps, grid=grid, use_text_mask=bool(teacher_config.get("use_text_mask", False)))
     if ckpt is not None:

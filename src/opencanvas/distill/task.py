@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from opencanvas.diffusion.conditioning import Conditioning
 from opencanvas.diffusion.denoiser import Denoiser
 from opencanvas.diffusion.distilled import GuidedStudent
 from opencanvas.training import distributed as D
@@ -51,9 +52,9 @@ class StudentLoss(nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None,
-                guidance: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred = self.student(x, sigma, text, mask, guidance=guidance)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, guidance: torch.Tensor,
+                target: torch.Tensor) -> torch.Tensor:
+        pred = self.student(x, sigma, cond, guidance=guidance)
         per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
         return (truncated_snr_weight(sigma) * per_sample).mean()
 
@@ -97,23 +98,21 @@ class DistillTask(TrainTask):
     @torch.no_grad()
     def _target(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(x at sigma, the x0 the student must predict there)."""
-        x0, noise, text, mask, g = inputs["x0"], inputs["noise"], inputs["text"], inputs["mask"], inputs["guidance"]
-        uncond = self.stream.null_text.expand_as(text)
+        x0, noise, cond, g = inputs["x0"], inputs["noise"], inputs["cond"], inputs["guidance"]
         if self.grid is None:  # stage 1: x0_w = x0_uncond + w (x0_cond - x0_uncond), per-sample w
             sigma = inputs["sigma"]
             x = x0 + sigma.view(-1, 1, 1, 1) * noise
-            both_mask = None if mask is None else torch.cat([self.stream.null_mask.expand_as(mask), mask])
-            both = self.teacher.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([uncond, text]),
-                                      both_mask)
+            uncond = self.stream.null_conditioning(self.use_text_mask).expand(cond.batch_size)
+            both = self.teacher.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), Conditioning.cat([uncond, cond]))
             x0_u, x0_c = both.chunk(2)
             return x, x0_u + g.view(-1, 1, 1, 1) * (x0_c - x0_u)
         i = inputs["index"]
         s0, s1, s2 = self.grid[2 * i], self.grid[2 * i + 1], self.grid[2 * i + 2]  # (B,) each
         v = (-1, 1, 1, 1)
         x = x0 + s0.view(v) * noise
-        d0 = self.teacher(x, s0, text, mask, guidance=g)
+        d0 = self.teacher(x, s0, cond, guidance=g)
         x1 = ddim_step(x, d0, s0.view(v), s1.view(v))
-        d1 = self.teacher(x1, s1, text, mask, guidance=g)
+        d1 = self.teacher(x1, s1, cond, guidance=g)
         x2 = ddim_step(x1, d1, s1.view(v), s2.view(v))
         return x, two_step_target(x, x2, s0.view(v), s2.view(v))
 
@@ -121,7 +120,7 @@ class DistillTask(TrainTask):
         inputs = self._inputs(state)
         x, target = self._target(inputs)
         sigma = inputs["sigma"] if self.grid is None else self.grid[2 * inputs["index"]]  # (B,)
-        loss = self.step_module(x, sigma, inputs["text"], inputs["mask"], inputs["guidance"], target)
+        loss = self.step_module(x, sigma, inputs["cond"], inputs["guidance"], target)
         loss.backward()
         loss_mean = float(D.all_reduce_sum(self.env, loss.detach())) / self.env.world
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

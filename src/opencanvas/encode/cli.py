@@ -26,8 +26,9 @@ def encode_command(
     subset: Annotated[str, typer.Option("--subset", help="Subset whose fetched images to encode.")],
     autoencoder: Annotated[str, typer.Option(
         "--autoencoder", help="Autoencoder: a name under autoencoders/, a local diffusers dir, or a hub id.")],
-    text_encoder: Annotated[str, typer.Option(
-        "--text-encoder", help="Text encoder: a name under clips/, a local dir, or a hub id.")],
+    text_encoder: Annotated[list[str], typer.Option(
+        "--text-encoder", help="Text encoder: a name under clips/, a local dir, or a hub id. Give it twice "
+        "(A, then B) to store a second encoder's hidden states and both pooled embeddings (eDiff-I, SDXL).")],
     captioners: Annotated[str, typer.Option(
         "--captioners", help="Comma-separated captioners whose captions to embed, e.g. metadata,blip2.")],
     name: Annotated[str, typer.Option("--name", help="Latent set name: written to latents/<name>/.")],
@@ -47,6 +48,9 @@ def encode_command(
     rank: Annotated[int, typer.Option("--rank", min=0, help="This process's share: shards rank, rank+world, ...")]
     = 0,
     world: Annotated[int, typer.Option("--world", min=1, help="Number of processes sharing the shards.")] = 1,
+    image_embeddings: Annotated[str | None, typer.Option(
+        "--image-embeddings", help="Also store each image's CLIP image embedding (for `train --conditioning "
+        "text+image`): a CLIP under clips/, a local CLIP folder, or a hub id.")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Precompute autoencoder latents (mean, std) and text embeddings of every caption, resumably."""
@@ -66,6 +70,8 @@ def encode_command(
     ws = open_workspace(workspace)
     resolutions = _int_list(resolution, "--resolution")
     names = [c.strip() for c in captioners.split(",") if c.strip()]
+    if len(text_encoder) > 2 or len(set(text_encoder)) != len(text_encoder):
+        raise fail(f"--text-encoder takes one or two distinct encoders, got {text_encoder}")
     ws.latents_dir(name)   # a bad name fails before anything else is looked at
     try:   # the license comes first: no fetch or caption step can make an ND subset trainable
         refuse_nd_subset(ws.subset_path(subset), "encode")
@@ -75,7 +81,8 @@ def encode_command(
     for captions in names:
         require(ws, "captions", captions)
     print_settings("encode", {
-        "workspace": str(ws.root), "subset": subset, "autoencoder": autoencoder, "text_encoder": text_encoder,
+        "workspace": str(ws.root), "subset": subset, "autoencoder": autoencoder, "text_encoders": text_encoder,
+        "image_embeddings": image_embeddings or "none",
         "captioners": names, "name": name, "resolutions": resolutions, "buckets": buckets,
         "batch_size": batch_size, "decode_workers": decode_workers, "device": device, "dtype": dtype,
         "rank/world": f"{rank}/{world}",
@@ -86,7 +93,7 @@ def encode_command(
         try:
             summary = encode(ws, subset, autoencoder, text_encoder, names, name, resolutions, buckets,
                              batch_size=batch_size, device=device, dtype=torch_dtype, rank=rank, world=world,
-                             decode_workers=decode_workers,
+                             decode_workers=decode_workers, image_embeddings=image_embeddings,
                              on_start=lambda total: bar.update(task, total=total),
                              advance=lambda n: bar.advance(task, n))
         except (FileNotFoundError, ValueError) as err:

@@ -117,18 +117,22 @@ def epoch_batches(latent_set: LatentSet, batch_size: int, seed: int, epoch: int,
 class LatentLoader:
     """Batches {"mean", "std", "text", "mask", "keys"} of a LatentSet as torch tensors.
 
-    mean/std (B, C, h, w) fp16, text (B, L, D) fp16, mask (B, L) bool, keys list[str].
+    mean/std (B, C, h, w) fp16, text (B, L, D) fp16, mask (B, L) bool, keys list[str], and the
+    set's other arrays where it has them (text2, mask2, pooled, pooled2, image: see LatentSet.gather).
     Iterating yields the remaining batches of the current epoch, then moves to the
     next epoch, so `for batch in loader` may be repeated for as many epochs as needed.
     `holdout` > 0 leaves out the held-out split, and `keys` keeps only those records (see `training_indices`).
     `caption_weights` (K,), one per captioner of the set, replaces the uniform caption draw (see `caption_slots`).
+    `captions_per_record` S > 0 gives every record its first S captioner slots at once (multi-caption
+    conditioning): text (B, S, L, D), mask (B, S, L), the empty prompt where a caption is missing.
     `workers` > 0 gathers batches ahead on that many threads (memory-map copies
     release the GIL, and threads avoid pickling batches between processes).
     """
 
     def __init__(self, latent_set: LatentSet, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  epoch: int = 0, start: int = 0, workers: int = 0, prefetch: int = 4, holdout: float = 0.0,
-                 keys: frozenset[str] | None = None, caption_weights: np.ndarray | None = None) -> None:
+                 keys: frozenset[str] | None = None, caption_weights: np.ndarray | None = None,
+                 captions_per_record: int = 0) -> None:
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"need 0 <= rank < world, got rank={rank} world={world}")
         if batch_size < 1:
@@ -141,6 +145,9 @@ class LatentLoader:
             raise ValueError(f"caption_weights needs one weight per captioner of the set ({k}), "
                              f"got shape {np.shape(caption_weights)}")
         self.caption_weights = caption_weights
+        if not 0 <= captions_per_record <= k:
+            raise ValueError(f"captions_per_record must be in 0..{k} (the set's captioners), got {captions_per_record}")
+        self.captions_per_record = captions_per_record
         self.indices = training_indices(latent_set, holdout, keys)
         full_batches = sum(len(ix) // batch_size for ix in self.indices.values())
         self.steps_per_epoch = full_batches // world
@@ -179,13 +186,15 @@ class LatentLoader:
         import torch
 
         available = self.latent_set.available_captions()[indices]  # (B, K)
-        slots = caption_slots(available, self.seed, epoch, indices, self.caption_weights)
+        if self.captions_per_record:  # multi-caption: the first S captioner slots, -1 where a caption is missing
+            s = self.captions_per_record
+            slots = np.where(available[:, :s], np.arange(s), -1)  # (B, S)
+        else:
+            slots = caption_slots(available, self.seed, epoch, indices, self.caption_weights)
         batch = self.latent_set.gather(indices, slots, out)
-        return {
-            "mean": torch.from_numpy(batch["mean"]), "std": torch.from_numpy(batch["std"]),
-            "text": torch.from_numpy(batch["text"]), "mask": torch.from_numpy(batch["mask"]),
-            "keys": batch["keys"],
-        }
+        # Every array the set stores (second encoder, image embeddings) passes through as a tensor.
+        return {name: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+                for name, value in batch.items()}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self._epoch
@@ -205,7 +214,8 @@ class LatentLoader:
             def submit(indices: np.ndarray) -> cf.Future:
                 # Buffers are allocated here, on the consumer's thread, where they are also
                 # freed: glibc then reuses them instead of faulting in fresh pages per batch.
-                return pool.submit(self._load, indices, epoch, self.latent_set.empty_batch(indices))
+                return pool.submit(self._load, indices, epoch,
+                                   self.latent_set.empty_batch(indices, self.captions_per_record))
 
             upcoming = iter(todo)
             pending = deque(submit(ix) for ix in itertools.islice(upcoming, self.workers * self.prefetch))

@@ -4,16 +4,30 @@ Layout of `latents/<name>/` (one directory per latent set)::
 
     meta.json                         settings shared by every resolution (written first)
     null_text.npy  null_mask.npy      the empty prompt's embedding (L, D) fp16 + (L,) bool
+    null_<array>.npy                  with two text encoders: the empty prompt's text2, mask2, pooled, pooled2
     text/shard-NNNNN/                 text embeddings of one image shard (all resolutions share them)
         text.npy   (N, K, L, D) fp16  hidden states, one slot per captioner (K = len(captioners))
         mask.npy   (N, K, L)    bool  attention mask; all False where a captioner has no caption
+        text2.npy  (N, K, L2, D2) fp16  only with a second text encoder (`encode --text-encoder A
+        mask2.npy  (N, K, L2)   bool    --text-encoder B`): its hidden states and mask,
+        pooled.npy  (N, K, P1)  fp16    and both encoders' pooled embeddings (the final layer's
+        pooled2.npy (N, K, P2)  fp16    EOS token, as SDXL adds to the timestep embedding)
         keys.parquet                  key, captions (K strings, "" where missing)
         done.json                     done-marker, written last
+    image/shard-NNNNN/                only with `encode --image-embeddings CLIP`; rows = the text part's rows
+        image.npy  (N, E)       fp16  the CLIP image tower's projected embedding, L2-normalised
+                                      (zeros for an image that did not decode: it has no latent either)
+        keys.parquet                  key
+        done.json                     done-marker, written before any latent part of the shard
     res-256/shard-NNNNN/              latents of one image shard at one resolution
         <h>x<w>.mean.npy (n, C, h/8, w/8) fp16   one group per bucket (pixel size h x w);
         <h>x<w>.std.npy  (n, C, h/8, w/8) fp16   without --buckets the only bucket is RxR
         <h>x<w>.keys.parquet          key, text_row (row in the shard's text part)
         done.json                     done-marker, written last: {"buckets": {"HxW": n}, ...}
+
+meta.json names the encoders: `text_encoders` (one or two specs; sets written before it existed
+have only `text_encoder`, and open as one-encoder sets), `text2_len`/`text2_dim`/`pooled_dims` with a
+second encoder, `image_embeddings` (the CLIP spec) and `image_dim` with image embeddings.
 
 Why this format: a record is a fixed-size row of a C-contiguous array, so a
 batch is one fancy-index gather per file from the page cache, with no decoding
@@ -26,7 +40,7 @@ are rewritten by a resumed encode.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +56,27 @@ META_FILE = "meta.json"
 DONE_FILE = "done.json"
 
 TEXT_KEYS_SCHEMA = pa.schema([("key", pa.string()), ("captions", pa.list_(pa.string()))])
+IMAGE_KEYS_SCHEMA = pa.schema([("key", pa.string())])
+# Per-caption arrays beside text.npy/mask.npy when a set has a second text encoder, (N, K, ...) each.
+SECOND_ENCODER_ARRAYS = ("text2", "mask2", "pooled", "pooled2")
+IMAGE_DIR = "image"
 LATENT_KEYS_SCHEMA = pa.schema([("key", pa.string()), ("text_row", pa.int64())])
 
 Bucket = tuple[int, int]  # (height, width) in pixels
+
+
+def text_encoders(meta: dict[str, Any]) -> list[str]:
+    """The text encoder specs of a latent set, first one first (older sets name only one)."""
+    return list(meta.get("text_encoders") or [meta["text_encoder"]])
+
+
+def text_arrays(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The per-caption arrays a set stores beyond text/mask."""
+    return SECOND_ENCODER_ARRAYS if len(text_encoders(meta)) > 1 else ()
+
+
+def has_image_embeddings(meta: dict[str, Any]) -> bool:
+    return bool(meta.get("image_embeddings"))
 
 
 def resolution_dirname(resolution: int) -> str:
@@ -81,14 +113,22 @@ def clear_stale_temps(part: Path) -> None:
 
 # ---- writers (used by stage.py and by the benchmark's synthetic store) ------------------
 
+def _stored(name: str, array: np.ndarray) -> np.ndarray:
+    """Masks as bool, embeddings as fp16."""
+    return array.astype(bool if name.startswith("mask") else np.float16, copy=False)
+
+
 def write_text_part(part: Path, keys: list[str], captions: list[list[str]], text: np.ndarray,
-                    mask: np.ndarray, stats: dict[str, Any]) -> None:
-    """One image shard's text embeddings: text (N, K, L, D) fp16, mask (N, K, L) bool."""
-    if not (len(keys) == len(captions) == text.shape[0] == mask.shape[0]):
-        raise ValueError("keys, captions, text and mask must have one row per image")
+                    mask: np.ndarray, stats: dict[str, Any], extra: dict[str, np.ndarray] | None = None) -> None:
+    """One image shard's text embeddings: text (N, K, L, D) fp16, mask (N, K, L) bool, and the
+    second encoder's `extra` arrays (SECOND_ENCODER_ARRAYS, (N, K, ...) each) where the set has one."""
+    extra = extra or {}
+    if not (len(keys) == len(captions) == text.shape[0] == mask.shape[0]) \
+            or any(a.shape[:2] != text.shape[:2] for a in extra.values()):
+        raise ValueError("keys, captions, text, mask and the extra arrays must have one row per image")
     clear_stale_temps(part)
-    save_npy_atomic(part / "text.npy", text.astype(np.float16, copy=False))
-    save_npy_atomic(part / "mask.npy", mask.astype(bool, copy=False))
+    for name, array in {"text": text, "mask": mask, **extra}.items():
+        save_npy_atomic(part / f"{name}.npy", _stored(name, array))
     atomic_write_parquet(part / "keys.parquet",
                          pa.Table.from_pydict({"key": keys, "captions": captions}, schema=TEXT_KEYS_SCHEMA))
     atomic_write_json(part / DONE_FILE, {**stats, "count": len(keys)})
@@ -120,10 +160,22 @@ def write_latent_part(part: Path, buckets: dict[Bucket, BucketLatents], stats: d
     atomic_write_json(part / DONE_FILE, {**stats, "buckets": counts, "count": sum(counts.values())})
 
 
-def write_null_text(root: Path, text: np.ndarray, mask: np.ndarray) -> None:
-    """The empty prompt's embedding (L, D) and mask (L,), for caption dropout / CFG."""
-    save_npy_atomic(root / "null_text.npy", text.astype(np.float16, copy=False))
-    save_npy_atomic(root / "null_mask.npy", mask.astype(bool, copy=False))
+def write_null_text(root: Path, text: np.ndarray, mask: np.ndarray, extra: dict[str, np.ndarray] | None = None
+                    ) -> None:
+    """The empty prompt's embedding (L, D) and mask (L,), for caption dropout / CFG, and with a
+    second encoder its `extra` arrays (text2 (L2, D2), mask2 (L2,), pooled (P1,), pooled2 (P2,))."""
+    for name, array in {"text": text, "mask": mask, **(extra or {})}.items():
+        save_npy_atomic(root / f"null_{name}.npy", _stored(name, array))
+
+
+def write_image_part(part: Path, keys: list[str], image: np.ndarray, stats: dict[str, Any]) -> None:
+    """One image shard's CLIP image embeddings (N, E), rows as in its text part, done.json last."""
+    if len(keys) != image.shape[0]:
+        raise ValueError("keys and image embeddings must have one row per image")
+    clear_stale_temps(part)
+    save_npy_atomic(part / "image.npy", image.astype(np.float16, copy=False))
+    atomic_write_parquet(part / "keys.parquet", pa.Table.from_pydict({"key": keys}, schema=IMAGE_KEYS_SCHEMA))
+    atomic_write_json(part / DONE_FILE, {**stats, "count": len(keys)})
 
 
 # ---- reader ---------------------------------------------------------------------------
@@ -136,6 +188,9 @@ class LatentRecord:
     text: np.ndarray       # (K, L, D) fp16: one hidden-state sequence per captioner
     mask: np.ndarray       # (K, L) bool: all False where that captioner gave no caption
     captions: list[str]    # K strings ("" where missing)
+    # With a second text encoder: text2 (K, L2, D2), mask2 (K, L2), pooled (K, P1), pooled2 (K, P2).
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    image: np.ndarray | None = None  # (E,) fp16: the CLIP image embedding, with `encode --image-embeddings`
 
 
 @dataclass
@@ -148,31 +203,33 @@ class _Part:
     text_dir: Path
     keys: list[str]
     text_rows: np.ndarray  # (n,) int64
-    _mean: np.ndarray | None = None
-    _std: np.ndarray | None = None
-    _text: np.ndarray | None = None
-    _mask: np.ndarray | None = None
+    _maps: dict[str, np.ndarray] = field(default_factory=dict)
     _captions: list[list[str]] | None = None
 
+    def _map(self, name: str, path: Path) -> np.ndarray:
+        if name not in self._maps:
+            self._maps[name] = np.load(path, mmap_mode="r")
+        return self._maps[name]
+
     def mean(self) -> np.ndarray:
-        if self._mean is None:
-            self._mean = np.load(self.mean_path, mmap_mode="r")
-        return self._mean
+        return self._map("mean", self.mean_path)
 
     def std(self) -> np.ndarray:
-        if self._std is None:
-            self._std = np.load(self.std_path, mmap_mode="r")
-        return self._std
+        return self._map("std", self.std_path)
 
     def text(self) -> np.ndarray:
-        if self._text is None:
-            self._text = np.load(self.text_dir / "text.npy", mmap_mode="r")
-        return self._text
+        return self._map("text", self.text_dir / "text.npy")
 
     def mask(self) -> np.ndarray:
-        if self._mask is None:
-            self._mask = np.load(self.text_dir / "mask.npy", mmap_mode="r")
-        return self._mask
+        return self._map("mask", self.text_dir / "mask.npy")
+
+    def text_array(self, name: str) -> np.ndarray:
+        """A per-caption array of the text part, (N, K, ...): text, mask or one of SECOND_ENCODER_ARRAYS."""
+        return self._map(name, self.text_dir / f"{name}.npy")
+
+    def image(self) -> np.ndarray:
+        """(N, E) CLIP image embeddings, rows as in the text part."""
+        return self._map("image", self.text_dir.parent.parent / IMAGE_DIR / self.text_dir.name / "image.npy")
 
     def captions(self, text_row: int) -> list[str]:
         if self._captions is None:
@@ -181,7 +238,7 @@ class _Part:
         return list(self._captions[text_row])
 
     def close(self) -> None:
-        self._mean = self._std = self._text = self._mask = None
+        self._maps = {}
 
 
 class LatentSet:
@@ -224,7 +281,9 @@ class LatentSet:
                              for name in sorted(counts)},
             "bucket_counts": dict(sorted(counts.items())),
         }
-        self._null: tuple[np.ndarray, np.ndarray] | None = None
+        self.text_arrays = text_arrays(meta)      # per-caption arrays beyond text/mask
+        self.has_image = has_image_embeddings(meta)
+        self._null: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -269,6 +328,8 @@ class LatentSet:
             mean=np.array(part.mean()[row]), std=np.array(part.std()[row]),
             text=np.array(part.text()[text_row]), mask=np.array(part.mask()[text_row]),
             captions=part.captions(text_row),
+            extra={name: np.array(part.text_array(name)[text_row]) for name in self.text_arrays},
+            image=np.array(part.image()[text_row]) if self.has_image else None,
         )
 
     def key(self, i: int) -> str:
@@ -280,25 +341,42 @@ class LatentSet:
 
     def null_text(self) -> tuple[np.ndarray, np.ndarray]:
         """The empty prompt's embedding: (L, D) fp16 and (L,) bool."""
+        null = self.null_conditioning()
+        return null["text"], null["mask"]
+
+    def null_conditioning(self) -> dict[str, np.ndarray]:
+        """The empty prompt's per-caption arrays: text (L, D), mask (L,) and, with a second
+        encoder, text2 (L2, D2), mask2 (L2,), pooled (P1,), pooled2 (P2,) (each encoder's dropout)."""
         if self._null is None:
-            self._null = (np.load(self.root / "null_text.npy"), np.load(self.root / "null_mask.npy"))
+            self._null = {name: np.load(self.root / f"null_{name}.npy") for name in ("text", "mask", *self.text_arrays)}
         return self._null
 
-    def empty_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Uninitialised batch arrays for `indices` (all of one bucket): mean, std, text, mask."""
+    def empty_batch(self, indices: np.ndarray, slots: int = 0) -> dict[str, np.ndarray]:
+        """Uninitialised batch arrays for `indices` (all of one bucket): mean, std, text, mask, and the
+        set's extra arrays (text2, mask2, pooled, pooled2; image). With `slots` > 0: that many captions
+        per record, text (B, S, L, D), mask (B, S, L) (and the extra per-caption arrays likewise)."""
         first = self.parts[self.part_of[int(indices[0])]]
         c, h, w = first.mean().shape[1:]
-        length, d = first.text().shape[2:]
         b = len(indices)
-        return {"mean": np.empty((b, c, h, w), np.float16), "std": np.empty((b, c, h, w), np.float16),
-                "text": np.empty((b, length, d), np.float16), "mask": np.empty((b, length), bool)}
+        per = (b, slots) if slots else (b,)
+        out = {"mean": np.empty((b, c, h, w), np.float16), "std": np.empty((b, c, h, w), np.float16)}
+        for name in ("text", "mask", *self.text_arrays):
+            array = first.text_array(name)  # (N, K, ...)
+            out[name] = np.empty((*per, *array.shape[2:]), array.dtype)
+        if self.has_image:
+            out["image"] = np.empty((b, first.image().shape[1]), np.float16)
+        return out
 
     def gather(self, indices: np.ndarray, caption_slots: np.ndarray,
                out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-        """A batch as numpy: mean/std (B, C, h, w), text (B, L, D), mask (B, L), keys.
+        """A batch as numpy: mean/std (B, C, h, w), text (B, L, D), mask (B, L), keys; with a second
+        text encoder also text2 (B, L2, D2), mask2 (B, L2), pooled (B, P1), pooled2 (B, P2) of the same
+        caption; with image embeddings image (B, E).
 
         `caption_slots[b]` picks the captioner slot of record `indices[b]`; -1 means
         "no caption", which gets the empty prompt (what caption dropout trains on).
+        2-D `caption_slots` (B, S) picks S captions per record (multi-caption conditioning):
+        text is then (B, S, L, D) and mask (B, S, L).
         All records must share one bucket (the loader batches within buckets).
         Ascending indices (as the loader sends) are copied once, straight from the
         memory maps into the batch (np.take with out=, which releases the GIL);
@@ -316,31 +394,39 @@ class LatentSet:
         if any(self.parts[p].bucket != first.bucket for p in np.unique(parts)):
             raise ValueError("a batch must come from one bucket; use LatentLoader, which batches per bucket")
         b = len(indices)
-        out = out if out is not None and order is None else self.empty_batch(indices)
-        mean, std, text, mask = out["mean"], out["std"], out["text"], out["mask"]
-        k, length, d = first.text().shape[1:]
+        per_record = caption_slots.shape[1] if caption_slots.ndim == 2 else 0
+        out = out if out is not None and order is None else self.empty_batch(indices, per_record)
+        per_caption = ("text", "mask", *self.text_arrays)
+        k = first.text().shape[1]
         keys: list[str] = []
         slots = np.maximum(caption_slots, 0)
         # Sorted indices make each part's records one contiguous slice of the batch.
         bounds = np.flatnonzero(np.diff(parts)) + 1
-        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), b]):
+        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), b], strict=True):
             part, rows = self.parts[parts[lo]], self.row_of[indices[lo:hi]]
-            np.take(part.mean(), rows, axis=0, out=mean[lo:hi])
-            np.take(part.std(), rows, axis=0, out=std[lo:hi])
+            np.take(part.mean(), rows, axis=0, out=out["mean"][lo:hi])
+            np.take(part.std(), rows, axis=0, out=out["std"][lo:hi])
             # Row-major (N, K, ...) flattened to (N*K, ...): only the chosen caption is read.
-            flat = part.text_rows[rows] * k + slots[lo:hi]
-            np.take(part.text().reshape(-1, length, d), flat, axis=0, out=text[lo:hi])
-            np.take(part.mask().reshape(-1, length), flat, axis=0, out=mask[lo:hi])
+            text_rows = part.text_rows[rows]
+            flat = (text_rows[:, None] if per_record else text_rows) * k + slots[lo:hi]  # (n,) or (n, S)
+            for name in per_caption:
+                array = part.text_array(name)
+                np.take(array.reshape(-1, *array.shape[2:]), flat, axis=0, out=out[name][lo:hi])
+            if self.has_image:
+                np.take(part.image(), text_rows, axis=0, out=out["image"][lo:hi])
             keys.extend(part.keys[r] for r in rows.tolist())
         missing = caption_slots < 0
         if missing.any():
-            null_text, null_mask = self.null_text()
-            text[missing], mask[missing] = null_text, null_mask
+            for name, null in self.null_conditioning().items():
+                out[name][missing] = null
+        batch: dict[str, Any] = {name: out[name] for name in ("mean", "std", *per_caption)}
+        if self.has_image:
+            batch["image"] = out["image"]
         if order is not None:  # back to the caller's order
             inverse = np.argsort(order)
-            mean, std, text, mask = mean[inverse], std[inverse], text[inverse], mask[inverse]
+            batch = {name: array[inverse] for name, array in batch.items()}
             keys = [keys[i] for i in inverse.tolist()]
-        return {"mean": mean, "std": std, "text": text, "mask": mask, "keys": keys}
+        return {**batch, "keys": keys}
 
 
 def read_meta(root: Path) -> dict[str, Any]:

@@ -13,10 +13,12 @@ import numpy as np
 
 from opencanvas.encode.store import (
     FORMAT_VERSION,
+    IMAGE_DIR,
     META_FILE,
     Bucket,
     BucketLatents,
     resolution_dirname,
+    write_image_part,
     write_latent_part,
     write_null_text,
     write_text_part,
@@ -29,11 +31,13 @@ def write_random_latents(ws: Workspace, name: str, n: int, *, resolution: int = 
                          downscale: int = 8, text_len: int = 77, text_dim: int = 1024,
                          captioners: tuple[str, ...] = ("metadata",), shard_size: int = 1000,
                          buckets: tuple[Bucket, ...] | None = None, missing_every: int = 0,
-                         seed: int = 0) -> Path:
+                         seed: int = 0, text2_len: int = 0, text2_dim: int = 0, image_dim: int = 0) -> Path:
     """Write `n` random records as latents/<name>/ (one resolution); returns the directory.
 
     buckets: pixel sizes to spread records over round-robin (default: one RxR bucket).
     missing_every: every that-many-th record lacks its last captioner's caption (0: none missing).
+    text2_len, text2_dim > 0: a second text encoder's arrays (and both pooled embeddings) as
+    `encode --text-encoder A --text-encoder B` stores them; image_dim > 0: image embeddings.
     """
     root = ws.latents_dir(name)
     rng = np.random.default_rng(seed)
@@ -47,9 +51,15 @@ def write_random_latents(ws: Workspace, name: str, n: int, *, resolution: int = 
         "catalog_hash": "synthetic", "resolutions": [resolution], "buckets": len(buckets) > 1,
         "autoencoder_provenance": {}, "text_encoder_provenance": {},
         "created_at": datetime.now(UTC).isoformat(),
+        **({"text_encoders": ["synthetic", "synthetic-2"], "text2_len": text2_len, "text2_dim": text2_dim,
+            "pooled_dims": [text_dim, text2_dim]} if text2_dim else {}),
+        **({"image_embeddings": "synthetic-clip", "image_dim": image_dim} if image_dim else {}),
     })
     null = rng.standard_normal((text_len, text_dim)).astype(np.float16)
-    write_null_text(root, null, np.ones(text_len, bool))
+    second = {"text2": (text2_len, text2_dim), "mask2": (text2_len,), "pooled": (text_dim,), "pooled2": (text2_dim,)}
+    null_extra = {name: (np.ones(shape, bool) if name == "mask2" else rng.standard_normal(shape).astype(np.float16))
+                  for name, shape in second.items()} if text2_dim else {}
+    write_null_text(root, null, np.ones(text_len, bool), null_extra)
     for shard, lo in enumerate(range(0, n, shard_size)):
         count = min(shard_size, n - lo)
         keys = [f"synthetic:{i:08d}" for i in range(lo, lo + count)]
@@ -63,7 +73,13 @@ def write_random_latents(ws: Workspace, name: str, n: int, *, resolution: int = 
                     captions[row][-1] = ""
         text = rng.standard_normal((count, k, text_len, text_dim), dtype=np.float32).astype(np.float16)
         part = f"shard-{shard:05d}"
-        write_text_part(root / "text" / part, keys, captions, text, mask, {})
+        extra = {name: (np.broadcast_to(mask[:, :, :1], (count, k, *shape)).copy() if name == "mask2" else
+                        rng.standard_normal((count, k, *shape), dtype=np.float32).astype(np.float16))
+                 for name, shape in second.items()} if text2_dim else {}
+        write_text_part(root / "text" / part, keys, captions, text, mask, {}, extra)
+        if image_dim:
+            image = rng.standard_normal((count, image_dim), dtype=np.float32)
+            write_image_part(root / IMAGE_DIR / part, keys, image / np.linalg.norm(image, axis=1, keepdims=True), {})
         rows_of: dict[Bucket, list[int]] = {}
         for row in range(count):
             rows_of.setdefault(buckets[(lo + row) % len(buckets)], []).append(row)

@@ -124,6 +124,9 @@ def affected(ws: Workspace, keys: Sequence[str]) -> dict[str, Any]:
         via += [f"subset {data['subset']} (latents deleted)"] if gone and data.get("subset") in subsets else []
         via += [f"{part} {data.get(part)}" for part in ("autoencoder", "text_encoder")
                 if data.get(part) in tainted_specs]
+        # A second text encoder and an image-embedding CLIP (issue 14) have seen their training images too.
+        via += [f"text_encoder_2 {spec}" for spec in (data.get("text_encoders") or [])[1:] if spec in tainted_specs]
+        via += [f"image_embeddings {data['image_embeddings']}"] if data.get("image_embeddings") in tainted_specs else []
         if via:
             held_in = (_latent_keys(ws, str(config.get("latents")), doomed) if config.get("latents") in latents
                        else _subset_keys(ws, data.get("subset"), doomed))

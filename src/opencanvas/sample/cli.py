@@ -29,6 +29,8 @@ RescaleOption = Annotated[float, typer.Option(
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per sampler batch.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="Torch device, e.g. cpu, cuda, cuda:1.")]
 NoEmaOption = Annotated[bool, typer.Option("--no-ema", help="Use the raw weights instead of the EMA weights.")]
+ClassOption = Annotated[str | None, typer.Option(
+    "--class", help="Class of a run trained with --class-column (default: the null class, i.e. no class).")]
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -59,6 +61,10 @@ def _check_choices(sampler: str, spacing: str | None, dtype: str) -> None:
 
 def sample_command(
     prompts: Annotated[list[str] | None, typer.Argument(help="Prompts (quote each one).")] = None,
+    slot_prompts: Annotated[list[str] | None, typer.Option(
+        "--prompt", help="Repeatable. For a multi-caption run: the captions of ONE prompt, one per caption slot "
+        "(--prompt A --prompt B; an argument prompt fills every slot). For other runs: one more prompt.")] = None,
+    class_name: ClassOption = None,
     out: Annotated[Path, typer.Option("--out", help="Output directory for PNGs and grid.png (a relative path is "
                                       "taken from the current directory, not from -w).",
                                       file_okay=False)] = ...,  # type: ignore[assignment]
@@ -74,6 +80,12 @@ def sample_command(
         "--seed", help="Seed of each prompt's first image: image j of every prompt uses seed + j (the seeds "
         "restart per prompt, so one prompt's images do not depend on the others).")] = 0,
     negative_prompt: NegativeOption = "",
+    image: Annotated[Path | None, typer.Option(
+        "--image", help="Reference image for image variations (a run trained with --conditioning text+image); "
+        "with prompts, text and image mix with separate guidance scales.", dir_okay=False)] = None,
+    image_guidance: Annotated[float, typer.Option(
+        "--image-guidance", min=0.0, help="With --image: the image's guidance scale (--guidance is the text's).")]
+    = 3.0,
     size: Annotated[str | None, typer.Option("--size", help="WxH in pixels; default: the run's resolution.")]
     = None,
     no_ema: NoEmaOption = False,
@@ -90,6 +102,7 @@ def sample_command(
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Generate images with classifier-free guidance; each PNG carries its prompt, seed and provenance."""
+    from opencanvas.diffusion.conditioning import NO_IMAGE_CONDITIONING
     from opencanvas.sample.generate import SampleSettings, default_size, default_spacing, plan, sample_to_dir
     from opencanvas.sample.loading import load_model, model_name, training_provenance
     from opencanvas.sample.prompts import read_prompts
@@ -104,8 +117,12 @@ def sample_command(
         wh = parse_size(size)
     except (ValueError, FileNotFoundError) as e:
         raise fail(str(e)) from None
-    if not all_prompts:
-        raise fail("no prompts: pass PROMPT arguments or --prompts-file F")
+    if image is not None and not all_prompts and not slot_prompts:
+        all_prompts = [""]  # an image variation: the empty prompt, guided by the image alone
+    if not all_prompts and not slot_prompts:
+        raise fail("no prompts: pass PROMPT arguments, --prompt TEXT or --prompts-file F")
+    if image is not None and not image.is_file():
+        raise fail(f"--image {image} is not a file")
     ws = open_workspace(workspace)
     if run is not None and pipeline is None:
         require(ws, "run", run)
@@ -114,10 +131,24 @@ def sample_command(
         model = load_model(ws, run, pipeline, ema=not no_ema, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise fail(str(e)) from None
+    if image is not None:  # a run without image conditioning, or a file that is no image: before any sample
+        if model.config.get("conditioning") != "text+image":
+            raise fail(NO_IMAGE_CONDITIONING)
+        try:
+            model.image_embedding(image)
+        except ValueError as e:
+            raise fail(str(e)) from None
+    if slot_prompts:
+        all_prompts += join_slot_prompts(model.config, slot_prompts)
     width, height = wh or default_size(model)
     settings = SampleSettings(steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, sampler=sampler,
                               spacing=spacing or default_spacing(model),  # type: ignore[arg-type]
-                              negative_prompt=negative_prompt, width=width, height=height)
+                              negative_prompt=negative_prompt, width=width, height=height, class_name=class_name,
+                              image=None if image is None else str(image), image_guidance=image_guidance)
+    try:  # a bad --class or too many --prompt captions: one line, before any image
+        model.conditioning(all_prompts[:1], class_name)
+    except ValueError as e:
+        raise fail(str(e)) from None
     name, provenance = model_name(model, run), training_provenance(model)
     print_settings("sample", {"model": name, "weights_hash": model.weights_hash[:16], **settings.to_dict(),
                               "prompts": len(all_prompts), "images": len(all_prompts) * n, "seed": seed,
@@ -128,6 +159,13 @@ def sample_command(
     except ValueError as e:
         raise fail(str(e)) from None
     typer.echo(f"wrote {len(paths)} images and {out / 'grid.png'}")
+
+
+def join_slot_prompts(config: dict, slot_prompts: list[str]) -> list[str]:
+    """--prompt values: one multi-caption prompt "A || B" for a multi-caption run, else separate prompts."""
+    from opencanvas.train.pipeline import SLOT_SEPARATOR, caption_slot_count
+
+    return [SLOT_SEPARATOR.join(slot_prompts)] if caption_slot_count(config) else list(slot_prompts)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -171,6 +209,7 @@ def eval_command(
     device: DeviceOption = "cpu",
     dtype: DtypeOption = "float32",
     no_ema: NoEmaOption = False,
+    class_name: ClassOption = None,
     c2pa_cert: C2paCertOption = None,
     c2pa_key: C2paKeyOption = None,
     c2pa_omit_prompt: C2paOmitPromptOption = False,
@@ -206,7 +245,7 @@ def eval_command(
         model = load_model(ws, None if pipeline else run, pipeline, ema=not no_ema, device=device, dtype=dtype)
         report = evaluate(ws, name, prompts, reference, wanted, scales, n, steps=steps, sampler=sampler, seed=seed,
                           size=wh, batch_size=batch_size, max_reference=max_reference, inception=inception,
-                          clip=clip, device=device, pipeline=model)
+                          clip=clip, device=device, pipeline=model, class_name=class_name)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise fail(str(e)) from None
     _print_rows(report)

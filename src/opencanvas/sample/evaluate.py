@@ -56,6 +56,7 @@ class EvalOptions:
     size: tuple[int, int] = (256, 256)
     batch_size: int = 8
     max_reference: int = 2000
+    class_name: str | None = None      # a class-conditioned run's class (None: the null class)
     pr_k: int = 3
     cosine_threshold: float = 0.95     # memorization: share of samples this close to a training image
     phash_threshold: int = 4           # ... or within this many bits of perceptual hash
@@ -73,7 +74,9 @@ class Scorers:
 
 def eval_id(weights_hash: str, prompts: Sequence[str], options: EvalOptions) -> str:
     key = json.dumps({"weights": weights_hash, "prompts": list(prompts), "n": options.n, "steps": options.steps,
-                      "sampler": options.sampler, "seed": options.seed, "size": list(options.size)}, sort_keys=True)
+                      "sampler": options.sampler, "seed": options.seed, "size": list(options.size),
+                      # only when set, so evaluations without a class keep their ids
+                      **({} if options.class_name is None else {"class": options.class_name})}, sort_keys=True)
     return f"{options.sampler}-{options.steps}s-n{options.n}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
@@ -95,7 +98,8 @@ def generate_for_guidance(pipeline: SamplingPipeline, prompts: Sequence[str], gu
     paths = [out / f"{s.index:05d}.png" for s in specs]
     todo = [s for s, p in zip(specs, paths, strict=True) if not p.exists()]   # PNGs are written atomically
     settings = SampleSettings(steps=options.steps, guidance=guidance, sampler=options.sampler,
-                              spacing=default_spacing(pipeline), width=options.size[0], height=options.size[1])
+                              spacing=default_spacing(pipeline), width=options.size[0], height=options.size[1],
+                              class_name=options.class_name)
     with progress_bar() as bar:
         task = bar.add_task(f"eval g={guidance:g}", total=len(todo), unit="img")
 
@@ -291,8 +295,10 @@ def evaluate(ws: Workspace, run: str, prompts: str | Path | Sequence[str], refer
              n: int = 64, *, steps: int = 25, sampler: str = "dpmpp-2m", seed: int = 0,
              size: tuple[int, int] | None = None, batch_size: int = 8, max_reference: int = 2000,
              inception: Path | None = None, clip: Any = None, ema: bool = True, device: str = "cpu",
-             pipeline: SamplingPipeline | None = None) -> dict[str, Any]:
+             pipeline: SamplingPipeline | None = None, class_name: str | None = None) -> dict[str, Any]:
     """Evaluate a run: `prompts` is "heldout", a prompt file or a list; `reference` a subset name or a directory.
+
+    class_name: the class every image is generated with (a class-conditioned run; None: the null class).
 
     `pipeline` overrides loading the run (tests, or a model already in memory).
     """
@@ -314,6 +320,8 @@ def evaluate(ws: Workspace, run: str, prompts: str | Path | Sequence[str], refer
     scorers = build_scorers(ws, pipeline.config, metrics, inception, clip, device)
     options = EvalOptions(metrics=tuple(metrics), guidance_scales=tuple(float(g) for g in guidance_scales), n=n,
                           steps=steps, sampler=sampler, seed=seed, size=size or default_size(pipeline),
-                          batch_size=batch_size, max_reference=max_reference)
+                          batch_size=batch_size, max_reference=max_reference, class_name=class_name)
+    if class_name is not None:  # a one-line error before any image
+        pipeline.conditioning([""], class_name)
     return run_evaluation(ws, run, prompt_list, reference, pipeline, scorers, options, model=run,
                           provenance=training_provenance(pipeline), prompts_source=source)

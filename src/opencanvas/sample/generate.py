@@ -20,8 +20,10 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from opencanvas.diffusion.conditioning import Conditioning
 from opencanvas.diffusion.distilled import GuidedStudent, distilled_sigmas
 from opencanvas.diffusion.guidance import CFGDenoiser
+from opencanvas.diffusion.image_conditioning import TextImageCFGDenoiser
 from opencanvas.diffusion.samplers import Spacing, get_sampler, get_sigmas, initial_noise_scale
 from opencanvas.storage import atomic_write_bytes
 
@@ -35,7 +37,10 @@ class SamplingPipeline(Protocol):
     config: dict
     weights_hash: str
 
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def conditioning(self, prompts: list[str], class_name: str | None = None, *,
+                     image: torch.Tensor | None = None) -> Conditioning: ...
+
+    def image_embedding(self, path: Path) -> torch.Tensor: ...
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]: ...
 
@@ -54,6 +59,11 @@ class SampleSettings:
     negative_prompt: str = ""
     width: int = 256
     height: int = 256
+    class_name: str | None = None  # a class-conditioned run's class (None: the null class)
+    # A reference image (image variations) for a run trained with --conditioning text+image, guided with its
+    # own scale: opencanvas.diffusion.image_conditioning.TextImageCFGDenoiser.
+    image: str | None = None
+    image_guidance: float = 3.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,9 +105,11 @@ def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Se
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds differ in length")
     device = _device(pipeline)
-    # The pipeline decides whether the UNet sees a text mask (it must match training).
-    cond, cond_mask = pipeline.encode_prompts(list(prompts))                 # (B, L, D), (B, L) | None
-    uncond, uncond_mask = pipeline.encode_prompts([settings.negative_prompt] * len(prompts))
+    # The pipeline decides what the UNet sees (a text mask or not, class labels...): it must match training.
+    image = None if settings.image is None else pipeline.image_embedding(Path(settings.image))  # (1, E)
+    cond = pipeline.conditioning(list(prompts), settings.class_name, image=image).to(device)  # text (B, L, D), ...
+    # Unconditional: every field at its null value together (the negative prompt, the null class), as trained.
+    uncond = pipeline.conditioning([settings.negative_prompt] * len(prompts)).to(device)
     distilled = (getattr(pipeline, "config", None) or {}).get("distilled")
     model: torch.nn.Module
     sampler = settings.sampler
@@ -108,16 +120,16 @@ def sample_latents(pipeline: SamplingPipeline, prompts: Sequence[str], seeds: Se
     else:
         sigmas = get_sigmas(pipeline.denoiser, settings.steps, settings.spacing).to(device)
         model = CFGDenoiser(pipeline.denoiser, settings.guidance, settings.guidance_rescale)
+    extra = {"cond": cond, "uncond": uncond}
+    if image is not None:  # text and image guided with their own scales (InstructPix2Pix's Eq. 3)
+        if distilled:
+            raise ValueError("--image needs a run trained with --conditioning text+image, not a distilled student")
+        model = TextImageCFGDenoiser(pipeline.denoiser, settings.guidance, settings.image_guidance)
+        extra["image_cond"] = pipeline.conditioning([settings.negative_prompt] * len(prompts), image=image).to(device)
     shape = pipeline.latent_shape(settings.height, settings.width)          # (C, h, w)
     x = initial_noise(shape, seeds).to(device) * initial_noise_scale(sigmas)
-    extra = {"cond": cond.to(device), "cond_mask": _to(cond_mask, device),
-             "uncond": uncond.to(device), "uncond_mask": _to(uncond_mask, device)}
     callback = None if on_step is None else (lambda i, sigma, denoised: on_step())
     return get_sampler(sampler)(model, x, sigmas, extra_args=extra, callback=callback)
-
-
-def _to(mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if mask is None else mask.to(device)
 
 
 def generate_specs(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings,
@@ -176,7 +188,8 @@ def sample_metadata(spec: SampleSpec, settings: SampleSettings, model: str, weig
             "guidance_rescale": settings.guidance_rescale, "spacing": settings.spacing,
             "size": f"{settings.width}x{settings.height}", "model": model, "weights_hash": weights_hash,
             "license_policy": provenance.get("license_policy", "unknown"),
-            "catalog_hash": provenance.get("catalog_hash", "unknown")}
+            "catalog_hash": provenance.get("catalog_hash", "unknown"),
+            **({} if settings.class_name is None else {"class": settings.class_name})}
 
 
 def sample_to_dir(pipeline: SamplingPipeline, specs: Sequence[SampleSpec], settings: SampleSettings, out: Path,

@@ -97,6 +97,9 @@ def load_folder_pipeline(path: Path, device: str = "cpu", dtype: torch.dtype = t
     if missing:
         raise FileNotFoundError(f"{path} is not a diffusers pipeline folder: missing {', '.join(missing)}/ "
                                 "(make one with `opencanvas export`)")
+    if (path / "text_encoder_2").is_dir():  # the UNet reads both encoders' states and pooled embeddings
+        raise ValueError(f"{path} holds a model on two text encoders (text_encoder_2/), which this folder loader "
+                         "does not combine: sample the run itself with --run RUN")
     sched = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     schedule = NoiseSchedule(num_train_timesteps=sched.get("num_train_timesteps", 1000),
                              beta_start=sched.get("beta_start", 0.00085), beta_end=sched.get("beta_end", 0.012),

@@ -74,6 +74,35 @@ def train_command(
         "--caption-mix", help="Weights of each captioner's captions in the per-image draw, e.g. "
         "metadata=0.05,blip2=0.95 (renormalised over the captions an image has; captioners left out are never "
         "drawn). Default: uniform among an image's captions.")] = None,
+    conditioning: Annotated[str | None, typer.Option(
+        "--conditioning", help="text (one caption per image, the default), multi-caption (up to --max-captions "
+        "of each image's captioner slots at once, concatenated along the sequence with a learned per-slot "
+        "embedding) or text+image (the latent set's CLIP image embeddings, from encode --image-embeddings, as "
+        "extra tokens and in the timestep embedding, with their own --image-dropout). A latent set with two "
+        "text encoders trains on both (feature-axis concatenation, each with its own --encoder-dropout).")] = None,
+    max_captions: Annotated[int | None, typer.Option(
+        "--max-captions", min=1, help="multi-caption: caption slots K, the latent set's first K captioners "
+        "(default: all).")] = None,
+    slot_dropout: Annotated[float | None, typer.Option(
+        "--slot-dropout", min=0, max=0.99, help="multi-caption: each caption's own dropout (CFG still drops all "
+        "of them together with --caption-dropout).")] = None,
+    class_column: Annotated[str | None, typer.Option(
+        "--class-column", help="Catalog column (e.g. category) or extra.FIELD used as a class label (diffusers "
+        "num_class_embeds); dropped with --caption-dropout for CFG.")] = None,
+    max_classes: Annotated[int | None, typer.Option(
+        "--max-classes", min=1, help="Refuse a --class-column with more classes than this (default 1000).")] = None,
+    text_encoders: Annotated[int | None, typer.Option(
+        "--text-encoders", min=1, max=2, help="Of a latent set with two text encoders: 1 trains on the first only, "
+        "2 on both (an error for a set with one). Default: every encoder the set has.")] = None,
+    encoder_dropout: Annotated[float | None, typer.Option(
+        "--encoder-dropout", min=0, max=0.99, help="With two text encoders: each one's own dropout (eDiff-I), so "
+        "the model works with either alone (default 0.1).")] = None,
+    image_dropout: Annotated[float | None, typer.Option(
+        "--image-dropout", min=0, max=0.99, help="text+image: the image embedding's own dropout (default 0.1).")]
+    = None,
+    image_tokens: Annotated[int | None, typer.Option(
+        "--image-tokens", min=1, help="text+image: cross-attention tokens made from the image embedding (4).")]
+    = None,
     holdout: Annotated[float | None, typer.Option(
         "--holdout", min=0, max=0.5, help="Leave out the held-out split (key-hash fraction below this), whose "
         "captions `opencanvas eval --prompts heldout` scores; 0 trains on every image.")] = None,
@@ -144,7 +173,10 @@ def train_command(
         minutes=minutes, micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, prediction_type=prediction,
         min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
-        caption_dropout=caption_dropout, caption_mix=mix, holdout=holdout, use_text_mask=text_mask, seed=seed,
+        caption_dropout=caption_dropout, caption_mix=mix, conditioning=conditioning, max_captions=max_captions,
+        slot_dropout=slot_dropout, class_column=class_column, max_classes=max_classes, encoder_dropout=encoder_dropout,
+        text_encoders=text_encoders, image_dropout=image_dropout, image_tokens=image_tokens, holdout=holdout,
+        use_text_mask=text_mask, seed=seed,
         checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, keep=keep,
         validate_every=validate_every, log_every=log_every, max_bad_steps=max_bad_steps,
         workers=workers, device=device, parallel=parallel, bf16=bf16, sdpa=sdpa,
@@ -241,7 +273,8 @@ def shown_settings(ws: Workspace, preset_name: str, run: str, images: int | None
         "batch": batch,
         "resolutions": resolutions or stored.get("resolutions") or "the latent set's resolution",
     }
-    skip = {"run", "latents", "preset", "images", "batch", "unet", "resolutions", "data", "validation_prompts"}
+    skip = {"run", "latents", "preset", "images", "batch", "unet", "resolutions", "data", "validation_prompts",
+            "class_names"}
     for field in dataclasses.fields(TrainConfig):
         if field.name in skip:
             continue
@@ -284,7 +317,9 @@ def export_command(
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Export a run as a diffusers StableDiffusionPipeline folder (DiffusionPipeline.from_pretrained loads it)."""
-    from opencanvas.train.to_diffusers import export
+    import json
+
+    from opencanvas.train.to_diffusers import export, export_notes
 
     ws = open_workspace(workspace)
     require(ws, "run", run)
@@ -293,6 +328,8 @@ def export_command(
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         raise fail(str(err)) from None
     console.print(f"exported [bold]{run}[/] to {path}")
+    for note in export_notes(json.loads((path / "opencanvas.json").read_text())["config"]):
+        console.print(f"note: {note}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

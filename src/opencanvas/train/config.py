@@ -15,10 +15,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from opencanvas.train.classes import DEFAULT_MAX_CLASSES
 from opencanvas.train.presets import Preset
 from opencanvas.training import DEFAULT_CHECKPOINT_MINUTES
 
 LrSchedule = Literal["constant", "cosine"]
+ConditioningMode = Literal["text", "multi-caption", "text+image"]
+CONDITIONING_MODES = ("text", "multi-caption", "text+image")
 
 # Fields that may change between a run and its resumption (they do not change the math).
 RESUMABLE_CHANGES = frozenset({
@@ -29,7 +32,10 @@ RESUMABLE_CHANGES = frozenset({
 
 # What a run records of its latent set: enough to rebuild the pipeline and write the model card.
 DATA_KEYS = ("autoencoder", "text_encoder", "text_layer", "text_len", "text_dim", "shift", "scale",
-             "latent_channels", "downscale", "captioners", "subset", "policy", "catalog_hash", "resolutions")
+             "latent_channels", "downscale", "captioners", "subset", "policy", "catalog_hash", "resolutions",
+             # a second text encoder and image embeddings (issue 14; absent from older latent sets)
+             "text_encoders", "text2_len", "text2_dim", "text2_layer", "pooled_dims", "image_embeddings",
+             "image_dim", "image_size")
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,19 @@ class TrainConfig:
     # Captioner -> weight of its captions in the per-image draw (DALL-E 3 trains on ~95% long synthetic captions
     # and ~5% short ones); captioners left out are never drawn. None: uniform among an image's captions.
     caption_mix: dict[str, float] | None = None
+    # What the UNet is conditioned on besides one caption (opencanvas.diffusion.conditioning). multi-caption:
+    # up to `max_captions` captioner slots of each image at once (None: all of the latent set's), each caption
+    # dropped on its own with `slot_dropout`, all together with `caption_dropout` (for CFG). text+image: the
+    # latent set's CLIP image embedding as `image_tokens` extra tokens and in the timestep embedding
+    # (opencanvas.train.encoders), dropped on its own with `image_dropout`.
+    conditioning: ConditioningMode = "text"
+    max_captions: int | None = None
+    slot_dropout: float = 0.1
+    # A catalog column as a class label (opencanvas.train.classes): the vocabulary, built when the run starts,
+    # is `class_names`; label len(class_names) is the null class (CFG, images without a value).
+    class_column: str | None = None
+    max_classes: int = DEFAULT_MAX_CLASSES
+    class_names: tuple[str, ...] | None = None
     # Images whose key hash fraction is below this are never trained on: the held-out split that
     # the components and `eval --prompts heldout` use (splits.key_fraction).
     holdout: float = 0.1
@@ -73,6 +92,12 @@ class TrainConfig:
     # Stable Diffusion pipelines attend to padding tokens; with a mask the exported diffusers
     # pipeline (which passes none) would see a different model, so the default is off.
     use_text_mask: bool = False
+    # A latent set with two text encoders trains on both (opencanvas.train.encoders); each is dropped on its
+    # own with this probability (eDiff-I), so the model also works with either alone.
+    encoder_dropout: float = 0.1
+    text_encoders: int = 0  # 0: every encoder of the latent set; 1: the first only; 2: both (an error with one)
+    image_dropout: float = 0.1
+    image_tokens: int = 4
     seed: int = 0
     # Checkpoints every checkpoint_every images (None: a twentieth of the run; 0: only at the end) or
     # checkpoint_minutes of wall time (0: off), whichever comes first, so a killed run resumes by default.
@@ -105,8 +130,9 @@ class TrainConfig:
         values = dict(values)
         values["resolutions"] = tuple(tuple(r) for r in values["resolutions"])
         values["adam_betas"] = tuple(values.get("adam_betas", (0.9, 0.999)))
-        if "validation_prompts" in values:
-            values["validation_prompts"] = tuple(values["validation_prompts"])
+        for name in ("validation_prompts", "class_names"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def accumulation(self, world: int) -> int:
@@ -130,7 +156,32 @@ class TrainConfig:
             check_caption_mix(self.caption_mix, list(self.data.get("captioners") or []))
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
+        self._validate_conditioning()
         return self
+
+    def _validate_conditioning(self) -> None:
+        from opencanvas.train.encoders import check_modes
+
+        if self.conditioning not in CONDITIONING_MODES:
+            raise ValueError(f"--conditioning must be one of {', '.join(CONDITIONING_MODES)}, "
+                             f"got {self.conditioning!r}")
+        for name in ("slot_dropout", "encoder_dropout", "image_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.image_tokens < 1:
+            raise ValueError(f"--image-tokens must be >= 1, got {self.image_tokens}")
+        check_modes(self.data, self.latents, self.conditioning, self.class_column, self.text_encoders)
+        if self.conditioning == "multi-caption":
+            if self.caption_mix is not None:
+                raise ValueError("--caption-mix draws one caption per image and --conditioning multi-caption uses "
+                                 "several at once: give one of them")
+            caption_slots(self.data, self.max_captions)
+        elif self.max_captions is not None:
+            raise ValueError("--max-captions is for --conditioning multi-caption")
+        if self.max_classes < 1:
+            raise ValueError(f"--max-classes must be >= 1, got {self.max_classes}")
+        if (self.class_column is None) != (self.class_names is None):
+            raise ValueError("class_names is set from --class-column when a run starts, never on its own")
 
 
 def check_known(options: dict[str, Any], cls: type = TrainConfig) -> None:
@@ -185,6 +236,34 @@ def caption_weights(mix: dict[str, float] | None, captioners: list[str]) -> np.n
     return np.array([mix.get(c, 0.0) for c in captioners], dtype=np.float64)
 
 
+def caption_slots(data: dict[str, Any], max_captions: int | None) -> int:
+    """The caption slots K of a multi-caption run on a latent set with `data["captioners"]`."""
+    captioners = list(data.get("captioners") or [])
+    if len(captioners) < 2:
+        raise ValueError(f"--conditioning multi-caption needs a latent set with several captioners, this one has "
+                         f"{', '.join(captioners) or 'none'}: re-encode with `opencanvas encode --captioners A,B`")
+    if max_captions is None:
+        return len(captioners)
+    if not 1 <= max_captions <= len(captioners):
+        raise ValueError(f"--max-captions {max_captions} must be in 1..{len(captioners)} (the latent set's "
+                         f"captioners: {', '.join(captioners)})")
+    return max_captions
+
+
+def conditioned_unet(unet: dict[str, Any], conditioning: str, max_captions: int | None,
+                     class_names: tuple[str, ...] | None, data: dict[str, Any]) -> dict[str, Any]:
+    """The UNet config with what a conditioning mode adds: class embeddings (N classes + the null class,
+    diffusers `num_class_embeds`) and the adapter's settings (per-slot caption embeddings)."""
+    from opencanvas.diffusion.conditioning import ADAPTER_KEY
+
+    unet = dict(unet)
+    if class_names is not None:
+        unet["num_class_embeds"] = len(class_names) + 1
+    if conditioning == "multi-caption":
+        unet[ADAPTER_KEY] = {"text_dim": int(data["text_dim"]), "slots": caption_slots(data, max_captions)}
+    return unet
+
+
 def parse_resolutions(text: str) -> tuple[tuple[int, int], ...]:
     """'256,512@1000000' -> ((256, 0), (512, 1000000)): 512 px from one million images on."""
     phases: list[tuple[int, int]] = []
@@ -219,15 +298,26 @@ def resolve_config(*, run: str, latents: str, preset: Preset, latent_meta: dict[
     data = {k: latent_meta[k] for k in DATA_KEYS if k in latent_meta}
     unet = preset.unet.unet_config(int(latent_meta["latent_channels"]), int(latent_meta["text_dim"]),
                                    int(latent_meta["latent_size"]))
-    return TrainConfig(
+    cfg = TrainConfig(
         run=run, latents=latents, preset=preset.name, images=images, batch=batch, micro_batch=micro_batch,
         lr=options.pop("lr", preset.lr), warmup_images=options.pop("warmup_images", preset.warmup_images),
         ema_decay=options.pop("ema_decay", preset.ema_decay), parallel=options.pop("parallel", preset.parallel),
         unet=unet, resolutions=resolutions, data=data, **options,
     )
+    from opencanvas.train.encoders import encoder_unet  # torch, only when a run is configured
+
+    cfg._validate_conditioning()  # before the UNet config reads the slots and the latent set's extra dimensions
+    unet = conditioned_unet(unet, cfg.conditioning, cfg.max_captions, cfg.class_names, data)
+    return dataclasses.replace(cfg, unet=encoder_unet(unet, data, cfg.conditioning, cfg.image_tokens,
+                                                      cfg.text_encoders))
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Fields that differ between a stored and a new config and may not change on resume."""
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)}
+    """Fields that differ between a stored and a new config and may not change on resume.
+
+    A field newer than the stored config counts as its default there (a run from before it resumes).
+    """
+    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    return {k: (old.get(k, defaults.get(k)), new.get(k)) for k in sorted(set(old) | set(new))
+            if k not in RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new.get(k)}

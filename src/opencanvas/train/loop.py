@@ -20,12 +20,19 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from opencanvas.diffusion.conditioning import Conditioning
 from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.licenses import refuse_no_derivatives
 from opencanvas.storage import atomic_write_json
 from opencanvas.train.checkpoint import latest_checkpoint, tensors_hash
 from opencanvas.train.config import TrainConfig, config_changes, parse_resolutions, resolve_config
-from opencanvas.train.data import LatentStream, phase_resolution, step_generator, training_inputs
+from opencanvas.train.data import (
+    LatentStream,
+    phase_resolution,
+    step_generator,
+    stream_conditioning,
+    training_inputs,
+)
 from opencanvas.train.metrics import memory_gb, peak_flops, train_flops_per_image
 from opencanvas.train.presets import build_unet, get_preset
 from opencanvas.train.recipe import Recipe, apply_recipe, autocast, make_optimizer, resolve_recipe, to_memory_format
@@ -61,9 +68,9 @@ class DiffusionLoss(nn.Module):
         self.denoiser = denoiser
         self.min_snr_gamma = min_snr_gamma or None
 
-    def forward(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        return self.denoiser.loss(x0, noise, timesteps, text, mask, self.min_snr_gamma)
+    def forward(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                cond: Conditioning) -> torch.Tensor:
+        return self.denoiser.loss(x0, noise, timesteps, cond, min_snr_gamma=self.min_snr_gamma)
 
 
 def train(ws: Workspace, latents: str, preset: str, run: str, images: int | None = None,
@@ -112,6 +119,8 @@ def _resolve(ws: Workspace, latents: str, preset_name: str, run: str, images: in
     opts = dict(options)
     if batch is not None:
         opts["batch"] = batch
+    if opts.get("class_column"):
+        opts["class_names"] = _class_vocabulary(ws, first, opts, stored)
     rate = stored.get("measured_images_per_s") if stored else None
     opts["measured_images_per_s"] = rate if minutes is not None else None
     # With --minutes, `images` follows from the recorded rate (or, on a first run, from the warm-up in _run).
@@ -137,6 +146,19 @@ def _resolve(ws: Workspace, latents: str, preset_name: str, run: str, images: in
             raise ValueError(f"run {run!r} exists with a different configuration ({detail}). Re-run with the "
                              f"stored settings to resume, or pick a new --run name")
     return cfg
+
+
+def _class_vocabulary(ws: Workspace, latent_set: Any, options: dict[str, Any],
+                      stored: dict[str, Any] | None) -> tuple[str, ...]:
+    """The class names of --class-column: a resumed run's stored ones, else built from the latent set's images."""
+    from opencanvas.train.classes import DEFAULT_MAX_CLASSES, build_vocabulary, check_class_column, key_values
+
+    column = str(options["class_column"])
+    check_class_column(column)
+    if stored is not None and stored.get("class_column") == column and stored.get("class_names") is not None:
+        return tuple(stored["class_names"])
+    values = key_values(ws, latent_set.keys(), column)
+    return build_vocabulary(values.values(), column, int(options.get("max_classes") or DEFAULT_MAX_CLASSES))
 
 
 def _stored_config(run_dir: Path) -> dict[str, Any] | None:
@@ -187,6 +209,7 @@ class UNetTask(TrainTask):
         self.flops: dict[int, float] = {}
         self.peak = peak_flops(env.device, self.recipe.bf16)
         self.validator: Any = None
+        self.stream_conditioning: dict[str, Any] | None = None
 
     def settings(self) -> LoopSettings:
         cfg = self.cfg
@@ -203,8 +226,14 @@ class UNetTask(TrainTask):
                                             self.env.rank, self.env.world, self.env.device,
                                             position=self.data_start, workers=self.cfg.workers,
                                             holdout=self.cfg.holdout, key_filter=self.cfg.key_filter,
-                                            caption_mix=self.cfg.caption_mix)
+                                            caption_mix=self.cfg.caption_mix, **self._conditioning())
         return self.stream
+
+    def _conditioning(self) -> dict[str, Any]:
+        """The stream's conditioning settings (the class map is read from the catalog once)."""
+        if self.stream_conditioning is None:
+            self.stream_conditioning = stream_conditioning(self.ws, self.cfg.to_dict())
+        return self.stream_conditioning
 
     def _sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce on all but the last micro-batch of a step."""
@@ -229,12 +258,13 @@ class UNetTask(TrainTask):
             inputs = training_inputs(stream.next_batch(), stream, gen, env.device,
                                      num_timesteps=self.denoiser.schedule.num_train_timesteps,
                                      caption_dropout=cfg.caption_dropout, offset_noise=cfg.offset_noise,
-                                     use_text_mask=cfg.use_text_mask)
+                                     use_text_mask=cfg.use_text_mask, slot_dropout=cfg.slot_dropout,
+                                     encoder_dropout=cfg.encoder_dropout, image_dropout=cfg.image_dropout)
             x0 = to_memory_format(cast(torch.Tensor, inputs["x0"]), self.recipe)
             noise = to_memory_format(cast(torch.Tensor, inputs["noise"]), self.recipe)
             with self._sync(last=micro == accumulation - 1):
                 with autocast(env.device, self.recipe):
-                    loss = self.step_module(x0, noise, inputs["timesteps"], inputs["text"], inputs["mask"]).mean()
+                    loss = self.step_module(x0, noise, inputs["timesteps"], inputs["cond"]).mean()
                 (loss / accumulation).backward()
             loss_sum += loss.detach()
         # Mean loss over ranks; every rank sees the same value, so all skip (or step) together.
@@ -254,7 +284,7 @@ class UNetTask(TrainTask):
             with autocast(self.env.device, self.recipe):
                 self.flops[res] = train_flops_per_image(
                     self.model, (c, size, size), (int(self.cfg.data["text_len"]), int(self.cfg.data["text_dim"])),
-                    self.env.device)
+                    self.env.device, cond=self._stream(state.images_seen).null_conditioning(self.cfg.use_text_mask))
 
     def log_extras(self, state: TrainState, images_per_s: float) -> dict[str, float]:
         res = phase_resolution(self.cfg.resolutions, state.images_seen - self.cfg.batch)

@@ -13,6 +13,8 @@ import resource
 import torch
 from torch import nn
 
+from opencanvas.diffusion.conditioning import Conditioning, unet_inputs
+
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' datasheets.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 
@@ -27,17 +29,20 @@ def peak_flops(device: torch.device, bf16: bool) -> float | None:
 
 @torch.no_grad()
 def train_flops_per_image(unet: nn.Module, latent_shape: tuple[int, int, int], text_shape: tuple[int, int],
-                          device: torch.device) -> float:
-    """3x the forward FLOPs of one image (backward costs about twice the forward)."""
+                          device: torch.device, cond: Conditioning | None = None) -> float:
+    """3x the forward FLOPs of one image (backward costs about twice the forward).
+
+    cond: a batch-1 conditioning of the run's mode (class labels, several captions), else zero text of text_shape.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     c, h, w = latent_shape
     x = torch.zeros(1, c, h, w, device=device)
     t = torch.zeros(1, dtype=torch.long, device=device)
-    ehs = torch.zeros(1, *text_shape, device=device)
+    cond = cond if cond is not None else Conditioning(torch.zeros(1, *text_shape, device=device))
     counter = FlopCounterMode(display=False)
     with counter:
-        unet(x, t, encoder_hidden_states=ehs)
+        unet(x, t, **unet_inputs(unet, cond.to(device)))
     return 3.0 * counter.get_total_flops()
 
 

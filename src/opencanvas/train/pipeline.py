@@ -9,12 +9,14 @@ set was encoded with, so prompts are embedded exactly as in training.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from opencanvas.diffusion.conditioning import NO_IMAGE_CONDITIONING, Conditioning
 from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.train.checkpoint import (
     CHECKPOINT_RE,
@@ -51,6 +53,27 @@ class ModelPipeline(ABC):
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states (B, L, D) float32 on the model's device, and the text mask the UNet expects (or None)."""
 
+    def conditioning(self, prompts: list[str], class_name: str | None = None, *,
+                     image: torch.Tensor | None = None) -> Conditioning:
+        """The UNet's conditioning for one prompt per image (B rows), on the model's device.
+
+        class_name: the class of a class-conditioned run (None: the null class). A multi-caption
+        run's prompt may hold one caption per slot, joined by SLOT_SEPARATOR (see `prompt_conditioning`).
+        image: (1, E) or (B, E) image embedding (`image_embedding`) of a text+image run; None: the null image.
+        """
+        cond = prompt_conditioning(self.encode_prompts, self.config, prompts, class_name)
+        return self.with_extras(prompts, cond, image)
+
+    def with_extras(self, prompts: list[str], cond: Conditioning, image: torch.Tensor | None) -> Conditioning:
+        """A second text encoder's and an image's fields (InferencePipeline); nothing for other models."""
+        if image is not None:
+            raise ValueError(NO_IMAGE_CONDITIONING)
+        return cond
+
+    def image_embedding(self, path: Path) -> torch.Tensor:
+        """(1, E) the reference image's embedding, for a run trained with image conditioning."""
+        raise ValueError(NO_IMAGE_CONDITIONING)
+
     @abstractmethod
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of the latents for an image of height x width pixels."""
@@ -58,6 +81,66 @@ class ModelPipeline(ABC):
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Normalised latents (B, C, h, w) -> PIL images."""
+
+
+SLOT_SEPARATOR = " || "  # between the captions of one multi-caption prompt ("A || B"), as in PNG metadata
+
+PromptEncoder = Callable[[list[str]], tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+def caption_slot_count(config: dict[str, Any]) -> int:
+    """Caption slots of a multi-caption run's UNet (0 for one caption)."""
+    from opencanvas.diffusion.conditioning import ADAPTER_KEY
+
+    return int(config["unet"][ADAPTER_KEY]["slots"]) if config.get("conditioning") == "multi-caption" else 0
+
+
+def split_slots(prompt: str, slots: int) -> list[str]:
+    """The S slot captions of a multi-caption prompt.
+
+    One caption fills every slot (each image trains with all its captioners' captions, so that is
+    the input the model knows best); "A || B" fills slots 0 and 1 and leaves the rest empty (the
+    empty prompt, which per-caption dropout trains on).
+    """
+    parts = [p.strip() for p in prompt.split(SLOT_SEPARATOR.strip())] if SLOT_SEPARATOR.strip() in prompt \
+        else [prompt]
+    if len(parts) > slots:
+        raise ValueError(f"{len(parts)} captions for a run with {slots} caption slots: give at most {slots} "
+                         "--prompt values")
+    return parts * slots if len(parts) == 1 else parts + [""] * (slots - len(parts))
+
+
+def check_image_input(config: dict[str, Any]) -> None:
+    """A one-line error, before any work, for a reference image (`sample --image`) on a run trained without
+    image conditioning: one whose `conditioning` mode does not name an image (e.g. text+image)."""
+    from opencanvas.diffusion.conditioning import NO_IMAGE_CONDITIONING
+
+    if "image" not in str(config.get("conditioning") or "text"):
+        raise ValueError(NO_IMAGE_CONDITIONING)
+
+
+def prompt_conditioning(encode: PromptEncoder, config: dict[str, Any], prompts: list[str],
+                        class_name: str | None = None) -> Conditioning:
+    """A run's conditioning for `prompts` (B rows): text (multi-caption: S slots along the sequence),
+    mask and, for a class-conditioned run, the class label of `class_name` for every row."""
+    from opencanvas.train.classes import label_for
+
+    slots = caption_slot_count(config)
+    if slots:
+        flat = [part for prompt in prompts for part in split_slots(prompt, slots)]
+        text, mask = encode(flat)  # (B*S, L, D), (B*S, L) | None
+        text = text.reshape(len(prompts), -1, text.shape[-1])  # (B, S*L, D)
+        mask = None if mask is None else mask.reshape(len(prompts), -1)
+    else:
+        text, mask = encode(prompts)
+    names = config.get("class_names")
+    labels = None
+    if names is not None:
+        labels = torch.full((len(prompts),), label_for(class_name, names), dtype=torch.long, device=text.device)
+    elif class_name is not None:
+        raise ValueError("this run was trained without class conditioning: leave out --class (or train a run "
+                         "with --class-column)")
+    return Conditioning(text, mask, class_labels=labels)
 
 
 @dataclass
@@ -69,10 +152,40 @@ class InferencePipeline(ModelPipeline):
     weights_hash: str  # sha256 over the loaded UNet tensors (names, dtypes, bytes)
     checkpoint: Path
     ema: bool
+    text_encoder_2: LoadedTextEncoder | None = None  # a run on two text encoders (opencanvas.train.encoders)
+    workspace: Workspace | None = None  # where the image-embedding CLIP of a text+image run resolves
+    # Reference images already embedded (path -> (1, E)): sampling asks once per batch, the CLIP loads once.
+    image_embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def use_text_mask(self) -> bool:
         return bool(self.config.get("use_text_mask", False))
+
+    def with_extras(self, prompts: list[str], cond: Conditioning, image: torch.Tensor | None) -> Conditioning:
+        """Both encoders' hidden states and pooled embeddings (feature axis, as trained), and the image."""
+        from opencanvas.train.encoders import prompt_extras
+
+        return prompt_extras(self.config, self.text_encoder, self.text_encoder_2, prompts, cond, image, self.device)
+
+    def image_embedding(self, path: Path) -> torch.Tensor:
+        """(1, E) the CLIP image embedding of the picture at `path`, with the CLIP the latent set used."""
+        from opencanvas.components.loading import load_clip_evaluator
+        from opencanvas.fetch.decode import load_rgb
+        from opencanvas.train.encoders import TEXT_IMAGE
+
+        if self.config.get("conditioning") != TEXT_IMAGE:
+            raise ValueError(NO_IMAGE_CONDITIONING)
+        key = str(Path(path).resolve())
+        if key not in self.image_embeddings:
+            try:
+                image = load_rgb(Path(path).read_bytes())
+            except (OSError, ValueError) as err:
+                raise ValueError(f"--image {path} is not an image this can read ({type(err).__name__}: {err})") \
+                    from err
+            clip = load_clip_evaluator(self.workspace, str(self.config["data"]["image_embeddings"]), self.device)
+            features = clip.image_features([image])  # (1, E), L2-normalised as encode stored them
+            self.image_embeddings[key] = torch.from_numpy(features).to(self.device)
+        return self.image_embeddings[key]
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of the latents for an image of height x width pixels."""
@@ -136,8 +249,12 @@ def load_pipeline(ws: Workspace, run: str, ema: bool = True, device: str | torch
     config = ckpt.config
     denoiser = load_denoiser(config, weights, device, dtype)
     text_encoder, autoencoder = load_components(ws, config, device)
+    from opencanvas.train.encoders import load_second_text_encoder
+
+    text_encoder_2 = load_second_text_encoder(ws, config["data"], device, int(config.get("text_encoders") or 0))
     return InferencePipeline(denoiser=denoiser, autoencoder=autoencoder, text_encoder=text_encoder, config=config,
-                             weights_hash=tensors_hash(weights), checkpoint=path, ema=ema)
+                             weights_hash=tensors_hash(weights), checkpoint=path, ema=ema,
+                             text_encoder_2=text_encoder_2, workspace=ws)
 
 
 def load_components(ws: Workspace, config: dict[str, Any], device: str | torch.device = "cpu"

@@ -112,10 +112,18 @@ def get_preset(name: str) -> Preset:
 
 
 def build_unet(unet_config: dict[str, Any], seed: int = 0) -> nn.Module:
-    """A UNet2DConditionModel with seeded initial weights (equal on every rank)."""
+    """A UNet2DConditionModel with seeded initial weights (equal on every rank).
+
+    A `conditioning_adapter` entry of the config (opencanvas.diffusion.conditioning) adds the
+    adapter submodule, initialised after the UNet so the UNet's own weights do not change.
+    """
     import torch
     from diffusers import UNet2DConditionModel
 
+    from opencanvas.diffusion.conditioning import ADAPTER_KEY, attach_adapter, build_adapter
+
+    config = {k: v for k, v in unet_config.items() if k != ADAPTER_KEY}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DConditionModel(**unet_config)
+        unet = UNet2DConditionModel(**config)
+        return attach_adapter(unet, build_adapter(unet_config.get(ADAPTER_KEY)))

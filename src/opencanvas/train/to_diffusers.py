@@ -25,7 +25,7 @@ import copy
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,8 +33,12 @@ from opencanvas.model_license import ModelLicense, model_license, obligations
 from opencanvas.storage import atomic_write_json, atomic_write_text
 from opencanvas.train.checkpoint import load_checkpoint, tensors_hash
 from opencanvas.train.config import caption_mix_text
+from opencanvas.train.encoders import export_note, refuse_image_export, text_encoder_specs
 from opencanvas.train.pipeline import InferencePipeline, load_pipeline
 from opencanvas.workspace import Workspace
+
+if TYPE_CHECKING:
+    from opencanvas.components.loading import LoadedTextEncoder
 
 EXPORTS_FILE = "exports.json"   # runs/<run>/exports.json: folders export wrote, for `card` to update
 CARDS_DIR = "cards"
@@ -103,16 +107,38 @@ def ship_distilled_pipeline(folder: Path) -> None:
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(ddim, indent=2, sort_keys=True) + "\n")
 
 
-def _text_encoder(pipe: InferencePipeline) -> tuple[Any, Any]:
-    te: Any = copy.deepcopy(pipe.text_encoder.model)  # a transformers CLIPTextModel
-    if pipe.text_encoder.layer == "penultimate":
+def _text_encoder(pipe: InferencePipeline, loaded: LoadedTextEncoder | None = None) -> tuple[Any, Any]:
+    loaded = loaded or pipe.text_encoder
+    te: Any = copy.deepcopy(loaded.model)  # a transformers CLIPTextModel
+    if loaded.layer == "penultimate":
         inner = getattr(te, "text_model", te)  # transformers 5 flattened CLIPTextModel (no .text_model)
         inner.encoder.layers = inner.encoder.layers[:-1]
         te.config.num_hidden_layers -= 1
     te.config.use_attention_mask = True  # the SD pipeline then passes the tokenizer's mask, as encode did
-    tokenizer = copy.deepcopy(pipe.text_encoder.tokenizer)
-    tokenizer.model_max_length = pipe.text_encoder.max_length
+    tokenizer = copy.deepcopy(loaded.tokenizer)
+    tokenizer.model_max_length = loaded.max_length
     return te, tokenizer
+
+
+def refuse_without_diffusers_equivalent(run: str, config: dict[str, Any]) -> None:
+    """A one-line error for a conditioning mode that no diffusers UNet2DConditionModel reproduces."""
+    refuse_image_export(run, config)
+    if config.get("conditioning") == "multi-caption":
+        raise ValueError(f"run {run!r} uses --conditioning multi-caption, which has no diffusers equivalent (no "
+                         f"per-slot caption embeddings in UNet2DConditionModel): nothing exported; sample it with "
+                         f"`opencanvas sample --run {run}`")
+
+
+def export_notes(config: dict[str, Any]) -> list[str]:
+    """One line per thing a user of the exported folder must know that the stock pipeline does not do."""
+    note = export_note(config)
+    if note:
+        return [note]
+    names = config.get("class_names")
+    if names is None:
+        return []
+    return [f"the UNet is class-conditioned (num_class_embeds {len(names) + 1}: class_names of opencanvas.json's "
+            f"config, {len(names)} = no class); diffusers' stock StableDiffusionPipeline does not pass class_labels"]
 
 
 def export(ws: Workspace, run: str, out: Path, ema: bool = True, checkpoint: str | int | None = None) -> Path:
@@ -120,9 +146,13 @@ def export(ws: Workspace, run: str, out: Path, ema: bool = True, checkpoint: str
     from diffusers import StableDiffusionPipeline
 
     out = Path(out)
+    stored = ws.run_dir(run) / "config.json"
+    if stored.exists():
+        refuse_without_diffusers_equivalent(run, json.loads(stored.read_text()))
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty: pass a new --out directory")
     pipe = load_pipeline(ws, run, ema=ema, device="cpu", checkpoint=checkpoint)
+    refuse_without_diffusers_equivalent(run, pipe.config)  # the checkpoint's own config decides
     vae = copy.deepcopy(pipe.autoencoder.vae)
     shift, scale = pipe.autoencoder.shift, pipe.autoencoder.scale
     factor = uniform_scale(shift, scale)
@@ -143,6 +173,10 @@ def export(ws: Workspace, run: str, out: Path, ema: bool = True, checkpoint: str
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     sd.save_pretrained(tmp, safe_serialization=True)
+    if pipe.text_encoder_2 is not None:  # beside the stock pipeline's folders (see encoders.export_note)
+        text_encoder_2, tokenizer_2 = _text_encoder(pipe, pipe.text_encoder_2)
+        text_encoder_2.save_pretrained(tmp / "text_encoder_2", safe_serialization=True)
+        tokenizer_2.save_pretrained(tmp / "tokenizer_2")
     if pipe.config.get("distilled"):
         ship_distilled_pipeline(tmp)
     hashes = published_hashes(pipe)
@@ -213,6 +247,8 @@ def model_card(ws: Workspace, run: str, pipe: InferencePipeline, normalization: 
              f"Run `opencanvas card --run {run}` to write the data card, model card and attribution list "
              "(`ATTRIBUTION.md`, `attribution.csv`); it copies them into `cards/` here.")
     published = "EMA" if pipe.ema else "raw"
+    note = export_note(cfg)
+    second = f"\n- Second text encoder `{text_encoder_specs(data)[1]}` in `text_encoder_2/`: {note}." if note else ""
     hash_lines = f"  - published ({published}) weights sha256 `{pipe.weights_hash}`"
     if pipe.ema and hashes.get("raw"):
         hash_lines += f"\n  - raw weights sha256 `{hashes['raw']}`"
@@ -239,7 +275,7 @@ Released under {lic.name} ({lic.url}), {lic.reason}
 - Prediction type: `{cfg['prediction_type']}`; noise schedule: scaled-linear DDPM, 1000 steps,
   zero-terminal-SNR {'on' if cfg.get('zero_terminal_snr') else 'off'}.
 - Autoencoder: `{data.get('autoencoder')}`; latent normalisation: {normalization}
-- Text encoder: `{data.get('text_encoder')}` ({data.get('text_layer')} layer, {data.get('text_len')} tokens).
+- Text encoder: `{data.get('text_encoder')}` ({data.get('text_layer')} layer, {data.get('text_len')} tokens).{second}
 
 ## Training data
 - Subset `{data.get('subset')}` under license policy `{policy}`, catalog snapshot `{data.get('catalog_hash')}`.

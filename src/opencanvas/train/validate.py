@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from opencanvas.components.reports import image_grid
+from opencanvas.diffusion.conditioning import Conditioning
 from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
 from opencanvas.diffusion.guidance import cfg_denoiser
 from opencanvas.diffusion.samplers import get_sigmas, initial_noise_scale, sample_euler
@@ -28,28 +29,26 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def sample_euler_cfg(denoiser: Denoiser, text: torch.Tensor, mask: torch.Tensor | None, null_text: torch.Tensor,
-                     null_mask: torch.Tensor | None, latent_shape: tuple[int, int, int], seeds: list[int],
-                     steps: int = 20, guidance: float = 5.0) -> torch.Tensor:
-    """Normalised latents (B, C, h, w) for text (B, L, D), one fixed seed per image."""
-    device = text.device
+def sample_euler_cfg(denoiser: Denoiser, cond: Conditioning, null: Conditioning,
+                     latent_shape: tuple[int, int, int], seeds: list[int], steps: int = 20,
+                     guidance: float = 5.0) -> torch.Tensor:
+    """Normalised latents (B, C, h, w) for `cond` (B rows; `null` of batch 1), one fixed seed per image."""
+    device = cond.text.device
     sigmas = get_sigmas(denoiser, steps, "trailing").to(device)
     noise = [torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
     x = torch.stack(noise).to(device) * initial_noise_scale(sigmas)  # (B, C, h, w)
-    b = x.shape[0]
-    extra = {"cond": text, "cond_mask": mask, "uncond": null_text.expand(b, -1, -1),
-             "uncond_mask": None if null_mask is None else null_mask.expand(b, -1)}
+    extra = {"cond": cond, "uncond": null.expand(x.shape[0])}
     return sample_euler(cfg_denoiser(denoiser, guidance), x, sigmas, extra)
 
 
 class Validator:
     """Holds the text encoder and autoencoder of the latent set, and the prompts' embeddings."""
 
-    def __init__(self, cfg: Any, autoencoder: Any, prompts: tuple[torch.Tensor, torch.Tensor],
-                 null: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> None:
+    def __init__(self, cfg: Any, autoencoder: Any, prompts: Conditioning, null: Conditioning,
+                 device: torch.device) -> None:
         self.cfg, self.autoencoder, self.device = cfg, autoencoder, device
-        # text (P, L, D) + mask (P, L) of the prompts; null_text (1, L, D) + null_mask (1, L) of ""
-        (self.text, self.mask), (self.null_text, self.null_mask) = prompts, null
+        # The prompts' conditioning (P rows) and the unconditional one (1 row: "", the null class).
+        self.cond, self.null = prompts, null
         self.unet: Any = None
 
     @classmethod
@@ -64,9 +63,23 @@ class Validator:
             raise ValueError(f"--validate-every needs the latent set's text encoder and autoencoder "
                              f"({data.get('text_encoder')!r}, {data.get('autoencoder')!r}): {err}. "
                              "Pass --validate-every 0 to train without validation grids") from err
-        text, mask = te.encode(list(cfg.validation_prompts))
-        null_text, null_mask = te.encode([""])
-        return cls(cfg, ae, (text.float(), mask), (null_text.float(), null_mask), device)
+        from opencanvas.train.pipeline import prompt_conditioning
+
+        def encode(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+            text, mask = te.encode(prompts)
+            return text.float(), (mask if cfg.use_text_mask else None)
+
+        from opencanvas.train.encoders import load_second_text_encoder, prompt_extras
+
+        # With class conditioning the grids show the null class, with image conditioning the null image:
+        # what the prompts alone give. A second text encoder joins the first as in training.
+        config = cfg.to_dict()
+        te2 = load_second_text_encoder(ws, data, device, cfg.text_encoders)
+
+        def conditioning(prompts: list[str]) -> Conditioning:
+            return prompt_extras(config, te, te2, prompts, prompt_conditioning(encode, config, prompts), None, device)
+
+        return cls(cfg, ae, conditioning(list(cfg.validation_prompts)), conditioning([""]), device)
 
     def render(self, ema_state: dict[str, torch.Tensor], resolution: int, steps: int = 20,
                guidance: float = 5.0) -> Image.Image:
@@ -79,12 +92,10 @@ class Validator:
         denoiser = Denoiser(self.unet, NoiseSchedule(zero_terminal_snr=self.cfg.zero_terminal_snr),
                             self.cfg.prediction_type).to(self.device)
         seeds = [0, 1]
-        text = self.text.repeat_interleave(len(seeds), dim=0)  # (P*S, L, D)
-        masks = (self.mask.repeat_interleave(len(seeds), dim=0), self.null_mask) if self.cfg.use_text_mask \
-            else (None, None)
+        prompts = self.cond.batch_size
         size = resolution // self.autoencoder.downscale
         shape = (int(self.cfg.unet["in_channels"]), size, size)
-        latents = sample_euler_cfg(denoiser, text, masks[0], self.null_text, masks[1], shape,
-                                   seeds * len(self.text), steps=steps, guidance=guidance)
+        latents = sample_euler_cfg(denoiser, self.cond.repeat_interleave(len(seeds)), self.null, shape,
+                                   seeds * prompts, steps=steps, guidance=guidance)
         images = to_pil(self.autoencoder.decode(latents))
         return image_grid([images[i:i + len(seeds)] for i in range(0, len(images), len(seeds))], pad=0)
