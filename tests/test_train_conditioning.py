@@ -162,6 +162,14 @@ def test_multi_caption_on_a_one_captioner_set_names_the_encode_flag(ws: Workspac
     write_random_latents(ws, "one", 8, resolution=64, text_len=8, text_dim=32, shard_size=8)
     with pytest.raises(ValueError, match="re-encode with `opencanvas encode --captioners A,B`"):
         loop.train(ws, "one", "tiny", "bad", conditioning="multi-caption", **SMALL)
+    write_random_latents(ws, "two", 8, resolution=64, text_len=8, text_dim=32, shard_size=8,
+                         captioners=("metadata", "blip2"))
+    with pytest.raises(ValueError, match=r"--max-captions 3 must be in 1\.\.2"):
+        loop.train(ws, "two", "tiny", "bad", conditioning="multi-caption", max_captions=3, **SMALL)
+    with pytest.raises(ValueError, match="--caption-mix draws one caption"):
+        loop.train(ws, "two", "tiny", "bad", conditioning="multi-caption", caption_mix={"blip2": 1.0}, **SMALL)
+    with pytest.raises(ValueError, match="--max-captions is for --conditioning multi-caption"):
+        loop.train(ws, "two", "tiny", "bad", max_captions=2, **SMALL)
     assert not (ws.run_dir("bad") / "config.json").exists()
 
 

@@ -69,7 +69,7 @@ def build_vocabulary(values: Iterable[str | None], column: str, max_classes: int
     counts = Counter(v for v in values if v is not None)
     if not counts:
         raise ValueError(f"--class-column {column!r} has no value for any image of the latent set: pick a column "
-                         "the catalog fills in")
+                         "the catalog fills in (or ingest the catalog these images came from)")
     if len(counts) > max_classes:
         raise ValueError(f"--class-column {column!r} has {len(counts)} classes, more than --max-classes "
                          f"{max_classes}: raise --max-classes or pick a coarser column")
