@@ -54,7 +54,7 @@ class Conditioning:
         """Names of the fields that are set."""
         return tuple(name for name in FIELDS if getattr(self, name) is not None)
 
-    def replace(self, **fields: torch.Tensor | None) -> Conditioning:
+    def replace(self, **fields: Any) -> Conditioning:
         return dataclasses.replace(self, **fields)
 
     @staticmethod
@@ -68,7 +68,8 @@ class Conditioning:
 
     def expand(self, batch: int) -> Conditioning:
         """A batch-1 conditioning (a null value) repeated to `batch` rows (a view, no copy)."""
-        return Conditioning(**{name: _expand(getattr(self, name), batch) for name in FIELDS})
+        fields: dict[str, Any] = {name: _expand(getattr(self, name), batch) for name in FIELDS}
+        return Conditioning(**fields)
 
     def where(self, drop: torch.Tensor, null: Conditioning, fields: Iterable[str] | None = None) -> Conditioning:
         """Rows where `drop` (B,) is true take `null`'s value (batch 1 or B), for `fields` (default: all set).
@@ -77,7 +78,7 @@ class Conditioning:
         (an image, a second encoder) passes that input's name with its own `drop`.
         """
         names = self.present() if fields is None else tuple(fields)
-        changed: dict[str, torch.Tensor | None] = {}
+        changed: dict[str, Any] = {}
         for name in names:
             value, null_value = getattr(self, name), getattr(null, name)
             if value is None:
@@ -90,7 +91,7 @@ class Conditioning:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Conditioning:
         """Move to `device`; `dtype` applies to the float fields only (labels and masks keep theirs)."""
-        moved: dict[str, torch.Tensor | None] = {}
+        moved: dict[str, Any] = {}
         for name in FIELDS:
             value = getattr(self, name)
             if value is not None:
@@ -100,8 +101,9 @@ class Conditioning:
 
     def repeat_interleave(self, repeats: int) -> Conditioning:
         """Each row `repeats` times in a row (several seeds per prompt)."""
-        return Conditioning(**{name: None if getattr(self, name) is None
-                               else getattr(self, name).repeat_interleave(repeats, dim=0) for name in FIELDS})
+        fields: dict[str, Any] = {name: None if getattr(self, name) is None
+                                  else getattr(self, name).repeat_interleave(repeats, dim=0) for name in FIELDS}
+        return Conditioning(**fields)
 
 
 def _expand(value: torch.Tensor | None, batch: int) -> torch.Tensor | None:
