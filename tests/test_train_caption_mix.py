@@ -148,3 +148,25 @@ def test_export_readme_states_the_mix(trained) -> None:  # noqa: F811
     pipe.config["caption_mix"] = {"metadata": 1.0}  # as a run trained with --caption-mix metadata=1 records it
     assert "- Captions from: metadata (drawn metadata 100%)." in model_card(ws, "demo", pipe, "-", {}, lic,
                                                                              has_cards=False)
+
+
+def test_model_card_names_the_conditioning(ws) -> None:
+    """Multi-caption, two encoders and class labels each get a row in the card's training table (issue 14)."""
+    from opencanvas.cards.writer import write_cards
+    from tests.factories import make_captions, make_image_subset
+    from tests.test_cards_golden import _relicense, _run
+
+    make_image_subset(ws, "shapes", n=40, size=16, shard_size=20)
+    make_captions(ws, "shapes", "metadata")
+    _relicense(ws)
+    _run(ws)
+    config_path = ws.run_dir("r1") / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(conditioning="multi-caption", max_captions=2, slot_dropout=0.2, class_column="extra.category",
+                  class_names=["animals", "food", "people"], text_encoders=0)
+    config["data"]["text_encoders"] = ["clip-a", "clip-b"]
+    config_path.write_text(json.dumps(config))
+    model = (write_cards(ws, "r1") / "MODEL_CARD.md").read_text()
+    assert "| conditioning | multi-caption: up to 2 captions per image at once, each dropped with p=0.2 |" in model
+    assert "| text encoders | two, concatenated along the feature axis" in model
+    assert "| class labels | catalog column extra.category, 3 classes" in model

@@ -295,6 +295,26 @@ def _distill_lines(facts: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _conditioning_rows(cfg: dict[str, Any]) -> list[list[Any]]:
+    """What the UNet is conditioned on besides one caption (issue 14), for the training table."""
+    rows: list[list[Any]] = []
+    mode = cfg.get("conditioning") or "text"
+    if mode == "multi-caption":
+        rows.append(["conditioning", f"multi-caption: up to {cfg.get('max_captions') or 'all'} captions per image "
+                     f"at once, each dropped with p={cfg.get('slot_dropout')}"])
+    elif mode == "text+image":
+        rows.append(["conditioning", f"text + CLIP image embedding ({cfg.get('image_tokens')} tokens and the "
+                     f"timestep embedding), image dropped with p={cfg.get('image_dropout')}"])
+    if len(cfg.get("data", {}).get("text_encoders") or []) > 1 and cfg.get("text_encoders") != 1:
+        rows.append(["text encoders", f"two, concatenated along the feature axis, each dropped with "
+                     f"p={cfg.get('encoder_dropout')}"])
+    if cfg.get("class_column"):
+        names = cfg.get("class_names") or []
+        rows.append(["class labels", f"catalog column {markdown_text(cfg['class_column'])}, {len(names)} classes "
+                     "(plus a null class for guidance)"])
+    return rows
+
+
 def model_card(facts: dict[str, Any]) -> str:
     t, sub = facts["train"], facts["subset"]
     cfg, summ = t["config"], t["summary"]
@@ -317,6 +337,7 @@ def model_card(facts: dict[str, Any]) -> str:
         ["global batch", cfg.get("batch")], ["learning rate", cfg.get("lr")],
         ["prediction", cfg.get("prediction_type")], ["caption dropout (for CFG)", cfg.get("caption_dropout")],
         *([["caption mix", caption_mix_text(cfg["caption_mix"])]] if cfg.get("caption_mix") else []),
+        *_conditioning_rows(cfg),
         ["resolutions", cfg.get("resolutions")], ["checkpoint", t["checkpoint"]],
         *_hash_rows(t),
     ])
