@@ -145,8 +145,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
             xs, ys, lo, hi = [], [], [], []
             for gi, g in enumerate(scales):
                 r = next((x for x in rows if x["cell"] == cell and x["guidance"] == g), None)
-                if r is None or r[key] is None:
-                    continue
+                if r is None or r[key] is None or key in ("diff", "fd_diff") and cell == cells[0]:
+                    continue  # the baseline's difference to itself is zero
                 value = r[key][0] if key in ("diff", "fd_diff") else r[key]
                 xs.append(gi + ci_index * width)
                 ys.append(value)
