@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from opencanvas.study import shared
 from opencanvas.study.spec import StudySpec
 
 
@@ -21,6 +22,7 @@ class Cell:
     preset: str
     seed: int
     images: int | None         # None with mode = "epochs": decided by the cell's training keys
+    conditioning: str | None = None  # a value of the conditioning axis (None: no such axis)
 
     def identity(self, spec: StudySpec) -> dict[str, Any]:
         """What decides this cell's run: a change here means a new run, never a silent resume."""
@@ -28,7 +30,10 @@ class Cell:
                 "text_encoder": spec.text_encoder, "resolution": spec.resolution, "captioner": self.captioner,
                 "fraction": self.fraction, "fraction_seed": self.fraction_seed, "preset": self.preset,
                 "seed": self.seed, "images": self.images, "mode": spec.mode, "epochs": spec.epochs,
-                "batch": spec.batch, "train_options": dict(spec.train_options)}
+                "batch": spec.batch, "train_options": dict(spec.train_options),
+                # only with a conditioning axis, so the runs of older studies keep their names
+                **({} if self.conditioning is None else {"conditioning": self.conditioning,
+                                                         "latents": shared.latents_name(spec, self.captioner)})}
 
     def run_name(self, spec: StudySpec) -> str:
         digest = hashlib.sha256(json.dumps(self.identity(spec), sort_keys=True).encode()).hexdigest()[:8]
@@ -51,5 +56,6 @@ def study_cells(spec: StudySpec) -> list[Cell]:
             index=index, values=values, fraction=float(values.get("fraction", spec.fraction)),
             fraction_seed=spec.fraction_seed, captioner=values.get("captioner", spec.captioner),
             preset=values.get("preset", spec.preset), seed=int(values.get("seed", spec.seed)),
-            images=values.get("images", spec.images) if spec.mode == "images" else None))
+            images=values.get("images", spec.images) if spec.mode == "images" else None,
+            conditioning=values.get("conditioning")))
     return cells

@@ -48,13 +48,14 @@ def _grouped(records: Sequence[dict[str, Any]], spec: StudySpec, guidance: float
              exclude: set[str]) -> dict[str, list[tuple[Any, float, tuple[float, float] | None]]]:
     """series -> [(x, mean CLIP score, interval)], pooling the seeds of an x (error bars across seeds too)."""
     pools: dict[str, dict[Any, list[list[float]]]] = {}
+    axis = "conditioning" if "conditioning" in exclude else "captioner"
     for r in records:
         if r["status"] != "ok":
             continue
         row = next((x for x in r["rows"] if x["guidance"] == guidance and x.get("clip_scores")), None)
         if row is None:
             continue
-        x = r["fraction"] if "fraction" in exclude else r["captioner"]
+        x = r["fraction"] if "fraction" in exclude else r["values"].get(axis, r["captioner"])
         pools.setdefault(_series_key(r, spec, exclude), {}).setdefault(x, []).append(row["clip_scores"])
     out: dict[str, list[tuple[Any, float, tuple[float, float] | None]]] = {}
     for series, by_x in pools.items():
@@ -91,11 +92,12 @@ def scaling_plot(path: Path, records: Sequence[dict[str, Any]], spec: StudySpec,
     return _save(fig, path)
 
 
-def captions_plot(path: Path, records: Sequence[dict[str, Any]], spec: StudySpec, prompts: int) -> str:
-    """Bars of CLIP score per captioner (and other setting), one group per guidance scale."""
+def captions_plot(path: Path, records: Sequence[dict[str, Any]], spec: StudySpec, prompts: int,
+                  axis: str = "captioner") -> str:
+    """Bars of CLIP score per captioner (or conditioning, and other setting), one group per guidance scale."""
     scales = spec.eval.guidance
-    captioners = spec.captioners()
-    groups = [_grouped(records, spec, g, prompts, {"captioner", "seed"}) for g in scales]
+    captioners = spec.captioners() if axis == "captioner" else spec.conditionings()
+    groups = [_grouped(records, spec, g, prompts, {axis, "seed"}) for g in scales]
     series = sorted({name for grouped in groups for name in grouped})
     bars = [(name, c) for name in series for c in captioners]  # one bar per (other setting, captioner)
     width = 0.8 / max(1, len(bars))
@@ -112,28 +114,36 @@ def captions_plot(path: Path, records: Sequence[dict[str, Any]], spec: StudySpec
     ax.set_xticks([gi + width * (len(bars) - 1) / 2 for gi in range(len(scales))],
                   [f"guidance {g:g}" for g in scales])
     ax.set_ylabel("CLIP score")
-    ax.set_title(f"{spec.name}: captioners (95% bootstrap intervals)", fontsize=9)
+    ax.set_title(f"{spec.name}: {'captioners' if axis == 'captioner' else 'conditioning'} "
+                 "(CLIP score, 95% bootstrap intervals)", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
 
-def side_by_side(spec: StudySpec, rows: list[dict[str, Any]]) -> list[str]:
-    """The captions comparison: one column per captioner, one line per guidance scale and other setting."""
-    captioners = spec.captioners()
-    others = [k for k in spec.axis_names() if k != "captioner"]
+def side_by_side(spec: StudySpec, rows: list[dict[str, Any]], axis: str = "captioner") -> list[str]:
+    """The captions (or conditioning) comparison: one column per value, one line per guidance and other setting."""
+    captioners = spec.captioners() if axis == "captioner" else spec.conditionings()
+    others = [k for k in spec.axis_names() if k != axis]
     lines: dict[tuple[Any, ...], dict[str, str]] = {}
     for r in rows:
         line = (r["guidance"], *(r[k] if k != "images" else r["train_images"] for k in others))
         cell = f"{_fmt(r['clip_score'])} [{_fmt(r['clip_score_lo'])}, {_fmt(r['clip_score_hi'])}]" \
             if r["clip_score_lo"] is not None else (_fmt(r["clip_score"]) if r["status"] == "ok" else r["status"])
-        lines.setdefault(line, {})[r["captioner"]] = cell
+        lines.setdefault(line, {})[r[axis]] = cell
     header = ["guidance", *others, *captioners]
-    out = ["", "## Captioners side by side (CLIP score [95% interval])", "", "| " + " | ".join(header) + " |",
+    title = "Captioners" if axis == "captioner" else "Conditioning"
+    out = ["", f"## {title} side by side (CLIP score [95% interval])", "", "| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
     for line, by_captioner in lines.items():
         values = [f"{line[0]:g}", *(str(v) for v in line[1:]), *(by_captioner.get(c, "–") for c in captioners)]
         out.append("| " + " | ".join(values) + " |")
     return out
+
+
+def _mem(row: dict[str, Any]) -> str:
+    if row["memorization_lo"] is None:
+        return _fmt(row["memorization"])
+    return f"{_fmt(row['memorization'])} [{_fmt(row['memorization_lo'])}, {_fmt(row['memorization_hi'])}]"
 
 
 def _markdown(spec: StudySpec, cells: Sequence[Cell], records: Sequence[dict[str, Any]], rows: list[dict[str, Any]],
@@ -169,16 +179,18 @@ def _markdown(spec: StudySpec, cells: Sequence[Cell], records: Sequence[dict[str
             "samples whose nearest reference image has cosine ≥ 0.95. Every row traces to "
             "`runs/<run>/eval/<eval id>/`.",
             "", f"| cell | setting | status | train images | guidance | CLIP score | interval | uncond. CLIP | "
-                f"{fd_name} | {kid_name} | memorization | run | eval id |",
+                f"{fd_name} | {kid_name} | memorization [95%] | run | eval id |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         interval = f"[{_fmt(r['clip_score_lo'])}, {_fmt(r['clip_score_hi'])}]" if r["clip_score_lo"] is not None \
             else "–"
         out.append(f"| {r['cell']} | {r['label']} | {r['status']} | {_fmt(r['train_images'])} | {r['guidance']:g} | "
                    f"{_fmt(r['clip_score'])} | {interval} | {_fmt(r['clip_score_unconditional'])} | {_fmt(r['fd'])} | "
-                   f"{_fmt(r['kid'], 4)} | {_fmt(r['memorization'])} | `{r['run']}` | `{r['eval_id'] or '–'}` |")
+                   f"{_fmt(r['kid'], 4)} | {_mem(r)} | `{r['run']}` | `{r['eval_id'] or '–'}` |")
     if len(dict(spec.axes).get("captioner", ())) > 1:
         out += side_by_side(spec, rows)
+    if len(spec.conditionings()) > 1:
+        out += side_by_side(spec, rows, "conditioning")
     out += ["", "## Compute per cell", "",
             "| cell | setting | training images (keys) | steps | wall s | images/s | device x ranks |",
             "|---|---|---|---|---|---|---|"]
@@ -206,7 +218,7 @@ def write_report(ws: Workspace, spec: StudySpec, cells: Sequence[Cell], records:
     shared_path = root / "shared.json"
     shared_record = json.loads(shared_path.read_text()) if shared_path.exists() else {}
     n_prompts = len(prompts["prompts"])
-    rows = result_rows(spec.name, records, spec.eval.guidance, n_prompts, spec.eval.bootstrap)
+    rows = result_rows(spec.name, records, spec.eval.guidance, n_prompts, spec.eval.bootstrap, spec.eval.n)
     write_results(root / "results.parquet", rows)
     plots = []
     axes = dict(spec.axes)
@@ -215,6 +227,8 @@ def write_report(ws: Workspace, spec: StudySpec, cells: Sequence[Cell], records:
         plots.append(scaling_plot(root / "scaling.png", records, spec, n_prompts))
     if have_clip and len(axes.get("captioner", ())) > 1:
         plots.append(captions_plot(root / "captions.png", records, spec, n_prompts))
+    if have_clip and len(spec.conditionings()) > 1:
+        plots.append(captions_plot(root / "conditioning.png", records, spec, n_prompts, "conditioning"))
     path = root / "REPORT.md"
     atomic_write_text(path, _markdown(spec, cells, records, rows, shared_record, prompts, plots))
     return path

@@ -22,6 +22,7 @@ RESULTS_SCHEMA = pa.schema([
     ("clip_score", pa.float64()), ("clip_score_lo", pa.float64()), ("clip_score_hi", pa.float64()),
     ("clip_score_unconditional", pa.float64()), ("fd", pa.float64()), ("fd_metric", pa.string()),
     ("kid", pa.float64()), ("kid_metric", pa.string()), ("memorization", pa.float64()),
+    ("memorization_lo", pa.float64()), ("memorization_hi", pa.float64()), ("conditioning", pa.string()),
     ("run", pa.string()), ("eval_id", pa.string()), ("latents", pa.string()),
 ])
 
@@ -48,25 +49,39 @@ def bootstrap_mean(replicates: Sequence[Sequence[float]], prompts: int, samples:
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
+def share_interval(share: float | None, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson's 95% interval of a share of n images (memorization): exact enough at n = 32, never outside [0, 1]."""
+    if share is None or n <= 0:
+        return None
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * float(np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def result_rows(study: str, records: Sequence[dict[str, Any]], guidance: Sequence[float], prompts: int,
-                bootstrap: int) -> list[dict[str, Any]]:
+                bootstrap: int, n: int = 0) -> list[dict[str, Any]]:
+    """One row per (cell, guidance scale); n: images per guidance scale (for the memorization interval)."""
     rows = []
     for r in records:
         base = {"study": study, "cell": r["cell"], "label": r["label"], "status": r["status"],
                 "reason": r.get("reason", ""), "fraction": r["fraction"], "captioner": r["captioner"],
                 "preset": r["preset"], "seed": r["seed"], "train_images": r.get("train_images"),
                 "train_keys": r.get("train_keys"), "run": r["run"], "eval_id": r.get("eval_id"),
-                "latents": r["latents"], "fd_metric": r.get("fd_metric"), "kid_metric": r.get("kid_metric")}
+                "latents": r["latents"], "conditioning": r.get("values", {}).get("conditioning"),
+                "fd_metric": r.get("fd_metric"), "kid_metric": r.get("kid_metric")}
         evals = {row["guidance"]: row for row in r.get("rows", [])}
         unconditional = next((row.get("clip_score") for row in r.get("rows", []) if row["baseline"]), None)
         for g in guidance:
             row = evals.get(float(g), {})
             interval = bootstrap_mean([row["clip_scores"]], prompts, bootstrap) if row.get("clip_scores") else None
+            mem_interval = share_interval(row.get("memorization"), n)
             rows.append({**base, "guidance": float(g), "clip_score": row.get("clip_score"),
                          "clip_score_lo": interval[0] if interval else None,
                          "clip_score_hi": interval[1] if interval else None,
                          "clip_score_unconditional": unconditional, "fd": row.get("fd"), "kid": row.get("kid"),
-                         "memorization": row.get("memorization")})
+                         "memorization": row.get("memorization"),
+                         "memorization_lo": mem_interval[0] if mem_interval else None,
+                         "memorization_hi": mem_interval[1] if mem_interval else None})
     return rows
 
 

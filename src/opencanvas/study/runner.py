@@ -26,7 +26,7 @@ from opencanvas.progress import console
 from opencanvas.storage import atomic_write_json, atomic_write_text
 from opencanvas.study import shared
 from opencanvas.study.cells import Cell, study_cells
-from opencanvas.study.spec import StudyError, StudySpec, check_workspace, parse_study
+from opencanvas.study.spec import StudyError, StudySpec, check_workspace, conditioning_options, parse_study
 from opencanvas.workspace import Workspace
 
 Engine = str  # "local" (cells one after another) or "ray" (cells as Ray tasks)
@@ -65,7 +65,7 @@ def train_arguments(ws: Workspace, spec: StudySpec, cell: Cell) -> dict[str, Any
 
     latents = shared.latents_name(spec, cell.captioner)
     keys_path = shared.key_filter(ws, spec, cell.fraction, cell.fraction_seed)
-    options = dict(spec.train_options)
+    options = {**dict(spec.train_options), **conditioning_options(spec, cell.conditioning)}
     holdout = float(options.get("holdout", TrainConfig.holdout))
     chosen = read_key_filter(ws, keys_path)
     train_keys = sum(1 for k in open_latents(ws, latents, spec.resolution).keys()

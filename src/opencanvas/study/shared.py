@@ -23,9 +23,23 @@ def study_dir(ws: Workspace, name: str) -> Path:
 
 
 def latents_name(spec: StudySpec, captioner: str) -> str:
-    """One latent set per (subset, captioner, autoencoder, text encoder, resolution), shared across studies."""
+    """One latent set per (subset, captioner, autoencoder, text encoder, resolution), shared across studies;
+    with a conditioning axis, per what the axis adds too (caption sets, second encoder, image embeddings)."""
+    captioners, encoders, image = latent_contents(spec, captioner)
     ident = json.dumps([spec.subset, captioner, spec.autoencoder, spec.text_encoder, spec.resolution])
+    if spec.conditionings():
+        ident = json.dumps([spec.subset, captioners, spec.autoencoder, encoders, image, spec.resolution])
     return f"{spec.subset}-{captioner}-{spec.resolution}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+
+
+def latent_contents(spec: StudySpec, captioner: str) -> tuple[list[str], list[str], str | None]:
+    """(captioners, text encoders, image-embedding CLIP) of the latent set: one set serves every conditioning
+    cell, so it holds what any of them reads (study.spec.conditioning_options picks each cell's share)."""
+    modes = spec.conditionings()
+    captioners = [captioner, *(spec.extra_captioners if "multi-caption" in modes else ())]
+    encoders = [spec.text_encoder, *([spec.text_encoder2] if "two-encoders" in modes and spec.text_encoder2 else [])]
+    image = (spec.image_clip or spec.text_encoder) if "text+image" in modes else None
+    return captioners, encoders, image
 
 
 def ensure_images(ws: Workspace, spec: StudySpec) -> str:
@@ -60,7 +74,9 @@ def ensure_latents(ws: Workspace, spec: StudySpec, captioner: str) -> str:
     from opencanvas.encode import encode
 
     name = latents_name(spec, captioner)
-    encode(ws, spec.subset, spec.autoencoder, spec.text_encoder, [captioner], name, resolutions=(spec.resolution,))
+    captioners, encoders, image = latent_contents(spec, captioner)
+    encode(ws, spec.subset, spec.autoencoder, encoders if len(encoders) > 1 else encoders[0], captioners, name,
+           resolutions=(spec.resolution,), image_embeddings=image)
     return name
 
 
@@ -99,7 +115,8 @@ def eval_prompts(ws: Workspace, spec: StudySpec) -> list[str]:
 def prepare(ws: Workspace, spec: StudySpec, captioners: list[str]) -> dict[str, Any]:
     """Images, captions and latents for `captioners`, and the prompt list; returns what was shared."""
     images = ensure_images(ws, spec)
-    captions = {c: ensure_captions(ws, spec, c) for c in captioners}
+    extra = [c for c in latent_contents(spec, captioners[0])[0] if c not in captioners] if captioners else []
+    captions = {c: ensure_captions(ws, spec, c) for c in [*captioners, *extra]}
     latents = {c: ensure_latents(ws, spec, c) for c in captioners}
     prompts = eval_prompts(ws, spec)
     return {"images": images, "captions": captions, "latents": latents, "prompts": len(prompts)}

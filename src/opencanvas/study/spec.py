@@ -16,7 +16,9 @@ from typing import Any
 
 from opencanvas.workspace import Workspace
 
-AXES = ("fraction", "captioner", "preset", "seed", "images")
+AXES = ("fraction", "captioner", "preset", "seed", "images", "conditioning")
+# What the UNet is conditioned on (issue 14), one cell each: see conditioning_options.
+CONDITIONINGS = ("caption", "multi-caption", "two-encoders", "text+image", "text+class")
 METRICS = ("clip", "fid", "kid", "memorization")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -25,6 +27,10 @@ STUDY_KEYS: dict[str, tuple[type, Any]] = {
     "name": (str, ...), "subset": (str, ...), "autoencoder": (str, ...), "text_encoder": (str, ...),
     "captioner": (str, "metadata"), "resolution": (int, 64), "fraction": (float, 1.0), "fraction_seed": (int, 0),
     "combine": (str, "cross"), "description": (str, ""),
+    # What a conditioning axis needs: more caption sets for multi-caption, a second text encoder, the CLIP
+    # whose image tower embeds the images (None: the text encoder) and the catalog column of the classes.
+    "extra_captioners": (list, []), "text_encoder2": (str, None), "image_clip": (str, None),
+    "class_column": (str, "category"),
 }
 TRAIN_KEYS: dict[str, tuple[type, Any]] = {
     "preset": (str, "tiny"), "images": (int, None), "batch": (int, None), "mode": (str, "images"),
@@ -35,10 +41,13 @@ EVAL_KEYS: dict[str, tuple[type, Any]] = {
     "steps": (int, 20), "sampler": (str, "dpmpp-2m"), "seed": (int, 0), "reference": (str, None),
     "bootstrap": (int, 1000), "max_reference": (int, 2000), "prompt_captioner": (str, None), "clip": (str, None),
 }
-AXIS_TYPES: dict[str, type] = {"fraction": float, "captioner": str, "preset": str, "seed": int, "images": int}
+AXIS_TYPES: dict[str, type] = {"fraction": float, "captioner": str, "preset": str, "seed": int, "images": int,
+                               "conditioning": str}
 # Training options a study may not set: the study sets them per cell.
 _RESERVED_TRAIN = {"run", "latents", "preset", "images", "unet", "resolutions", "data", "batch", "seed",
                    "key_filter", "micro_batch", "device"}
+# Training options a conditioning axis sets per cell.
+_CONDITIONING_TRAIN = {"conditioning", "caption_mix", "text_encoders", "class_column", "max_captions"}
 
 
 class StudyError(ValueError):
@@ -71,6 +80,10 @@ class StudySpec:
     resolution: int
     fraction: float
     fraction_seed: int
+    extra_captioners: tuple[str, ...]
+    text_encoder2: str | None
+    image_clip: str | None
+    class_column: str
     combine: str                              # "cross" or "zip"
     description: str
     axes: tuple[tuple[str, tuple[Any, ...]], ...]  # in file order
@@ -89,6 +102,7 @@ class StudySpec:
     def resolved(self) -> dict[str, Any]:
         """Everything that decides the results, by the file's tables (what a re-run compares against)."""
         study = {k: getattr(self, k) for k in STUDY_KEYS if k != "description"}
+        study["extra_captioners"] = list(self.extra_captioners)
         train = {k: getattr(self, k) for k in TRAIN_KEYS}
         train.update(dict(self.train_options))
         evaluation = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.eval).items()}
@@ -99,6 +113,10 @@ class StudySpec:
 
     def captioners(self) -> list[str]:
         return list(dict(self.axes).get("captioner", (self.captioner,)))
+
+    def conditionings(self) -> list[str]:
+        """The conditioning axis's values ([] without one: every cell is the plain one-caption run)."""
+        return list(dict(self.axes).get("conditioning", ()))
 
 
 def _typed(section: str, key: str, value: Any, kind: type) -> Any:
@@ -210,9 +228,52 @@ def _check_values(spec_values: dict[str, Any]) -> None:
     for g in e["guidance"]:
         if isinstance(g, bool) or not isinstance(g, (int, float)) or g < 0:
             raise StudyError(f"[eval] guidance = {e['guidance']!r} must be a list of numbers >= 0")
+    _check_conditioning(s, t, axes)
     bad = [m for m in e["metrics"] if m not in METRICS]
     if bad or not e["metrics"]:
         raise StudyError(f"[eval] metrics = {e['metrics']!r}: allowed are {', '.join(METRICS)}")
+
+
+def _check_conditioning(s: dict[str, Any], t: dict[str, Any], axes: dict[str, Any]) -> None:
+    modes = axes.get("conditioning", ())
+    bad = [m for m in modes if m not in CONDITIONINGS]
+    if bad:
+        raise StudyError(f"[axes] conditioning = {bad[0]!r}: allowed are {', '.join(CONDITIONINGS)}")
+    extra = s["extra_captioners"]
+    if not all(isinstance(c, str) and c for c in extra) or len(set(extra)) != len(extra) or s["captioner"] in extra:
+        raise StudyError(f"[study] extra_captioners = {extra!r} must be distinct captioner names other than "
+                         f"captioner = {s['captioner']!r}")
+    if not modes:
+        return
+    if "captioner" in axes:
+        raise StudyError("[axes] conditioning and captioner cannot both vary: every conditioning cell trains on "
+                         "[study] captioner (multi-caption adds extra_captioners)")
+    fixed = sorted(_CONDITIONING_TRAIN & set(t))
+    if fixed:
+        raise StudyError(f"[train] {fixed[0]} is set per cell by [axes] conditioning: remove it from [train]")
+    if "multi-caption" in modes and not extra:
+        raise StudyError("[axes] conditioning 'multi-caption' needs [study] extra_captioners (e.g. [\"title-tags\"]): "
+                         "the caption sets that fill the slots after [study] captioner")
+    if "two-encoders" in modes and not s["text_encoder2"]:
+        raise StudyError("[axes] conditioning 'two-encoders' needs [study] text_encoder2 (a second CLIP under clips/)")
+    if s["text_encoder2"] == s["text_encoder"]:
+        raise StudyError(f"[study] text_encoder2 = {s['text_encoder2']!r} must differ from text_encoder")
+
+
+def conditioning_options(spec: StudySpec, mode: str | None) -> dict[str, Any]:
+    """The training options of a conditioning cell. The study's latent set carries everything the axis needs
+    (both encoders, image embeddings, every caption set), so each mode reads only its share: one encoder
+    (text_encoders = 1) and only [study] captioner's captions (caption_mix) unless the mode adds them."""
+    if mode is None:
+        return {}
+    modes = spec.conditionings()
+    one = {"caption_mix": {spec.captioner: 1.0}} if "multi-caption" in modes else {}
+    second = 1 if "two-encoders" in modes else 0
+    return {"caption": {**one, "text_encoders": second},
+            "multi-caption": {"conditioning": "multi-caption", "text_encoders": second},
+            "two-encoders": {**one, "text_encoders": 2},
+            "text+image": {**one, "conditioning": "text+image", "text_encoders": second},
+            "text+class": {**one, "text_encoders": second, "class_column": spec.class_column}}[mode]
 
 
 def parse_study(text: str, source: str) -> StudySpec:
@@ -235,7 +296,9 @@ def parse_study(text: str, source: str) -> StudySpec:
     return StudySpec(
         name=s["name"], subset=s["subset"], autoencoder=s["autoencoder"], text_encoder=s["text_encoder"],
         captioner=s["captioner"], resolution=s["resolution"], fraction=s["fraction"],
-        fraction_seed=s["fraction_seed"], combine=s["combine"], description=s["description"], axes=values["axes"],
+        fraction_seed=s["fraction_seed"], extra_captioners=tuple(s["extra_captioners"]),
+        text_encoder2=s["text_encoder2"], image_clip=s["image_clip"], class_column=s["class_column"],
+        combine=s["combine"], description=s["description"], axes=values["axes"],
         preset=t["preset"], images=t["images"], batch=t["batch"], mode=t["mode"], epochs=t["epochs"],
         seed=t["seed"], checkpoint_every=t["checkpoint_every"], train_options=options,
         eval=EvalSpec(prompts=tuple(e["prompts"]), n=e["n"], guidance=tuple(float(g) for g in e["guidance"]),
@@ -280,8 +343,24 @@ def check_workspace(ws: Workspace, spec: StudySpec) -> None:
         if not ((directory / spec_value).is_dir() and "/" not in spec_value) and not local.is_dir() and not hub_id:
             raise StudyError(f"[study] {key} = {spec_value!r} does not exist: allowed are a name under "
                              f"{ws.relative(directory)}/ ({_listing(directory)}), a local directory, or a hub id{hint}")
+    modes = spec.conditionings()
+    for key, spec_value in (("text_encoder2", spec.text_encoder2 if "two-encoders" in modes else None),
+                            ("image_clip", spec.image_clip if "text+image" in modes else None)):
+        directory = ws.clip_dir("x").parent
+        if spec_value and not ((directory / spec_value).is_dir() and "/" not in spec_value) \
+                and not Path(spec_value).expanduser().is_dir():
+            raise StudyError(f"[study] {key} = {spec_value!r} does not exist: allowed are a name under "
+                             f"{ws.relative(directory)}/ ({_listing(directory)}) or a local CLIP directory")
+    if "text+class" in modes:
+        from opencanvas.train.classes import check_class_column
+
+        try:
+            check_class_column(spec.class_column)
+        except ValueError as err:
+            raise StudyError(f"[study] class_column: {err}") from None
     captions_root = ws.captions_dir("x").parent
-    for captioner in spec.captioners() + [c for c in [spec.eval.prompt_captioner] if c]:
+    extra = list(spec.extra_captioners) if "multi-caption" in modes else []
+    for captioner in spec.captioners() + extra + [c for c in [spec.eval.prompt_captioner] if c]:
         if captioner not in CAPTIONERS and not (captions_root / captioner).is_dir():
             raise StudyError(f"captioner {captioner!r} is unknown: allowed are {', '.join(CAPTIONERS)} or a caption "
                              f"set under {ws.relative(captions_root)}/ ({_listing(captions_root)})")
