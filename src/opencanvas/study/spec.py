@@ -344,12 +344,14 @@ def check_workspace(ws: Workspace, spec: StudySpec) -> None:
             raise StudyError(f"[study] {key} = {spec_value!r} does not exist: allowed are a name under "
                              f"{ws.relative(directory)}/ ({_listing(directory)}), a local directory, or a hub id{hint}")
     modes = spec.conditionings()
-    for key, spec_value in (("text_encoder2", spec.text_encoder2 if "two-encoders" in modes else None),
-                            ("image_clip", spec.image_clip if "text+image" in modes else None)):
+    optional: tuple[tuple[str, str | None], ...] = (
+        ("text_encoder2", spec.text_encoder2 if "two-encoders" in modes else None),
+        ("image_clip", spec.image_clip if "text+image" in modes else None))
+    for key, clip_value in optional:
         directory = ws.clip_dir("x").parent
-        if spec_value and not ((directory / spec_value).is_dir() and "/" not in spec_value) \
-                and not Path(spec_value).expanduser().is_dir():
-            raise StudyError(f"[study] {key} = {spec_value!r} does not exist: allowed are a name under "
+        if clip_value and not ((directory / clip_value).is_dir() and "/" not in clip_value) \
+                and not Path(clip_value).expanduser().is_dir():
+            raise StudyError(f"[study] {key} = {clip_value!r} does not exist: allowed are a name under "
                              f"{ws.relative(directory)}/ ({_listing(directory)}) or a local CLIP directory")
     if "text+class" in modes:
         from opencanvas.train.classes import check_class_column
