@@ -36,6 +36,9 @@ def distill_command(
     images_per_round: Annotated[int, typer.Option(
         "--images-per-round", min=1, help="Training images of stage 1 and of each halving round.")] = 2048,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Global batch per optimizer step.")] = 16,
+    micro_batch: Annotated[int | None, typer.Option(
+        "--micro-batch", min=1, help="Images per forward pass on each rank (default: batch / ranks); smaller "
+        "accumulates gradients.")] = None,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
     ema_decay: Annotated[float, typer.Option("--ema-decay", help="EMA decay of the student's weights.")] = 0.999,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the data order, noise and guidance draws.")] = 0,
@@ -69,8 +72,9 @@ def distill_command(
         ws.run_dir(run), ws.run_dir(name)  # bad names fail first
         settings = DistillSettings(teacher=run, student=name, guidance_range=parse_range(guidance_range),
                                    base_steps=base_steps, target_steps=target_steps,
-                                   images_per_round=images_per_round, batch=batch, lr=lr, ema_decay=ema_decay,
-                                   seed=seed, checkpoint_every=checkpoint_every, keep=keep).validate()
+                                   images_per_round=images_per_round, batch=batch, micro_batch=micro_batch, lr=lr,
+                                   ema_decay=ema_decay, seed=seed, checkpoint_every=checkpoint_every,
+                                   keep=keep).validate()
     except ValueError as err:
         raise fail(str(err)) from None
     main = os.environ.get("RANK", "0") == "0"

@@ -20,6 +20,8 @@ from opencanvas.workspace import Workspace
 
 TEACHER_STEPS = 25
 STUDENT_STEPS = (8, 4, 2, 1)
+BOOTSTRAP = 500  # resamples of the paired FD-ratio interval
+GOAL_STEPS, GOAL_FD_RATIO, GOAL_CLIP_POINTS, GOAL_SPEEDUP = 4, 1.10, 2.0, 10.0  # issue 15's bar
 
 
 def student_checkpoints(ws: Workspace, student: str) -> dict[int, Path]:
@@ -36,7 +38,8 @@ def student_checkpoints(ws: Workspace, student: str) -> dict[int, Path]:
 
 def _sample_and_score(run: str, pipeline: Any, label: str, steps: int, sampler: str,
                       prompts: Sequence[str], guidance: float, n: int, seed: int, scorers: Any, ref_features: Any,
-                      ref_hashes: Any, root: Path) -> dict[str, Any]:
+                      ref_hashes: Any, root: Path) -> tuple[dict[str, Any], Any, Any]:
+    """The cell's row, plus its per-image CLIP scores (n,) and features (n, D) for the paired intervals."""
     from opencanvas.sample.evaluate import EvalOptions, generate_for_guidance, score_guidance
     from opencanvas.sample.generate import default_size
 
@@ -51,7 +54,36 @@ def _sample_and_score(run: str, pipeline: Any, label: str, steps: int, sampler: 
     images = [Image.open(p).convert("RGB") for p in paths]
     texts = [prompts[i % len(prompts)] for i in range(n)]
     row, _ = score_guidance(images, texts, ref_features, ref_hashes, scorers, options)
-    return {"model": label, "steps": steps, "guidance": guidance, "seconds_per_image": seconds, **row}
+    row = {"model": label, "steps": steps, "guidance": guidance, "seconds_per_image": seconds, **row}
+    return row, scorers.clip.clip_score(images, texts), scorers.features(images)
+
+
+def paired_against_teacher(teacher: tuple[Any, Any], student: tuple[Any, Any], ref_features: Any,
+                           resamples: int = BOOTSTRAP, seed: int = 0) -> dict[str, float]:
+    """Student minus teacher on the same prompts and seeds (image i of both had the same prompt and noise).
+
+    CLIP: the mean per-image difference with a normal 95% interval. FD: the ratio student / teacher with a
+    paired bootstrap 95% interval (the same resampled images on both sides; the reference set is fixed).
+    Bootstrap duplicates shrink FD on both sides alike, so the interval is of the ratio, not of either FD.
+    """
+    import numpy as np
+
+    from opencanvas.sample.metrics import frechet_distance_features
+
+    (t_clip, t_feats), (s_clip, s_feats) = teacher, student
+    diff = np.asarray(s_clip, np.float64) - np.asarray(t_clip, np.float64)
+    n = len(diff)
+    half = 1.96 * float(diff.std(ddof=1)) / np.sqrt(n)
+    ratio = frechet_distance_features(ref_features, s_feats) / frechet_distance_features(ref_features, t_feats)
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(resamples):
+        idx = rng.integers(0, n, n)
+        boot.append(frechet_distance_features(ref_features, s_feats[idx])
+                    / frechet_distance_features(ref_features, t_feats[idx]))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"clip_delta": float(diff.mean()), "clip_delta_ci95": [float(diff.mean() - half), float(diff.mean() + half)],
+            "fd_ratio": float(ratio), "fd_ratio_ci95": [float(lo), float(hi)]}
 
 
 def compare(ws: Workspace, student: str, prompts: Sequence[str], reference: str,
@@ -80,11 +112,20 @@ def compare(ws: Workspace, student: str, prompts: Sequence[str], reference: str,
     ref_features = scorers.features(ref.images)
     ref_hashes = phash_ints(ref.images)
     rows = []
+    teacher_cells: dict[float, tuple[dict[str, Any], Any, Any]] = {}  # guidance -> (row, CLIP scores, features)
     for label, pipeline, steps, sampler, calls in models:
         for g in guidance_scales:
-            row = _sample_and_score(student, pipeline, label, steps, sampler, prompts, g, n, seed, scorers,
-                                    ref_features, ref_hashes, root)
-            rows.append({**row, "unet_calls": steps * calls})
+            row, scores, feats = _sample_and_score(student, pipeline, label, steps, sampler, prompts, g, n, seed,
+                                                   scorers, ref_features, ref_hashes, root)
+            row["unet_calls"] = steps * calls
+            if label == "teacher":
+                teacher_cells[g] = (row, scores, feats)
+            else:
+                t_row, t_scores, t_feats = teacher_cells[g]
+                row.update(paired_against_teacher((t_scores, t_feats), (scores, feats), ref_features))
+                t_sec, s_sec = t_row["seconds_per_image"], row["seconds_per_image"]
+                row["speedup"] = t_sec / s_sec if t_sec and s_sec else None
+            rows.append(row)
     report = {"student": student, "teacher": teacher, "n": n, "prompts": len(prompts), "reference": reference,
               "fd_metric": scorers.features.fd_name, "notes": scorers.notes, "rows": rows,
               "distillation": {"images": record["images"], "minutes": record["minutes"]}}
@@ -94,20 +135,52 @@ def compare(ws: Workspace, student: str, prompts: Sequence[str], reference: str,
     return report
 
 
+def _interval(value: float | None, ci: list[float] | None, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:{fmt}}" + ("" if ci is None else f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]")
+
+
+def goal_lines(report: dict[str, Any]) -> list[str]:
+    """Issue 15's bar at 4 steps, per guidance scale: met, missed, or not decided by the intervals."""
+    lines = []
+    for r in report["rows"]:
+        if r["model"] != f"student-{GOAL_STEPS}":
+            continue
+        fd_ok = r["fd_ratio"] <= GOAL_FD_RATIO
+        clip_ok = r["clip_delta"] >= -GOAL_CLIP_POINTS
+        fast = r.get("speedup") is not None and r["speedup"] >= GOAL_SPEEDUP
+        sure = r["fd_ratio_ci95"][1] <= GOAL_FD_RATIO and r["clip_delta_ci95"][0] >= -GOAL_CLIP_POINTS
+        verdict = "met" if fd_ok and clip_ok and fast else "missed"
+        if verdict == "met" and not sure:
+            verdict = "met on the point estimates, not within the 95% intervals"
+        speed = "-" if r.get("speedup") is None else f"{r['speedup']:.1f}x"
+        lines.append(f"Goal at {GOAL_STEPS} steps, w={r['guidance']:g} (FD <= {GOAL_FD_RATIO:.2f}x the teacher's, "
+                     f"CLIP within {GOAL_CLIP_POINTS:g} points, >= {GOAL_SPEEDUP:g}x faster): {verdict} (FD "
+                     f"{r['fd_ratio']:.2f}x, CLIP {r['clip_delta']:+.2f}, {speed}).")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     fd = report["fd_metric"]
     lines = [f"# `{report['student']}` against its teacher `{report['teacher']}`", "",
              f"{report['n']} images per cell, the same prompts and seeds in every cell; {fd}. Distillation cost: "
-             f"{report['distillation']['images']:,} images, {report['distillation']['minutes']:.1f} min.", "",
-             f"| model | steps | UNet calls | guidance | CLIP score | {fd} | memorized (cosine) | s / image |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{report['distillation']['images']:,} images, {report['distillation']['minutes']:.1f} min. Student "
+             "columns against the teacher at the same guidance, paired image by image: CLIP difference with a 95% "
+             "interval, FD ratio with a paired-bootstrap 95% interval.", "",
+             f"| model | steps | UNet calls | guidance | CLIP score | {fd} | memorized (cosine) | s / image | "
+             f"CLIP - teacher | {fd} / teacher | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         mem = r.get("memorization", {}).get("share_cosine_above")
         sec = "-" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.3f}"
+        speed = "1x" if r["model"] == "teacher" else "-" if r.get("speedup") is None else f"{r['speedup']:.1f}x"
         lines.append(f"| {r['model']} | {r['steps']} | {r['unet_calls']} | {r['guidance']:g} | "
                      f"{r.get('clip_score', float('nan')):.2f} | {r.get(fd, float('nan')):.3f} | "
-                     f"{'-' if mem is None else f'{mem:.2f}'} | {sec} |")
-    return "\n".join(lines + [""] + [f"- {n}" for n in report["notes"]]) + "\n"
+                     f"{'-' if mem is None else f'{mem:.2f}'} | {sec} | "
+                     f"{_interval(r.get('clip_delta'), r.get('clip_delta_ci95'), '+.2f')} | "
+                     f"{_interval(r.get('fd_ratio'), r.get('fd_ratio_ci95'), '.2f')} | {speed} |")
+    return "\n".join(lines + [""] + goal_lines(report) + [""] + [f"- {n}" for n in report["notes"]]) + "\n"
 
 
 def tradeoff_plot(path: Path, report: dict[str, Any]) -> Path:
@@ -122,14 +195,19 @@ def tradeoff_plot(path: Path, report: dict[str, Any]) -> Path:
     for g in sorted({r["guidance"] for r in report["rows"]}):
         rows = sorted((r for r in report["rows"] if r["guidance"] == g), key=lambda r: r["unet_calls"])
         calls = [r["unet_calls"] for r in rows]
+        teacher = next((r for r in rows if r["model"] == "teacher"), None)
         for ax, key in zip(axes, (fd, "clip_score"), strict=True):
-            ax.plot(calls, [r.get(key, float("nan")) for r in rows], marker="o", label=f"w={g:g}")
+            line, = ax.plot(calls, [r.get(key, float("nan")) for r in rows], marker="o", label=f"w={g:g}")
+            if teacher is not None and key in teacher:  # the goal's bound: FD x 1.1, CLIP - 2 points
+                bound = teacher[key] * GOAL_FD_RATIO if key == fd else teacher[key] - GOAL_CLIP_POINTS
+                ax.axhline(bound, color=line.get_color(), linestyle=":", linewidth=1)
     for ax, key in zip(axes, (fd, "CLIP score"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("UNet calls per image (teacher: 25 CFG steps = 50)")
         ax.set_ylabel(key)
         ax.legend()
-    fig.suptitle(f"{report['student']} (1-8 steps) vs teacher {report['teacher']}")
+    fig.suptitle(f"{report['student']} vs teacher {report['teacher']} (n={report['n']} per point; dotted: "
+                 "the goal's bound)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
