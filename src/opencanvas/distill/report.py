@@ -211,16 +211,18 @@ def markdown(report: dict[str, Any]) -> str:
              "interval, FD ratio with a paired-bootstrap 95% interval. s / image: end to end (text encoding, "
              "sampling, VAE decode, PNG) at batch 8; denoising: text encoding and the sampling loop alone, at batch 8 "
              "and 32.", "",
-             f"| model | steps | UNet calls | guidance | CLIP score | {fd} | memorized (cosine) | s / image | "
+             f"| model | steps | UNet calls | guidance | CLIP score | {fd} | memorized (cosine / pHash) | s / image | "
              f"CLIP - teacher | {fd} / teacher | speed-up | denoising s / image | denoising speed-up | "
              "at batch 32 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        mem = r.get("memorization", {}).get("share_cosine_above")
+        shares = r.get("memorization", {})
+        mem = None if "share_cosine_above" not in shares else \
+            f"{shares['share_cosine_above']:.2f} / {shares.get('share_phash_within', float('nan')):.2f}"
         sec = "-" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.3f}"
         speed = "1x" if r["model"] == "teacher" else "-" if r.get("speedup") is None else f"{r['speedup']:.1f}x"
         lines.append(f"| {r['model']} | {r['steps']} | {r['unet_calls']} | {r['guidance']:g} | "
                      f"{r.get('clip_score', float('nan')):.2f} | {r.get(fd, float('nan')):.3f} | "
-                     f"{'-' if mem is None else f'{mem:.2f}'} | {sec} | "
+                     f"{'-' if mem is None else mem} | {sec} | "
                      f"{_interval(r.get('clip_delta'), r.get('clip_delta_ci95'), '+.2f')} | "
                      f"{_interval(r.get('fd_ratio'), r.get('fd_ratio_ci95'), '.2f')} | {speed} | "
                      f"{r['latent_seconds_per_image']:.4f} | {r.get('latent_speedup', 1.0):.1f}x | "
