@@ -188,7 +188,7 @@ def test_export_loads_in_diffusers_and_samples_in_the_distilled_steps(teacher_ws
 def test_model_card_names_the_teacher_rounds_and_images(teacher_ws: Workspace) -> None:
     from opencanvas.cards.model_facts import run_facts
     from opencanvas.cards.records import Sources
-    from opencanvas.cards.writer import _distill_lines
+    from opencanvas.cards.writer import _distill_lines, sampling_defaults
 
     if not (teacher_ws.run_dir("student") / "distill.json").exists():
         distill(teacher_ws, DistillSettings(teacher="teacher", student="student", **SMALL), device="cpu")
@@ -198,6 +198,9 @@ def test_model_card_names_the_teacher_rounds_and_images(teacher_ws: Workspace) -
     assert "| round-4 | 4 | 16 |" in text and "| guided | (guided) | 16 |" in text
     assert "runs/student/distill.json" in src.paths
     assert _distill_lines({"run": "teacher", "train": run_facts(teacher_ws, "teacher", src)}) == []
+    config = run_facts(teacher_ws, "student", src)["config"]
+    assert "--steps 2 PROMPT" in sampling_defaults("student", config) and "dpmpp" not in sampling_defaults(
+        "student", config)
 
 
 def test_comparison_report_has_teacher_and_each_student(teacher_ws: Workspace, tmp_path: Path) -> None:

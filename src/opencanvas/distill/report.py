@@ -90,7 +90,7 @@ def paired_against_teacher(teacher: tuple[Any, Any], student: tuple[Any, Any], r
 
     CLIP: the mean per-image difference with a normal 95% interval. FD: the ratio student / teacher with a
     paired bootstrap 95% interval (the same resampled images on both sides; the reference set is fixed).
-    Bootstrap duplicates shrink FD on both sides alike, so the interval is of the ratio, not of either FD.
+    Bootstrap duplicates bias FD on both sides alike, so the interval is of the ratio, not of either FD.
     """
     import numpy as np
 
