@@ -313,3 +313,4 @@ def test_paired_intervals_against_the_teacher() -> None:
     assert "missed (FD" in goal_lines({"rows": [{**row, **worse}]})[0]
     assert ": met (FD" in goal_lines({"rows": [{**row, **same}]})[0]
     assert "missed" in goal_lines({"rows": [{**row, **same, "speedup": 6.0}]})[0]  # quality alone is not the goal
+    assert "quality met, end-to-end speed not timed" in goal_lines({"rows": [{**row, **same, "speedup": None}]})[0]
