@@ -168,8 +168,11 @@ def test_export_loads_in_diffusers_and_samples_in_the_distilled_steps(teacher_ws
     if not (teacher_ws.run_dir("student") / "distill.json").exists():
         distill(teacher_ws, DistillSettings(teacher="teacher", student="student", **SMALL), device="cpu")
     folder = export(teacher_ws, "student", tmp_path / "student")
-    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)  # ships pipeline_distilled.py
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)  # ships pipeline_distilled.py
     assert type(pipe).__name__ == "DistilledGuidancePipeline"
+    assert not [w for w in caught if "steps_offset" in str(w.message)], "the scheduler config reads as outdated"
     calls: list[int] = []
     pipe.unet.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     latents = initial_noise((4, 8, 8), [0])
@@ -185,7 +188,7 @@ def test_export_loads_in_diffusers_and_samples_in_the_distilled_steps(teacher_ws
 def test_model_card_names_the_teacher_rounds_and_images(teacher_ws: Workspace) -> None:
     from opencanvas.cards.model_facts import run_facts
     from opencanvas.cards.records import Sources
-    from opencanvas.cards.writer import _distill_lines
+    from opencanvas.cards.writer import _distill_lines, sampling_defaults
 
     if not (teacher_ws.run_dir("student") / "distill.json").exists():
         distill(teacher_ws, DistillSettings(teacher="teacher", student="student", **SMALL), device="cpu")
@@ -195,6 +198,9 @@ def test_model_card_names_the_teacher_rounds_and_images(teacher_ws: Workspace) -
     assert "| round-4 | 4 | 16 |" in text and "| guided | (guided) | 16 |" in text
     assert "runs/student/distill.json" in src.paths
     assert _distill_lines({"run": "teacher", "train": run_facts(teacher_ws, "teacher", src)}) == []
+    config = run_facts(teacher_ws, "student", src)["config"]
+    assert "--steps 2 PROMPT" in sampling_defaults("student", config) and "dpmpp" not in sampling_defaults(
+        "student", config)
 
 
 def test_comparison_report_has_teacher_and_each_student(teacher_ws: Workspace, tmp_path: Path) -> None:
@@ -210,9 +216,16 @@ def test_comparison_report_has_teacher_and_each_student(teacher_ws: Workspace, t
     assert [(r["model"], r["steps"], r["unet_calls"]) for r in report["rows"]] == [
         ("teacher", 25, 50), ("student-4", 4, 4), ("student-2", 2, 2)]
     assert all(r["seconds_per_image"] > 0 and "clip_score" in r and report["fd_metric"] in r for r in report["rows"])
+    assert all(r["latent_seconds_per_image"] > 0 for r in report["rows"])
+    assert all(r["fd_ratio"] > 0 and "clip_delta_ci95" in r and r["latent_speedup_b32"] > 0
+               for r in report["rows"][1:])
     root = teacher_ws.run_dir("student") / "distill_report"
     assert (root / "tradeoff.png").stat().st_size > 0
-    assert "| student-2 | 2 | 2 | 3 |" in (root / "report.md").read_text()
+    text = (root / "report.md").read_text()
+    assert "| student-2 | 2 | 2 | 3 |" in text and "Goal at 4 steps, w=3" in text
+    everything = compare(teacher_ws, "student", ["a red circle", "a blue square"], "shapes", (3.0,), n=2,
+                         clip=str(write_tiny_clip(tmp_path / "clip")), all_phases=True)
+    assert [r["model"] for r in everything["rows"]] == ["teacher", "guided-8", "student-4", "student-2"]
 
 
 def test_sample_cli_warns_off_the_distilled_count_and_eval_runs(teacher_ws: Workspace, tmp_path: Path) -> None:
@@ -277,3 +290,27 @@ def test_stage_one_moves_the_student_towards_the_teachers_guided_output(teacher_
             for name, model in (("start", start), ("trained", trained)):
                 errors[name] += float((model(x, sigma, inp["cond"], guidance=w) - want).pow(2).mean())
     assert errors["trained"] < 0.9 * errors["start"], errors
+
+
+def test_paired_intervals_against_the_teacher() -> None:
+    """Same images: ratio 1 and difference 0 exactly; a student off the reference: FD ratio above 1 with its
+    whole interval, CLIP difference negative."""
+    import numpy as np
+
+    from opencanvas.distill.report import goal_lines, paired_against_teacher
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 6))
+    feats, clip = rng.normal(size=(64, 6)), rng.uniform(20, 30, 64)
+    same = paired_against_teacher((clip, feats), (clip, feats), ref, resamples=50)
+    assert same["clip_delta"] == 0 and same["fd_ratio"] == pytest.approx(1.0)
+    assert same["fd_ratio_ci95"] == pytest.approx([1.0, 1.0])
+    worse = paired_against_teacher((clip, feats), (clip - 3 + rng.normal(0, 0.5, 64), feats + 1.5), ref, resamples=50)
+    assert worse["fd_ratio"] > 1.1 and worse["fd_ratio_ci95"][0] > 1.1
+    lo, hi = worse["clip_delta_ci95"]
+    assert lo < worse["clip_delta"] < hi < -2
+    row = {"model": "student-4", "guidance": 5.0, "speedup": 12.0, "latent_speedup": 12.5, "latent_speedup_b32": 13.0}
+    assert "missed (FD" in goal_lines({"rows": [{**row, **worse}]})[0]
+    assert ": met (FD" in goal_lines({"rows": [{**row, **same}]})[0]
+    assert "missed" in goal_lines({"rows": [{**row, **same, "speedup": 6.0}]})[0]  # quality alone is not the goal
+    assert "quality met, end-to-end speed not timed" in goal_lines({"rows": [{**row, **same, "speedup": None}]})[0]

@@ -315,6 +315,18 @@ def _conditioning_rows(cfg: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def sampling_defaults(run: str, config: dict[str, Any]) -> str:
+    """How `opencanvas sample` samples this run; a distilled student only at its own step count."""
+    distilled = config.get("distilled")
+    if distilled:
+        return (f"`opencanvas sample --run {run} --steps {distilled['steps']} PROMPT` samples the student's own DDIM "
+                f"grid, guidance {SAMPLING_DEFAULTS['guidance']} as an input, EMA weights; without --steps it takes "
+                f"{SAMPLING_DEFAULTS['steps']} steps and warns that it was distilled for {distilled['steps']}.")
+    return (f"`opencanvas sample --run {run} PROMPT` uses sampler {SAMPLING_DEFAULTS['sampler']}, "
+            f"{SAMPLING_DEFAULTS['steps']} steps, classifier-free guidance {SAMPLING_DEFAULTS['guidance']}, "
+            "EMA weights.")
+
+
 def model_card(facts: dict[str, Any]) -> str:
     t, sub = facts["train"], facts["subset"]
     cfg, summ = t["config"], t["summary"]
@@ -342,10 +354,7 @@ def model_card(facts: dict[str, Any]) -> str:
         *_hash_rows(t),
     ])
     lines += _distill_lines(facts)
-    lines += ["## Sampling defaults", "",
-              f"`opencanvas sample --run {facts['run']} PROMPT` uses sampler {SAMPLING_DEFAULTS['sampler']}, "
-              f"{SAMPLING_DEFAULTS['steps']} steps, classifier-free guidance {SAMPLING_DEFAULTS['guidance']}, "
-              "EMA weights.", "", "## Evaluation", ""]
+    lines += ["## Sampling defaults", "", sampling_defaults(facts["run"], cfg), "", "## Evaluation", ""]
     lines += _eval_lines(facts)
     for section in facts.get("humaneval", []):   # one heading level down: it sits under "Evaluation"
         lines += [("#" + line) if line.startswith("#") else line for line in section.splitlines()] + [""]

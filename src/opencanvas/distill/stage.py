@@ -105,13 +105,14 @@ def distill(ws: Workspace, settings: DistillSettings, device: str = "auto") -> d
     if stored.exists():
         import json
 
-        old = json.loads(stored.read_text())
+        old = {"micro_batch": None, **json.loads(stored.read_text())}  # a student distilled before micro_batch
         if old != settings.to_dict():
             changed = ", ".join(k for k in old if old[k] != settings.to_dict().get(k))
             raise ValueError(f"student {settings.student!r} exists with other settings ({changed}): re-run with the "
                              "stored settings to resume, or pick a new --name")
     env = D.init_distributed(device)
     try:
+        settings.check_world(env.world)
         if env.is_main:
             atomic_write_json(stored, settings.to_dict())
         return _distill(ws, settings, teacher_ckpt.config, teacher_ckpt.ema, run_dir, env)
@@ -175,7 +176,7 @@ def _train_phase(ws: Workspace, settings: DistillSettings, config: dict[str, Any
     else:  # a round: the previous phase's student, two of its steps on the 2K-step grid
         teacher = GuidedStudent(_frozen(_student(config, init, env.device)))
         grid = teacher_sigmas(grid_source, settings.base_steps)[::settings.base_steps // (2 * steps)].to(env.device)
-    micro = settings.batch // env.world
+    micro = settings.micro(env.world)
     position = dict(ckpt.state.data) if ckpt is not None else None
     # A teacher on two text encoders or text+image: the stream builds the same conditioning it trained on.
     stream = LatentStream.open(ws, str(teacher_config["latents"]), resolution, micro, settings.seed, env.rank,

@@ -12,7 +12,8 @@ x' = x0 + sigma' * (x - x0) / sigma and Salimans & Ho's target is unchanged by t
 
 from __future__ import annotations
 
-from typing import Any, cast
+import contextlib
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from opencanvas.training.checkpoint import TrainState
 from opencanvas.training.ema import EMA
 from opencanvas.training.loop import TrainTask
 from opencanvas.training.seeds import step_generator
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
 
 
 def truncated_snr_weight(sigma: torch.Tensor) -> torch.Tensor:
@@ -77,11 +81,12 @@ class DistillTask(TrainTask):
         self.state = TrainState()
         self.data_start: dict[str, int] = {}
 
-    def _inputs(self, state: TrainState) -> dict[str, Any]:
+    def _inputs(self, state: TrainState, micro: int) -> dict[str, Any]:
         from opencanvas.train.data import training_inputs
 
         device = self.env.device
-        gen = step_generator(device, self.settings.seed, self.env.rank, state.images_seen)
+        # Micro-batch g = micro * world + rank, as in `train`: a step is the same computation on any number of ranks.
+        gen = step_generator(device, self.settings.seed, micro * self.env.world + self.env.rank, state.images_seen)
         inputs: dict[str, Any] = dict(training_inputs(
             self.stream.next_batch(), self.stream, gen, device, num_timesteps=1000, caption_dropout=0.0,
             offset_noise=0.0, use_text_mask=self.use_text_mask))
@@ -117,12 +122,21 @@ class DistillTask(TrainTask):
         return x, two_step_target(x, x2, s0.view(v), s2.view(v))
 
     def gradients(self, state: TrainState) -> dict[str, float]:
-        inputs = self._inputs(state)
-        x, target = self._target(inputs)
-        sigma = inputs["sigma"] if self.grid is None else self.grid[2 * inputs["index"]]  # (B,)
-        loss = self.step_module(x, sigma, inputs["cond"], inputs["guidance"], target)
-        loss.backward()
-        loss_mean = float(D.all_reduce_sum(self.env, loss.detach())) / self.env.world
+        accumulation = self.settings.accumulation(self.env.world)
+        loss_sum = torch.zeros((), device=self.env.device)
+        for micro in range(accumulation):
+            inputs = self._inputs(state, micro)
+            x, target = self._target(inputs)
+            sigma = inputs["sigma"] if self.grid is None else self.grid[2 * inputs["index"]]  # (B,)
+            last = micro == accumulation - 1
+            # DDP all-reduces the gradients on the last micro-batch of the step only
+            sync = (contextlib.nullcontext() if last or not self.env.active
+                    else cast("DistributedDataParallel", self.step_module).no_sync())
+            with sync:
+                loss = self.step_module(x, sigma, inputs["cond"], inputs["guidance"], target)
+                (loss / accumulation).backward()
+            loss_sum += loss.detach()
+        loss_mean = float(D.all_reduce_sum(self.env, loss_sum)) / (accumulation * self.env.world)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         return {"loss": loss_mean, "grad_norm": float(grad_norm)}
 

@@ -99,11 +99,12 @@ def ship_distilled_pipeline(folder: Path) -> None:
     index["scheduler"] = ["diffusers", "DDIMScheduler"]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     # Deterministic DDIM on trailing timesteps to x0 at the end: the grid the student was distilled on.
+    # steps_offset only shifts "leading" timesteps; 1 keeps StableDiffusionPipeline from warning that it is outdated.
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
             "rescale_betas_zero_snr")
     ddim = {"_class_name": "DDIMScheduler", **{k: scheduler[k] for k in keep if k in scheduler},
-            "timestep_spacing": "trailing", "set_alpha_to_one": True, "clip_sample": False, "steps_offset": 0}
+            "timestep_spacing": "trailing", "set_alpha_to_one": True, "clip_sample": False, "steps_offset": 1}
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(ddim, indent=2, sort_keys=True) + "\n")
 
 
