@@ -59,6 +59,11 @@ class TrainConfig:
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     min_snr_gamma: float = 5.0  # Hang et al. 2023; 0 for plain MSE
     zero_terminal_snr: bool = False  # Lin et al. 2023 (pairs with v-prediction)
+    # How training timesteps are drawn: "uniform" over the chain, or "lognormal" sigmas (EDM, Karras et al. 2022)
+    # with ln(sigma) ~ N(lognormal_mean, lognormal_std^2).
+    timestep_sampling: Literal["uniform", "lognormal"] = "uniform"
+    lognormal_mean: float = -1.2
+    lognormal_std: float = 1.2
     offset_noise: float = 0.0  # Guttenberg 2023: adds offset * N(0,1) per (sample, channel)
     caption_dropout: float = 0.1  # share of captions replaced by the empty prompt (for CFG)
     # Captioner -> weight of its captions in the per-image draw (DALL-E 3 trains on ~95% long synthetic captions
@@ -128,6 +133,8 @@ class TrainConfig:
             raise ValueError(f"--prediction must be epsilon or v_prediction, got {self.prediction_type!r}")
         if self.caption_mix is not None:
             check_caption_mix(self.caption_mix, list(self.data.get("captioners") or []))
+        if self.timestep_sampling not in ("uniform", "lognormal"):
+            raise ValueError(f"--timestep-sampling must be uniform or lognormal, got {self.timestep_sampling!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         return self
@@ -228,6 +235,13 @@ def resolve_config(*, run: str, latents: str, preset: Preset, latent_meta: dict[
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Fields that differ between a stored and a new config and may not change on resume."""
+    """Fields that differ between a stored and a new config and may not change on resume.
+
+    A field the stored config lacks was added to TrainConfig after that run started: it trained
+    with the field's default, so a run from an older version resumes.
+    """
+    defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TrainConfig)
+                                      if f.default is not dataclasses.MISSING}))
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)}
