@@ -4,8 +4,10 @@ The workspace is prepared once with the demo's own stages (ingest, subset, fetch
 autoencoder, CLIP, the evaluation-only CLIP, encode) and reused by every variant; only the
 UNet training and its evaluation vary. A copy of a finished demo workspace (`cp -a`) is reused
 as it is, its done stages skipped: then every recipe is compared on the autoencoder and CLIPs of
-an idle machine's demo, and `name:run=clipart-tiny` scores the demo's own UNet next to them. Each variant trains the demo's `tiny` preset with
-the given TrainConfig options for the same budget, then is scored by the evaluation-only
+an idle machine's demo, and `name:run=clipart-tiny` scores the demo's own UNet next to them.
+
+Each variant trains the demo's `tiny` preset with the given TrainConfig options for the same
+budget (batch: the demo's, unless the variant sets one), then is scored by the evaluation-only
 CLIP (never the one the model conditions on):
 
 - prompt retrieval top-1/top-5 among the 8 grid prompts and among held-out captions, with chance;
