@@ -2,8 +2,12 @@
 
 The workspace is prepared once with the demo's own stages (ingest, subset, fetch, caption,
 autoencoder, CLIP, the evaluation-only CLIP, encode) and reused by every variant; only the
-UNet training and its evaluation vary. Each variant trains the demo's `tiny` preset with
-the given TrainConfig options for the same budget, then is scored by the evaluation-only
+UNet training and its evaluation vary. A copy of a finished demo workspace (`cp -a`) is reused
+as it is, its done stages skipped: then every recipe is compared on the autoencoder and CLIPs of
+an idle machine's demo, and `name:run=clipart-tiny` scores the demo's own UNet next to them.
+
+Each variant trains the demo's `tiny` preset with the given TrainConfig options for the same
+budget (batch: the demo's, unless the variant sets one), then is scored by the evaluation-only
 CLIP (never the one the model conditions on):
 
 - prompt retrieval top-1/top-5 among the 8 grid prompts and among held-out captions, with chance;
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -51,12 +56,22 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     if not is_name(name):
         raise SystemExit(f"variant name {name!r} must be a plain name (letters, digits, - and _)")
     options = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", rest)):   # commas inside [..] belong to a list value
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"variant {name}: option {item!r} must be key=value")
         options[key.strip()] = parse_value(value.strip())
     return name, options
+
+
+def trained_run(ws: Workspace, run: str) -> dict[str, Any]:
+    """A finished run scored as it is (`name:run=clipart-tiny`: the demo's own UNet), never trained further."""
+    path = ws.run_dir(run) / "summary.json"
+    if not path.exists():
+        raise SystemExit(f"run {run!r} has no summary.json in {ws.root}: train it first, or name a finished run")
+    summary = json.loads(path.read_text())
+    return {"images_seen": summary.get("images_seen"), "images_per_s": summary.get("images_per_s"),
+            "seconds": summary.get("wall_seconds"), "run": run}
 
 
 def train_variant(ws: Workspace, run: str, options: dict[str, Any], images: int | None,
@@ -73,7 +88,7 @@ def train_variant(ws: Workspace, run: str, options: dict[str, Any], images: int 
 
 
 def score_variant(ws: Workspace, run: str, args: argparse.Namespace) -> dict[str, Any]:
-    common = dict(guidance_scales=args.guidance, steps=args.steps, clip=EVAL_CLIP, batch_size=16)
+    common = dict(guidance_scales=args.guidance, steps=args.steps, clip=EVAL_CLIP, batch_size=16, seed=args.eval_seed)
     grid = evaluate(ws, run, list(PROMPTS), SUBSET, metrics=("clip", "retrieval"), n=args.grid_n, **common)
     held = evaluate(ws, run, "heldout", SUBSET, metrics=("fid", "kid", "clip", "retrieval"), n=args.heldout_n,
                     **common)
@@ -120,7 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-w", "--workspace", type=Path, required=True)
     parser.add_argument("--variant", action="append", required=True, help="name[:key=value,...] (TrainConfig "
-                        "options, plus preset, batch, images and minutes); the first is the reference")
+                        "options, plus preset, batch, images and minutes; or run=RUN to score a finished run as it "
+                        "is); the first is the reference")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--images", type=int, help="UNet training images per variant")
     budget.add_argument("--minutes", type=float, help="UNet training minutes per variant (measured warm-up)")
@@ -129,6 +145,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--grid-n", type=int, default=32, help="images per guidance scale on the 8 grid prompts")
     parser.add_argument("--heldout-n", type=int, default=32, help="images per guidance scale on held-out captions")
+    parser.add_argument("--eval-seed", type=int, default=0, help="sampling seed: another one re-scores the same "
+                        "weights on other noise, which measures the figures' own noise")
     parser.add_argument("--prepare-minutes", type=float, default=DemoSettings().minutes,
                         help="the demo budget whose shares size the autoencoder and CLIPs")
     parser.add_argument("--out", type=Path, help="JSON of every figure (default: benchmarks/results/)")
@@ -139,14 +157,19 @@ def main() -> None:
     variants = [parse_variant(v) for v in args.variant]
     results: dict[str, dict[str, Any]] = {}
     for name, options in variants:
-        run = f"quality-{name}"
-        trained = train_variant(ws, run, options, args.images, args.minutes, args.batch)
+        if "run" in options:
+            run = str(options["run"])
+            trained = trained_run(ws, run)
+        else:
+            run = f"quality-{name}"
+            trained = train_variant(ws, run, options, args.images, args.minutes, args.batch)
         results[name] = {"options": options, "train": trained, **score_variant(ws, run, args)}
         print(f"{name}: {json.dumps(headline(results[name]))}", flush=True)
     text = table(results)
     print(text)
     out = args.out or Path(__file__).parent / "results" / f"demo_quality-{time.strftime('%Y%m%dT%H%M%S')}.json"
     atomic_write_json(out, {"budget": {"images": args.images, "minutes": args.minutes}, "guidance": args.guidance,
+                            "eval_seed": args.eval_seed,
                             "grid_n": args.grid_n, "heldout_n": args.heldout_n, "variants": results,
                             "table": text})
     print(f"figures: {out}")

@@ -40,7 +40,10 @@ class DemoSettings:
     train_share: float = 0.30
     eval_prompts: int = 32
     grid_eval_images: int = 32      # 4 per grid prompt: prompt retrieval among the 8 grid prompts
-    train_batch: int = 16
+    # Batch 8, not the tiny preset's 16: on a CPU the budget is steps. At 6000 images and about the same images/s,
+    # grid top-1 47% vs 27% of batch 16 over two sampling seeds, CLIP score +1.5, FD within its noise; batch 4 and
+    # 32 were worse (benchmarks/RESULTS.md, second demo-quality pass).
+    train_batch: int = 8
     # v-prediction with zero-terminal SNR: FD-CLIP 0.90x and 0.84x of epsilon's at 6000 and 12000 images
     # (benchmarks/RESULTS.md, "Demo quality per CPU-minute").
     prediction_type: str = "v_prediction"

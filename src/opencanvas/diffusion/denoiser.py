@@ -164,3 +164,16 @@ class Denoiser(nn.Module):
             weight = clipped / snr if self.prediction_type == "epsilon" else clipped / (snr + 1)
             per_sample = per_sample * weight
         return per_sample
+
+
+def lognormal_timesteps(denoiser: Denoiser, n: int, generator: torch.Generator, p_mean: float = -1.2,
+                        p_std: float = 1.2) -> torch.Tensor:
+    """(n,) training timesteps whose sigmas are log-normal (EDM, Karras et al. 2022, Sec. 5: P_mean, P_std).
+
+    Uniform timesteps spend most of the batch at sigmas where the loss cannot improve (pure noise,
+    or nearly clean); EDM concentrates them mid-range. Each sigma maps to the discrete timestep
+    nearest in log-sigma, so the loss and its weighting stay those of the DDPM chain.
+    """
+    device = denoiser.log_sigmas.device
+    log_sigma = p_mean + p_std * torch.randn(n, generator=generator, device=device)
+    return denoiser.sigma_to_t(log_sigma.exp()).round().long()

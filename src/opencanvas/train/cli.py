@@ -66,6 +66,9 @@ def train_command(
     zero_terminal_snr: Annotated[Flag, typer.Option(
         "--zero-terminal-snr/--no-zero-terminal-snr", help="Rescale the schedule to SNR 0 at the last step "
         "(Lin et al. 2023; needs --prediction v_prediction).")] = None,
+    timestep_sampling: Annotated[str | None, typer.Option(
+        "--timestep-sampling", help="Training timesteps: uniform, or lognormal sigmas (EDM; ln sigma ~ "
+        "N(-1.2, 1.2^2)).")] = None,
     offset_noise: Annotated[float | None, typer.Option(
         "--offset-noise", min=0, help="Offset noise strength (per sample and channel), e.g. 0.05.")] = None,
     caption_dropout: Annotated[float | None, typer.Option(
@@ -172,7 +175,8 @@ def train_command(
     options = dict(
         minutes=minutes, micro_batch=micro_batch, lr=lr, lr_schedule=lr_schedule, warmup_images=warmup_images,
         weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay, prediction_type=prediction,
-        min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, offset_noise=offset_noise,
+        min_snr_gamma=min_snr_gamma, zero_terminal_snr=zero_terminal_snr, timestep_sampling=timestep_sampling,
+        offset_noise=offset_noise,
         caption_dropout=caption_dropout, caption_mix=mix, conditioning=conditioning, max_captions=max_captions,
         slot_dropout=slot_dropout, class_column=class_column, max_classes=max_classes, encoder_dropout=encoder_dropout,
         text_encoders=text_encoders, image_dropout=image_dropout, image_tokens=image_tokens, holdout=holdout,

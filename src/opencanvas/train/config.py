@@ -65,6 +65,11 @@ class TrainConfig:
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     min_snr_gamma: float = 5.0  # Hang et al. 2023; 0 for plain MSE
     zero_terminal_snr: bool = False  # Lin et al. 2023 (pairs with v-prediction)
+    # How training timesteps are drawn: "uniform" over the chain, or "lognormal" sigmas (EDM, Karras et al. 2022)
+    # with ln(sigma) ~ N(lognormal_mean, lognormal_std^2).
+    timestep_sampling: Literal["uniform", "lognormal"] = "uniform"
+    lognormal_mean: float = -1.2
+    lognormal_std: float = 1.2
     offset_noise: float = 0.0  # Guttenberg 2023: adds offset * N(0,1) per (sample, channel)
     caption_dropout: float = 0.1  # share of captions replaced by the empty prompt (for CFG)
     # Captioner -> weight of its captions in the per-image draw (DALL-E 3 trains on ~95% long synthetic captions
@@ -154,6 +159,8 @@ class TrainConfig:
             raise ValueError(f"--prediction must be epsilon or v_prediction, got {self.prediction_type!r}")
         if self.caption_mix is not None:
             check_caption_mix(self.caption_mix, list(self.data.get("captioners") or []))
+        if self.timestep_sampling not in ("uniform", "lognormal"):
+            raise ValueError(f"--timestep-sampling must be uniform or lognormal, got {self.timestep_sampling!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         self._validate_conditioning()

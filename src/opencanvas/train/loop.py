@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from opencanvas.diffusion.conditioning import Conditioning
-from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule
+from opencanvas.diffusion.denoiser import Denoiser, NoiseSchedule, lognormal_timesteps
 from opencanvas.licenses import refuse_no_derivatives
 from opencanvas.storage import atomic_write_json
 from opencanvas.train.checkpoint import latest_checkpoint, tensors_hash
@@ -260,6 +260,9 @@ class UNetTask(TrainTask):
                                      caption_dropout=cfg.caption_dropout, offset_noise=cfg.offset_noise,
                                      use_text_mask=cfg.use_text_mask, slot_dropout=cfg.slot_dropout,
                                      encoder_dropout=cfg.encoder_dropout, image_dropout=cfg.image_dropout)
+            if cfg.timestep_sampling == "lognormal":
+                inputs["timesteps"] = lognormal_timesteps(self.denoiser, len(cast(torch.Tensor, inputs["x0"])), gen,
+                                                          cfg.lognormal_mean, cfg.lognormal_std)
             x0 = to_memory_format(cast(torch.Tensor, inputs["x0"]), self.recipe)
             noise = to_memory_format(cast(torch.Tensor, inputs["noise"]), self.recipe)
             with self._sync(last=micro == accumulation - 1):

@@ -63,6 +63,15 @@ PRESETS: dict[str, Preset] = {
                         attention_head_dim=8, norm_num_groups=8),
         lr=1e-3, batch=16, warmup_images=64, ema_decay=0.99,
     ),
+    # tiny with its attention only at the lowest resolution (8x8 latents: 64 tokens instead of 256), as SDXL
+    # drops attention at its highest: a candidate for the demo (benchmarks/RESULTS.md, issue 20).
+    "tiny-lowattn": Preset(
+        name="tiny-lowattn",
+        unet=UNetPreset(block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                        attention_head_dim=8, norm_num_groups=8),
+        lr=1e-3, batch=16, warmup_images=64, ema_decay=0.99,
+    ),
     # tiny at twice the width (~3M parameters): the larger model of the built-in data-scaling study.
     "tiny-wide": Preset(
         name="tiny-wide",
