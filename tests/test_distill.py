@@ -238,6 +238,11 @@ def test_sample_cli_warns_off_the_distilled_count_and_eval_runs(teacher_ws: Work
         r = CliRunner().invoke(app, ["sample", "--run", "student", "a red circle", "--steps", "3", "--out",
                                      str(tmp_path / "s3"), "-w", str(teacher_ws.root)])
     assert r.exit_code == 0, r.output
+    with warnings.catch_warnings():  # without --steps: the student's own count, so no warning
+        warnings.simplefilter("error", DistilledStepsWarning)
+        r = CliRunner().invoke(app, ["sample", "--run", "student", "a red circle", "--out", str(tmp_path / "s"),
+                                     "-w", str(teacher_ws.root)])
+    assert r.exit_code == 0, r.output
     if "shapes" not in teacher_ws.names("subset"):
         make_image_subset(teacher_ws, "shapes", n=8, size=16, shard_size=8)
     (tmp_path / "p.txt").write_text("a red circle\na blue square\n")

@@ -16,7 +16,8 @@ RunOption = Annotated[str | None, typer.Option("--run", help="Training run under
 PipelineOption = Annotated[Path | None, typer.Option(
     "--pipeline", help="Exported diffusers pipeline folder (unet, vae, text_encoder, tokenizer, scheduler).",
     file_okay=False)]
-StepsOption = Annotated[int, typer.Option("--steps", min=1, help="Sampler steps.")]
+StepsOption = Annotated[int | None, typer.Option(
+    "--steps", min=1, help="Sampler steps (default: 25, or a distilled student's own step count).")]
 SamplerOption = Annotated[str, typer.Option("--sampler", help=f"One of: {', '.join(SAMPLER_NAMES)}.")]
 SpacingOption = Annotated[str | None, typer.Option(
     "--spacing", help=f"Sigma spacing: {', '.join(SPACINGS)}. Default: trailing for zero-terminal-SNR "
@@ -71,7 +72,7 @@ def sample_command(
     run: RunOption = None,
     pipeline: PipelineOption = None,
     n: Annotated[int, typer.Option("-n", "--num-images", min=1, help="Images per prompt.")] = 1,
-    steps: StepsOption = 25,
+    steps: StepsOption = None,
     guidance: Annotated[float, typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale.")] = 7.5,
     guidance_rescale: RescaleOption = 0.0,
     sampler: SamplerOption = "dpmpp-2m",
@@ -103,7 +104,14 @@ def sample_command(
 ) -> None:
     """Generate images with classifier-free guidance; each PNG carries its prompt, seed and provenance."""
     from opencanvas.diffusion.conditioning import NO_IMAGE_CONDITIONING
-    from opencanvas.sample.generate import SampleSettings, default_size, default_spacing, plan, sample_to_dir
+    from opencanvas.sample.generate import (
+        SampleSettings,
+        default_size,
+        default_spacing,
+        default_steps,
+        plan,
+        sample_to_dir,
+    )
     from opencanvas.sample.loading import load_model, model_name, training_provenance
     from opencanvas.sample.prompts import read_prompts
 
@@ -141,7 +149,8 @@ def sample_command(
     if slot_prompts:
         all_prompts += join_slot_prompts(model.config, slot_prompts)
     width, height = wh or default_size(model)
-    settings = SampleSettings(steps=steps, guidance=guidance, guidance_rescale=guidance_rescale, sampler=sampler,
+    settings = SampleSettings(steps=steps or default_steps(model), guidance=guidance,
+                              guidance_rescale=guidance_rescale, sampler=sampler,
                               spacing=spacing or default_spacing(model),  # type: ignore[arg-type]
                               negative_prompt=negative_prompt, width=width, height=height, class_name=class_name,
                               image=None if image is None else str(image), image_guidance=image_guidance)
@@ -199,7 +208,7 @@ def eval_command(
     clip: Annotated[str | None, typer.Option(
         "--clip", help="CLIP for CLIP score and FD-CLIP: a CLIP under clips/, a local CLIPModel folder or a hub id. "
         "Default: the run's text encoder when it is a catalog CLIP.")] = None,
-    steps: StepsOption = 25,
+    steps: StepsOption = None,
     sampler: SamplerOption = "dpmpp-2m",
     seed: SeedOption = 0,
     size: Annotated[str | None, typer.Option("--size", help="WxH; default: the run's resolution.")] = None,
@@ -220,6 +229,7 @@ def eval_command(
     Images go to runs/RUN/eval/ID/g<scale>/ and are kept, so the same command resumes.
     """
     from opencanvas.sample.evaluate import METRICS, evaluate
+    from opencanvas.sample.generate import default_steps
     from opencanvas.sample.loading import load_model
 
     _check_choices(sampler, None, dtype)
@@ -239,11 +249,13 @@ def eval_command(
     name = run or pipeline.name  # type: ignore[union-attr]
     print_settings("eval", {"run": name, "pipeline": str(pipeline or "-"), "prompts": prompts,
                             "reference": reference, "metrics": list(wanted), "guidance": [0.0, *scales], "n": n,
-                            "steps": steps, "sampler": sampler, "inception": str(inception or "-"),
+                            "steps": steps or "(model's default)", "sampler": sampler,
+                            "inception": str(inception or "-"),
                             "clip": clip or "(run's catalog CLIP)", "device": device})
     try:
         model = load_model(ws, None if pipeline else run, pipeline, ema=not no_ema, device=device, dtype=dtype)
-        report = evaluate(ws, name, prompts, reference, wanted, scales, n, steps=steps, sampler=sampler, seed=seed,
+        report = evaluate(ws, name, prompts, reference, wanted, scales, n, steps=steps or default_steps(model),
+                          sampler=sampler, seed=seed,
                           size=wh, batch_size=batch_size, max_reference=max_reference, inception=inception,
                           clip=clip, device=device, pipeline=model, class_name=class_name)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

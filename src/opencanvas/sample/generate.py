@@ -173,6 +173,15 @@ def default_spacing(pipeline: SamplingPipeline) -> Spacing:
     return "trailing" if pipeline.denoiser.schedule.zero_terminal_snr else "leading"
 
 
+DEFAULT_STEPS = 25
+
+
+def default_steps(pipeline: SamplingPipeline) -> int:
+    """A guidance-distilled student's own step count (it was distilled for exactly that), else 25."""
+    distilled = (getattr(pipeline, "config", None) or {}).get("distilled")
+    return int(distilled["steps"]) if distilled else DEFAULT_STEPS
+
+
 def default_size(pipeline: SamplingPipeline) -> tuple[int, int]:
     """The resolution the model trained at last (run config `resolutions`: [(res, from_images), ...])."""
     phases = pipeline.config.get("resolutions")
