@@ -129,3 +129,34 @@ def kill_when(cmd: Sequence[str], env: dict[str, str], ready: Callable[[], bool]
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+
+
+def kill_train_and_resume(ws: Workspace, latents: str, flags: Sequence[str], args: dict, kill_at: int
+                          ) -> tuple[dict, dict, int]:
+    """SIGKILL `opencanvas train` (run "killed", `flags` after the common ones) once its checkpoint at
+    `kill_at` images exists, resume it in this process with `args`, and train the same run uninterrupted
+    ("full"). Returns (resumed summary, full summary, images seen at the kill)."""
+    import os
+    import sys
+
+    import torch
+
+    from opencanvas.train import loop
+    from opencanvas.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+
+    cli = [sys.executable, "-m", "opencanvas", "train", "--latents", latents, "--preset", "tiny", "--run", "killed",
+           "--images", str(args["images"]), "--batch", str(args["batch"]), "--checkpoint-every",
+           str(args["checkpoint_every"]), "--keep", str(args["keep"]), *flags, "-w", str(ws.root)]
+    # Same thread count in the child as here: float reductions depend on it.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "OPENCANVAS_PROGRESS": "0"}
+    run_dir = ws.run_dir("killed")
+    name = f"ckpt-{kill_at:012d}.safetensors"
+    kill_when(cli, env, lambda: any(p.name == name for p in list_checkpoints(run_dir)))
+    path = latest_checkpoint(run_dir)
+    assert path is not None
+    at_kill = load_checkpoint(path).state.images_seen
+    assert at_kill < args["images"], "the run finished before it could be killed"
+    resumed = loop.train(ws, latents, "tiny", "killed", **args)
+    full = loop.train(ws, latents, "tiny", "full", **args)
+    assert resumed["session_images"] == args["images"] - at_kill
+    return resumed, full, at_kill

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from opencanvas.cli import app
@@ -16,9 +13,8 @@ from opencanvas.encode import LatentLoader, open_latents
 from opencanvas.encode.loader import caption_slots
 from opencanvas.encode.synthetic import write_random_latents
 from opencanvas.train import loop
-from opencanvas.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from opencanvas.train.config import caption_mix_text, parse_caption_mix
-from tests.factories import kill_when
+from tests.factories import kill_train_and_resume
 from tests.test_train_pipeline import trained  # noqa: F401  (the tiny trained run, a module fixture)
 
 CAPTIONERS = ("metadata", "blip2")
@@ -119,19 +115,8 @@ def test_model_card_has_a_caption_mix_line(ws) -> None:
 @pytest.mark.slow
 def test_sigkill_and_resume_with_a_mix_is_bit_identical(lat) -> None:
     args = dict(images=64, batch=8, checkpoint_every=16, keep=2, caption_mix=MIX)
-    cli = [sys.executable, "-m", "opencanvas", "train", "--latents", "lat", "--preset", "tiny", "--run", "killed",
-           "--images", "64", "--batch", "8", "--checkpoint-every", "16", "--keep", "2",
-           "--caption-mix", "metadata=0.05,blip2=0.95", "-w", str(lat.root)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "OPENCANVAS_PROGRESS": "0"}
-    run_dir = lat.run_dir("killed")
-    kill_when(cli, env, lambda: any(p.name == "ckpt-000000000032.safetensors" for p in list_checkpoints(run_dir)))
-    at_kill = load_checkpoint(latest_checkpoint(run_dir)).state.images_seen
-    assert at_kill < args["images"], "the run finished before it could be killed"
-
-    resumed = loop.train(lat, "lat", "tiny", "killed", **args)
-    full = loop.train(lat, "lat", "tiny", "full", **args)
+    resumed, full, _ = kill_train_and_resume(lat, "lat", ["--caption-mix", "metadata=0.05,blip2=0.95"], args, 32)
     uniform = loop.train(lat, "lat", "tiny", "uniform", **{**args, "caption_mix": None})
-    assert resumed["session_images"] == args["images"] - at_kill
     assert resumed["weights_sha256"] == full["weights_sha256"]
     assert uniform["weights_sha256"] != full["weights_sha256"], "the mix changed nothing"
 

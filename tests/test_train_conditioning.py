@@ -7,8 +7,6 @@ tests; random latents in the store format, with a catalog written for their keys
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,10 +22,10 @@ from opencanvas.encode.synthetic import write_random_latents
 from opencanvas.sample.generate import SampleSettings, sample_latents
 from opencanvas.storage import atomic_write_parquet
 from opencanvas.train import loop
-from opencanvas.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from opencanvas.train.checkpoint import latest_checkpoint, load_checkpoint
 from opencanvas.train.pipeline import load_pipeline
 from opencanvas.workspace import Workspace
-from tests.factories import catalog_row, kill_when, make_captions, make_image_subset
+from tests.factories import catalog_row, kill_train_and_resume, make_captions, make_image_subset
 from tests.test_train_pipeline import write_components
 
 SMALL = dict(images=16, batch=8, checkpoint_every=0)
@@ -229,19 +227,10 @@ def test_sigkill_and_resume_of_a_class_and_multi_caption_run_is_bit_identical(ws
     _catalog_for(ws, 24)
     args = dict(images=48, batch=8, checkpoint_every=16, keep=2, conditioning="multi-caption",
                 class_column="category", caption_dropout=0.3, slot_dropout=0.3)
-    cli = [sys.executable, "-m", "opencanvas", "train", "--latents", "lat", "--preset", "tiny", "--run", "killed",
-           "--images", "48", "--batch", "8", "--checkpoint-every", "16", "--keep", "2",
-           "--conditioning", "multi-caption", "--class-column", "category", "--caption-dropout", "0.3",
-           "--slot-dropout", "0.3", "-w", str(ws.root)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "OPENCANVAS_PROGRESS": "0"}
+    flags = ["--conditioning", "multi-caption", "--class-column", "category", "--caption-dropout", "0.3",
+             "--slot-dropout", "0.3"]
+    resumed, full, _ = kill_train_and_resume(ws, "lat", flags, args, 16)
     run_dir = ws.run_dir("killed")
-    kill_when(cli, env, lambda: any(p.name == "ckpt-000000000016.safetensors" for p in list_checkpoints(run_dir)))
-    at_kill = load_checkpoint(latest_checkpoint(run_dir)).state.images_seen
-    assert at_kill < args["images"], "the run finished before it could be killed"
-
-    resumed = loop.train(ws, "lat", "tiny", "killed", **args)
-    full = loop.train(ws, "lat", "tiny", "full", **args)
-    assert resumed["session_images"] == args["images"] - at_kill
     assert resumed["weights_sha256"] == full["weights_sha256"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["class_names"] == ["animals", "plants", "tools"]  # frequency, then name

@@ -4,8 +4,6 @@ evaluate, export or refuse, and the one-line errors before any work."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +16,10 @@ from opencanvas.encode import open_latents
 from opencanvas.sample.generate import SampleSettings, sample_latents
 from opencanvas.shards import iter_shard
 from opencanvas.train import loop
-from opencanvas.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from opencanvas.train.checkpoint import list_checkpoints
 from opencanvas.train.pipeline import load_pipeline
 from opencanvas.workspace import Workspace
-from tests.factories import kill_when
+from tests.factories import kill_train_and_resume
 from tests.test_encode_conditioning import TEXT2_DIM, write_second_text_encoder
 from tests.test_encode_stage import make_encode_workspace, write_tiny_models
 
@@ -235,17 +233,8 @@ def test_sigkill_and_resume_of_a_two_encoder_text_image_run_is_bit_identical(tra
     ws, _ = trained
     args = dict(images=32, batch=8, checkpoint_every=16, keep=2, holdout=0.0, conditioning="text+image",
                 encoder_dropout=0.3, image_dropout=0.3)
-    cli = [sys.executable, "-m", "opencanvas", "train", "--latents", "both", "--preset", "tiny", "--run", "killed",
-           "--images", "32", "--batch", "8", "--checkpoint-every", "16", "--keep", "2", "--holdout", "0",
-           "--conditioning", "text+image", "--encoder-dropout", "0.3", "--image-dropout", "0.3", "-w", str(ws.root)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "OPENCANVAS_PROGRESS": "0"}
-    run_dir = ws.run_dir("killed")
-    kill_when(cli, env, lambda: any(p.name == "ckpt-000000000016.safetensors" for p in list_checkpoints(run_dir)))
-    at_kill = load_checkpoint(latest_checkpoint(run_dir)).state.images_seen
-    assert at_kill < args["images"], "the run finished before it could be killed"
-    resumed = loop.train(ws, "both", "tiny", "killed", **args)
-    full = loop.train(ws, "both", "tiny", "full", **args)
-    assert resumed["session_images"] == args["images"] - at_kill
+    flags = ["--holdout", "0", "--conditioning", "text+image", "--encoder-dropout", "0.3", "--image-dropout", "0.3"]
+    resumed, full, _ = kill_train_and_resume(ws, "both", flags, args, 16)
     assert resumed["weights_sha256"] == full["weights_sha256"]
 
 
