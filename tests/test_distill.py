@@ -252,6 +252,7 @@ def test_sample_cli_warns_off_the_distilled_count_and_eval_runs(teacher_ws: Work
     assert r.exit_code == 0, r.output
     report = json.loads(next((teacher_ws.run_dir("student") / "eval").glob("*/report.json")).read_text())
     assert [row["guidance"] for row in report["rows"]] == [0.0, 3.0]
+    assert report["settings"]["sampler"] == "ddim"   # what a student runs, not the dpmpp-2m default
 
 
 def test_changed_settings_on_an_existing_student_are_refused(teacher_ws: Workspace) -> None:

@@ -109,6 +109,7 @@ def sample_command(
         default_size,
         default_spacing,
         default_steps,
+        model_sampler,
         plan,
         sample_to_dir,
     )
@@ -150,7 +151,7 @@ def sample_command(
         all_prompts += join_slot_prompts(model.config, slot_prompts)
     width, height = wh or default_size(model)
     settings = SampleSettings(steps=steps or default_steps(model), guidance=guidance,
-                              guidance_rescale=guidance_rescale, sampler=sampler,
+                              guidance_rescale=guidance_rescale, sampler=model_sampler(model, sampler),
                               spacing=spacing or default_spacing(model),  # type: ignore[arg-type]
                               negative_prompt=negative_prompt, width=width, height=height, class_name=class_name,
                               image=None if image is None else str(image), image_guidance=image_guidance)

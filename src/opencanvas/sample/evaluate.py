@@ -302,7 +302,7 @@ def evaluate(ws: Workspace, run: str, prompts: str | Path | Sequence[str], refer
 
     `pipeline` overrides loading the run (tests, or a model already in memory).
     """
-    from opencanvas.sample.generate import default_size
+    from opencanvas.sample.generate import default_size, model_sampler
     from opencanvas.sample.loading import load_model, training_provenance
 
     if n < 2:
@@ -319,7 +319,8 @@ def evaluate(ws: Workspace, run: str, prompts: str | Path | Sequence[str], refer
     prompt_list, source = resolve_prompts(ws, prompts, pipeline.config)
     scorers = build_scorers(ws, pipeline.config, metrics, inception, clip, device)
     options = EvalOptions(metrics=tuple(metrics), guidance_scales=tuple(float(g) for g in guidance_scales), n=n,
-                          steps=steps, sampler=sampler, seed=seed, size=size or default_size(pipeline),
+                          steps=steps, sampler=model_sampler(pipeline, sampler), seed=seed,
+                          size=size or default_size(pipeline),
                           batch_size=batch_size, max_reference=max_reference, class_name=class_name)
     if class_name is not None:  # a one-line error before any image
         pipeline.conditioning([""], class_name)

@@ -182,6 +182,11 @@ def default_steps(pipeline: SamplingPipeline) -> int:
     return int(distilled["steps"]) if distilled else DEFAULT_STEPS
 
 
+def model_sampler(pipeline: SamplingPipeline, sampler: str) -> str:
+    """The sampler that actually runs: a distilled student always steps its own DDIM grid."""
+    return "ddim" if (getattr(pipeline, "config", None) or {}).get("distilled") else sampler
+
+
 def default_size(pipeline: SamplingPipeline) -> tuple[int, int]:
     """The resolution the model trained at last (run config `resolutions`: [(res, from_images), ...])."""
     phases = pipeline.config.get("resolutions")
