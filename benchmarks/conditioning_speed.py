@@ -5,8 +5,8 @@ two encoders plus the CLIP image embedding. Each step is what `UNetTask.gradient
 micro-batch plus the optimizer step: a latent batch from the store (`LatentStream`, which gathers
 one caption slot or all K, the second encoder's arrays, the image embedding), `training_inputs`
 (posterior sample, every dropout, timesteps, noise), the loss forward and backward through
-`DiffusionLoss`, and AdamW. The UNet config of each mode is built by the same two functions
-`resolve_config` uses. The modes take turns step by step (ABCDE ABCDE ...), so load on a shared
+`DiffusionLoss`, and AdamW. The UNet config of each mode is built by `conditioned_unet`, as
+`resolve_config` builds it. The modes take turns step by step (ABCDE ABCDE ...), so load on a shared
 machine hits them alike; the median step time of each is reported with its ratio to one caption.
 
     python benchmarks/conditioning_speed.py --preset tiny --resolution 128 --batch 8 --steps 30
@@ -28,7 +28,6 @@ from opencanvas.encode import open_latents
 from opencanvas.encode.synthetic import write_random_latents
 from opencanvas.train.config import conditioned_unet
 from opencanvas.train.data import LatentStream, step_generator, training_inputs
-from opencanvas.train.encoders import encoder_unet
 from opencanvas.train.loop import DiffusionLoss
 from opencanvas.train.presets import build_unet, get_preset
 from opencanvas.workspace import Workspace
@@ -52,8 +51,7 @@ class ModeStep:
         meta = open_latents(ws, latents).meta
         unet_config = get_preset(args.preset).unet.unet_config(4, args.text_dim, args.resolution // 8)
         classes = tuple(f"class{i}" for i in range(args.classes)) if with_classes else None
-        unet_config = conditioned_unet(unet_config, conditioning, None, classes, meta)
-        unet_config = encoder_unet(unet_config, meta, conditioning, args.image_tokens)
+        unet_config = conditioned_unet(unet_config, conditioning, None, classes, meta, args.image_tokens)
         self.loss = DiffusionLoss(Denoiser(build_unet(unet_config, 0), NoiseSchedule()), 5.0)
         self.optimizer = torch.optim.AdamW(self.loss.parameters(), lr=1e-4)
         keys = [f"synthetic:{i:08d}" for i in range(args.records)]

@@ -97,7 +97,8 @@ def test_mix_is_recorded_and_cannot_change_on_resume(lat) -> None:
         loop.train(lat, "lat", "tiny", "mixed", images=16, batch=8, caption_mix={"blip2": 1.0})
 
 
-def test_model_card_has_a_caption_mix_line(ws) -> None:
+def _model_card_with(ws, **changes) -> str:
+    """MODEL_CARD.md of the cards golden run, with `changes` applied to its stored config."""
     from opencanvas.cards.writer import write_cards
     from tests.factories import make_captions, make_image_subset
     from tests.test_cards_golden import _relicense, _run
@@ -107,8 +108,18 @@ def test_model_card_has_a_caption_mix_line(ws) -> None:
     _relicense(ws)
     _run(ws)
     config_path = ws.run_dir("r1") / "config.json"
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "caption_mix": MIX}))
-    model = (write_cards(ws, "r1") / "MODEL_CARD.md").read_text()
+    config = json.loads(config_path.read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    config_path.write_text(json.dumps(config))
+    return (write_cards(ws, "r1") / "MODEL_CARD.md").read_text()
+
+
+def test_model_card_has_a_caption_mix_line(ws) -> None:
+    model = _model_card_with(ws, caption_mix=MIX)
     assert "| caption mix | blip2 95%, metadata 5% |" in model
 
 
@@ -137,21 +148,9 @@ def test_export_readme_states_the_mix(trained) -> None:  # noqa: F811
 
 def test_model_card_names_the_conditioning(ws) -> None:
     """Multi-caption, two encoders and class labels each get a row in the card's training table (issue 14)."""
-    from opencanvas.cards.writer import write_cards
-    from tests.factories import make_captions, make_image_subset
-    from tests.test_cards_golden import _relicense, _run
-
-    make_image_subset(ws, "shapes", n=40, size=16, shard_size=20)
-    make_captions(ws, "shapes", "metadata")
-    _relicense(ws)
-    _run(ws)
-    config_path = ws.run_dir("r1") / "config.json"
-    config = json.loads(config_path.read_text())
-    config.update(conditioning="multi-caption", max_captions=2, slot_dropout=0.2, class_column="extra.category",
-                  class_names=["animals", "food", "people"], text_encoders=0)
-    config["data"]["text_encoders"] = ["clip-a", "clip-b"]
-    config_path.write_text(json.dumps(config))
-    model = (write_cards(ws, "r1") / "MODEL_CARD.md").read_text()
+    model = _model_card_with(ws, conditioning="multi-caption", max_captions=2, slot_dropout=0.2,
+                             class_column="extra.category", class_names=["animals", "food", "people"],
+                             text_encoders=0, data={"text_encoders": ["clip-a", "clip-b"]})
     assert "| conditioning | multi-caption: up to 2 captions per image at once, each dropped with p=0.2 |" in model
     assert "| text encoders | two, concatenated along the feature axis" in model
     assert "| class labels | catalog column extra.category, 3 classes" in model

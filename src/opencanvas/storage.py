@@ -60,6 +60,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def atomic_write_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it: a killed report never leaves half a plot."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

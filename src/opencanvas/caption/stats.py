@@ -11,7 +11,6 @@ Where `caption score` has scored a captioner, its CLIP scores too (scores.png).
 
 from __future__ import annotations
 
-import io
 import re
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyarrow.compute as pc
 from opencanvas.caption.captioners import RESERVED_NAMES, metadata_caption
 from opencanvas.captions import read_captions
 from opencanvas.shards import iter_shard, read_index
-from opencanvas.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
+from opencanvas.storage import atomic_write_figure, atomic_write_json, atomic_write_text
 from opencanvas.workspace import Workspace
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -88,10 +87,7 @@ def _plot_scores(values: dict[str, dict[str, np.ndarray]], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("Caption quality by captioner")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_figure(fig, path)
 
 
 def caption_tables(ws: Workspace) -> list[str]:
@@ -172,10 +168,7 @@ def _plot_lengths(per_captioner: dict[str, dict[str, Any]], path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("Caption length by captioner")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_figure(fig, path)
 
 
 def caption_stats(ws: Workspace, subset: str, sample: int = 8, seed: int = 0,

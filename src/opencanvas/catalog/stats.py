@@ -13,6 +13,7 @@ from opencanvas.catalog.ingest import done_records
 from opencanvas.catalog.query import catalog_sources, query
 from opencanvas.catalog.subset import catalog_hash
 from opencanvas.licenses import LICENSE_IDS, POLICIES
+from opencanvas.storage import atomic_write_figure
 from opencanvas.workspace import Workspace
 
 CHART_NAME = "license_composition.png"
@@ -87,7 +88,4 @@ def write_license_chart(stats: dict[str, Any], path: Path) -> Path:
     if sources:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="license (images)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return atomic_write_figure(fig, path)

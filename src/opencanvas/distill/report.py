@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from opencanvas.diffusion.distilled import DistilledStepsWarning
-from opencanvas.storage import atomic_write_json, atomic_write_text
+from opencanvas.storage import atomic_write_figure, atomic_write_json, atomic_write_text
 from opencanvas.workspace import Workspace
 
 TEACHER_STEPS = 25
@@ -263,9 +263,4 @@ def tradeoff_plot(path: Path, report: dict[str, Any]) -> Path:
     fig.suptitle(f"{report['student']} vs teacher {report['teacher']} (n={report['n']} per point; dotted: "
                  "the goal's bound)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write_figure(fig, path)

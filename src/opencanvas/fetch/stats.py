@@ -10,7 +10,7 @@ import numpy as np
 
 from opencanvas.fetch.plan import duckdb_connection
 from opencanvas.shards import index_paths, tar_mismatch
-from opencanvas.storage import atomic_write_json
+from opencanvas.storage import atomic_write_figure, atomic_write_json
 from opencanvas.workspace import Workspace
 
 
@@ -120,7 +120,4 @@ def _plot(sides: dict[str, list[tuple[int, int]]], images: int, path: Path) -> P
     ax.set_title(f"{images} fetched images")
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return atomic_write_figure(fig, path)

@@ -147,7 +147,7 @@ def results_plot(results: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from opencanvas.storage import atomic_path
+    from opencanvas.storage import atomic_write_figure
 
     questions = list(results["questions"].items())
     fig, axes = plt.subplots(1, max(1, len(questions)), figsize=(4.5 * max(1, len(questions)), 3.2), squeeze=False)
@@ -163,7 +163,4 @@ def results_plot(results: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("win rate (ties count half)")
         ax.set_title(f"{q}: {sec['votes']} votes", fontsize=10)
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return atomic_write_figure(fig, Path(path))

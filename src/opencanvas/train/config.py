@@ -258,17 +258,20 @@ def caption_slots(data: dict[str, Any], max_captions: int | None) -> int:
 
 
 def conditioned_unet(unet: dict[str, Any], conditioning: str, max_captions: int | None,
-                     class_names: tuple[str, ...] | None, data: dict[str, Any]) -> dict[str, Any]:
-    """The UNet config with what a conditioning mode adds: class embeddings (N classes + the null class,
-    diffusers `num_class_embeds`) and the adapter's settings (per-slot caption embeddings)."""
+                     class_names: tuple[str, ...] | None, data: dict[str, Any], image_tokens: int = 4,
+                     text_encoders: int = 0) -> dict[str, Any]:
+    """The UNet config with everything a run's conditioning adds: class embeddings (N classes + the null
+    class, diffusers `num_class_embeds`), the adapter's settings (per-slot caption embeddings, image
+    tokens), and a second encoder's wider cross-attention and pooled input (opencanvas.train.encoders)."""
     from opencanvas.diffusion.conditioning import ADAPTER_KEY
+    from opencanvas.train.encoders import encoder_unet  # torch, only when a run is configured
 
     unet = dict(unet)
     if class_names is not None:
         unet["num_class_embeds"] = len(class_names) + 1
     if conditioning == "multi-caption":
         unet[ADAPTER_KEY] = {"text_dim": int(data["text_dim"]), "slots": caption_slots(data, max_captions)}
-    return unet
+    return encoder_unet(unet, data, conditioning, image_tokens, text_encoders)
 
 
 def parse_resolutions(text: str) -> tuple[tuple[int, int], ...]:
@@ -311,12 +314,9 @@ def resolve_config(*, run: str, latents: str, preset: Preset, latent_meta: dict[
         ema_decay=options.pop("ema_decay", preset.ema_decay), parallel=options.pop("parallel", preset.parallel),
         unet=unet, resolutions=resolutions, data=data, **options,
     )
-    from opencanvas.train.encoders import encoder_unet  # torch, only when a run is configured
-
     cfg._validate_conditioning()  # before the UNet config reads the slots and the latent set's extra dimensions
-    unet = conditioned_unet(unet, cfg.conditioning, cfg.max_captions, cfg.class_names, data)
-    return dataclasses.replace(cfg, unet=encoder_unet(unet, data, cfg.conditioning, cfg.image_tokens,
-                                                      cfg.text_encoders))
+    return dataclasses.replace(cfg, unet=conditioned_unet(unet, cfg.conditioning, cfg.max_captions, cfg.class_names,
+                                                          data, cfg.image_tokens, cfg.text_encoders))
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -54,32 +54,24 @@ class Preset:
 _CROSS3 = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 _UP3 = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 
+def _tiny(name: str, widths: tuple[int, int], attention_at_top: bool = True) -> Preset:
+    """A two-level CPU-sized UNet; cross-attention at the top level (16x16 latents) or only at the bottom."""
+    down, up = ("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D")
+    if not attention_at_top:
+        down, up = ("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D")
+    unet = UNetPreset(block_out_channels=widths, down_block_types=down, up_block_types=up, layers_per_block=1,
+                      attention_head_dim=8, norm_num_groups=8)
+    return Preset(name=name, unet=unet, lr=1e-3, batch=16, warmup_images=64, ema_decay=0.99)
+
+
 PRESETS: dict[str, Preset] = {
     # A CPU demo: ~0.8M parameters (32-dim text), ~110 img/s on 8x8x4 latents on one CPU core.
-    "tiny": Preset(
-        name="tiny",
-        unet=UNetPreset(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-                        attention_head_dim=8, norm_num_groups=8),
-        lr=1e-3, batch=16, warmup_images=64, ema_decay=0.99,
-    ),
+    "tiny": _tiny("tiny", (32, 64)),
     # tiny with its attention only at the lowest resolution (8x8 latents: 64 tokens instead of 256), as SDXL
     # drops attention at its highest: a candidate for the demo (benchmarks/RESULTS.md, issue 20).
-    "tiny-lowattn": Preset(
-        name="tiny-lowattn",
-        unet=UNetPreset(block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
-                        attention_head_dim=8, norm_num_groups=8),
-        lr=1e-3, batch=16, warmup_images=64, ema_decay=0.99,
-    ),
+    "tiny-lowattn": _tiny("tiny-lowattn", (32, 64), attention_at_top=False),
     # tiny at twice the width (~3M parameters): the larger model of the built-in data-scaling study.
-    "tiny-wide": Preset(
-        name="tiny-wide",
-        unet=UNetPreset(block_out_channels=(64, 128), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-                        attention_head_dim=8, norm_num_groups=8),
-        lr=1e-3, batch=16, warmup_images=64, ema_decay=0.99,
-    ),
+    "tiny-wide": _tiny("tiny-wide", (64, 128)),
     # A model that learns something on one CPU in minutes and is quick on one GPU.
     "small": Preset(
         name="small",
